@@ -1,0 +1,324 @@
+"""DatabaseLock: locks as rows of this app's table, on PostgreSQL, MariaDB/MySQL and SQLite.
+
+How it keeps the contract:
+
+* **Atomic acquisition.** One upsert takes a free or expired row, or inserts a new one:
+  ``INSERT ... ON CONFLICT DO UPDATE ... WHERE expired RETURNING ...`` on PostgreSQL and
+  SQLite, ``INSERT ... ON DUPLICATE KEY UPDATE col = IF(expired, new, col)`` followed by a
+  read of the row on MariaDB/MySQL (which has no RETURNING for upserts). No read-then-write.
+* **The database's clock.** Every time (acquired, expires, "now") is computed in SQL, in
+  microseconds since the Unix epoch (UTC), so app servers with skewed clocks agree.
+* **Independent of the caller's transaction.** Lock statements run on a private
+  connection of this module, one per thread and database alias, in autocommit mode: a
+  lock taken inside ``transaction.atomic()`` is visible to everyone at once, and a
+  rollback of the caller's transaction neither drops it nor undoes its release. On
+  SQLite the private connection switches the file to WAL mode; a lock write waits for a
+  write transaction the caller holds open on the same file for at most the database's
+  ``timeout`` OPTION (5 s by default) and then raises ``LockBackendError``.
+* **Fencing.** A row stays after release and keeps its counter; an acquisition sets
+  ``fencing_token = max(previous + 1, now_us)``, so a key's tokens rise across releases,
+  expiries and force releases, and also after :meth:`~DatabaseLock.purge` deleted the row
+  (purge only deletes rows expired for over a minute, so the clock floor is above them).
+* **Reconnects.** A failing statement raises ``LockBackendError`` and drops the private
+  connection; the next call opens a new one.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import weakref
+from datetime import datetime
+from typing import Any
+
+from django.db import Error as DjangoDatabaseError
+from django.db import connections
+from django.db.utils import load_backend
+
+from django_locks.backends.base import Attempt, BaseLock, LockInfo, datetime_from_us
+from django_locks.exceptions import InvalidLockBackendError, LockBackendError
+
+#: Purge deletes only rows that expired longer ago than this (microseconds).
+PURGE_AFTER_US = 60 * 1_000_000
+
+_SUPPORTED_VENDORS = ("postgresql", "mysql", "sqlite")
+
+# --------------------------------------------------------------------------- connections
+
+_thread_connections = threading.local()
+_all_connections: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def lock_connection(using: str) -> Any:
+    """This thread's private connection (a Django DatabaseWrapper) to database ``using``."""
+    per_thread = _thread_connections.__dict__.setdefault("by_alias", {})
+    wrapper = per_thread.get(using)
+    if wrapper is None:
+        settings_dict = copy.deepcopy(connections[using].settings_dict)
+        if settings_dict["ENGINE"].endswith("mysql"):
+            # Keys may hold any Unicode character, emoji included.
+            settings_dict.setdefault("OPTIONS", {})["charset"] = "utf8mb4"
+        settings_dict["AUTOCOMMIT"] = True
+        wrapper = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, using)
+        per_thread[using] = wrapper
+        _all_connections.add(wrapper)
+    return wrapper
+
+
+def close_old_lock_connections(**kwargs: Any) -> None:
+    """Apply ``CONN_MAX_AGE`` and health checks to this thread's lock connections.
+
+    Connected to ``request_started`` and ``request_finished``, like Django's own
+    ``close_old_connections``.
+    """
+    for wrapper in getattr(_thread_connections, "by_alias", {}).values():
+        try:
+            wrapper.close_if_unusable_or_obsolete()
+        except Exception:
+            wrapper.connection = None
+
+
+def close_all_lock_connections() -> None:
+    """Close every private lock connection of this process, from any thread."""
+    for wrapper in list(_all_connections):
+        raw, wrapper.connection = wrapper.connection, None
+        if raw is not None:
+            try:
+                raw.close()
+            except Exception:
+                pass
+
+
+# --------------------------------------------------------------------------- SQL per vendor
+
+
+class LockSQL:
+    """The statements of DatabaseLock for one database vendor.
+
+    ``now_us`` is the database clock in microseconds since the Unix epoch (UTC),
+    constant within one statement.
+    """
+
+    now_us = ""
+    greatest = "GREATEST"
+    placeholder = "%s"
+    #: Whether the upsert can return the row it wrote (else it is read back).
+    returning = True
+
+    def __init__(self, table: str, key: str) -> None:
+        t, k, now = table, key, self.now_us
+        self.columns = f"{k}, token, fencing_token, correlation_id, acquired_at_us, expires_at_us"
+        self.insert = (
+            f"INSERT INTO {t} ({k}, token, correlation_id, fencing_token, acquired_at_us, "
+            f"expires_at_us) VALUES (%s, %s, %s, {now}, {now}, {now} + %s)"
+        )
+        # Frees the row only for its holder's token, and only while it is unexpired.
+        self.release = (
+            f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now} "
+            f"WHERE {k} = %s AND token = %s AND expires_at_us > {now}"
+        )
+        self.force_release = (
+            f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now} "
+            f"WHERE {k} = %s AND expires_at_us > {now}"
+        )
+        self.extend = (
+            f"UPDATE {t} SET expires_at_us = {now} + %s "
+            f"WHERE {k} = %s AND token = %s AND expires_at_us > {now}"
+        )
+        self.held = f"SELECT {self.columns} FROM {t} WHERE expires_at_us > {now}"
+        self.get = f"{self.held} AND {k} = %s"
+        self.read_row = f"SELECT {self.columns}, {now} FROM {t} WHERE {k} = %s"
+        self.purge = f"DELETE FROM {t} WHERE expires_at_us < {now} - %s"
+        if self.returning:
+            # Takes the row if it is free or expired; returns nothing if it is held.
+            self.acquire = (
+                f"{self.insert} ON CONFLICT ({k}) DO UPDATE SET "
+                "token = excluded.token, correlation_id = excluded.correlation_id, "
+                f"fencing_token = {self.greatest}({t}.fencing_token + 1, excluded.fencing_token), "
+                "acquired_at_us = excluded.acquired_at_us, expires_at_us = excluded.expires_at_us "
+                f"WHERE {t}.expires_at_us <= excluded.acquired_at_us "
+                "RETURNING fencing_token, acquired_at_us, expires_at_us"
+            )
+            self.extend += " RETURNING expires_at_us"
+        if self.placeholder != "%s":
+            for name, sql in list(vars(self).items()):
+                setattr(self, name, sql.replace("%s", self.placeholder))
+
+
+class PostgreSQLLockSQL(LockSQL):
+    now_us = "(EXTRACT(EPOCH FROM statement_timestamp()) * 1000000)::bigint"
+
+
+class SQLiteLockSQL(LockSQL):
+    now_us = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
+    greatest = "MAX"
+    placeholder = "?"
+
+
+class MySQLLockSQL(LockSQL):
+    now_us = "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6))"
+    returning = False
+
+    def __init__(self, table: str, key: str) -> None:
+        super().__init__(table, key)
+        # MySQL assigns left to right, so expires_at_us, which the condition reads,
+        # is assigned last. The row is read back to learn whether this token won.
+        expired = "expires_at_us <= VALUES(acquired_at_us)"
+        assignments = ", ".join(
+            f"{column} = IF({expired}, {new}, {column})"
+            for column, new in (
+                ("token", "VALUES(token)"),
+                ("correlation_id", "VALUES(correlation_id)"),
+                ("fencing_token", "GREATEST(fencing_token + 1, VALUES(fencing_token))"),
+                ("acquired_at_us", "VALUES(acquired_at_us)"),
+                ("expires_at_us", "VALUES(expires_at_us)"),
+            )
+        )
+        self.acquire = f"{self.insert} ON DUPLICATE KEY UPDATE {assignments}"
+
+
+_SQL_CLASSES: dict[str, type[LockSQL]] = {
+    "postgresql": PostgreSQLLockSQL,
+    "sqlite": SQLiteLockSQL,
+    "mysql": MySQLLockSQL,
+}
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+def _info(row: Any) -> LockInfo:
+    key, token, fencing_token, correlation_id, acquired_us, expires_us = row[:6]
+    return LockInfo(
+        key=key,
+        token=token,
+        fencing_token=int(fencing_token),
+        correlation_id=correlation_id,
+        acquired_at=datetime_from_us(acquired_us),
+        expires_at=datetime_from_us(expires_us),
+    )
+
+
+class DatabaseLock(BaseLock):
+    """Locks as rows of ``django_locks_lock``. OPTIONS: ``using`` (database alias)."""
+
+    option_names = frozenset({"using"})
+
+    def configure(self, options: dict[str, Any]) -> None:
+        using = options.get("using", "default")
+        if not isinstance(using, str):
+            raise self._invalid(f"OPTIONS 'using' must be a database alias (str), not {using!r}")
+        if using not in connections.settings:
+            raise self._invalid(f"OPTIONS 'using' names database {using!r}, not in DATABASES")
+        engine = connections.settings[using].get("ENGINE", "")
+        try:
+            vendor = load_backend(engine).DatabaseWrapper.vendor
+        except Exception as e:
+            raise self._invalid(f"database {using!r} has an unusable ENGINE {engine!r}: {e}") from e
+        if vendor not in _SUPPORTED_VENDORS:
+            raise self._invalid(
+                f"database {using!r} is {vendor}; DatabaseLock supports "
+                f"{', '.join(_SUPPORTED_VENDORS)}"
+            )
+        self.using = using
+        self.vendor = vendor
+        self._sql: LockSQL | None = None
+
+    # ----------------------------------------------------------------------- plumbing
+
+    @property
+    def sql(self) -> LockSQL:
+        if self._sql is None:
+            from django_locks.models import Lock
+
+            ops = connections[self.using].ops
+            self._sql = _SQL_CLASSES[self.vendor](
+                ops.quote_name(Lock._meta.db_table), ops.quote_name("key")
+            )
+        return self._sql
+
+    def _connect(self, wrapper: Any) -> None:
+        if self.vendor == "sqlite" and wrapper.is_in_memory_db():
+            raise InvalidLockBackendError(
+                f"LOCKS[{self.alias!r}]: DatabaseLock needs a file database; database "
+                f"{self.using!r} is an in-memory SQLite database (for tests, set its "
+                "TEST['NAME'] to a file path)"
+            )
+        wrapper.connect()
+        if self.vendor == "sqlite":
+            # A second connection to the file can write while others read.
+            wrapper.connection.execute("PRAGMA journal_mode=WAL").fetchall()
+
+    def _run(self, sql: str, params: tuple[Any, ...], *, fetch: bool = True) -> tuple[list[Any], int]:
+        """Run one statement on this thread's private connection: (rows, rowcount)."""
+        wrapper = lock_connection(self.using)
+        try:
+            if wrapper.connection is None:
+                self._connect(wrapper)
+            cursor = wrapper.connection.cursor()
+            try:
+                cursor.execute(sql, params)
+                rows = cursor.fetchall() if fetch else []
+                return rows, cursor.rowcount
+            finally:
+                cursor.close()
+        except (wrapper.Database.Error, DjangoDatabaseError) as e:
+            try:
+                wrapper.close()
+            except Exception:
+                wrapper.connection = None
+            raise LockBackendError(
+                f"LOCKS[{self.alias!r}]: database {self.using!r} failed: {e}"
+            ) from e
+
+    # ----------------------------------------------------------------------- storage operations
+
+    def _try_acquire(
+        self, key: str, token: str, ttl: int, correlation_id: str | None
+    ) -> Attempt:
+        sql = self.sql
+        params = (key, token, correlation_id, ttl * 1000)
+        if sql.returning:
+            rows, _ = self._run(sql.acquire, params)
+            if not rows:
+                return Attempt(None)
+            fencing_token, acquired_us, expires_us = rows[0]
+        else:
+            self._run(sql.acquire, params, fetch=False)
+            rows, _ = self._run(sql.read_row, (key,))
+            if not rows or rows[0][1] != token:
+                remaining = (rows[0][5] - rows[0][6]) // 1000 if rows else None
+                return Attempt(None, max(remaining, 0) if remaining is not None else None)
+            _, _, fencing_token, _, acquired_us, expires_us, _ = rows[0]
+        return Attempt(
+            _info((key, token, fencing_token, correlation_id, acquired_us, expires_us))
+        )
+
+    def _release(self, key: str, token: str) -> bool:
+        return self._run(self.sql.release, (key, token), fetch=False)[1] == 1
+
+    def _extend(self, key: str, token: str, ttl: int) -> datetime | None:
+        sql = self.sql
+        if sql.returning:
+            rows, _ = self._run(sql.extend, (ttl * 1000, key, token))
+            return datetime_from_us(rows[0][0]) if rows else None
+        if self._run(sql.extend, (ttl * 1000, key, token), fetch=False)[1] != 1:
+            return None
+        rows, _ = self._run(sql.read_row, (key,))
+        if not rows or rows[0][1] != token:
+            return None
+        return datetime_from_us(rows[0][5])
+
+    def _force_release(self, key: str) -> bool:
+        return self._run(self.sql.force_release, (key,), fetch=False)[1] > 0
+
+    def _get(self, key: str) -> LockInfo | None:
+        rows, _ = self._run(self.sql.get, (key,))
+        return _info(rows[0]) if rows else None
+
+    def _held(self) -> list[LockInfo]:
+        rows, _ = self._run(self.sql.held, ())
+        return [_info(row) for row in rows]
+
+    def _purge(self) -> int:
+        return self._run(self.sql.purge, (PURGE_AFTER_US,), fetch=False)[1]

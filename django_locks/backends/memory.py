@@ -1,0 +1,130 @@
+"""MemoryLock: process-local locks, thread-safe, for tests and single-process development.
+
+All instances of one alias in a process share one store (each thread has its own
+instance, as with every backend). Nothing is shared between processes. Expiry uses the
+monotonic clock; a waiter is woken by the release through a condition variable.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from django_locks.backends.base import Attempt, BaseLock, LockInfo
+
+
+@dataclass
+class _Entry:
+    info: LockInfo
+    deadline: float  # time.monotonic() at expiry
+
+
+class _MemoryStore:
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.entries: dict[str, _Entry] = {}
+        self.fencing: dict[str, int] = {}  # never purged: tokens only rise
+
+    def live(self, key: str, now: float) -> _Entry | None:
+        entry = self.entries.get(key)
+        return entry if entry is not None and entry.deadline > now else None
+
+
+_stores: dict[str, _MemoryStore] = {}
+_stores_mutex = threading.Lock()
+
+
+def _store(alias: str) -> _MemoryStore:
+    with _stores_mutex:
+        return _stores.setdefault(alias, _MemoryStore())
+
+
+class MemoryLock(BaseLock):
+    """Process-local locks. No OPTIONS."""
+
+    def configure(self, options: dict[str, Any]) -> None:
+        self._store = _store(self.alias)
+
+    @staticmethod
+    def _expiry(ttl: int) -> tuple[float, datetime]:
+        return time.monotonic() + ttl / 1000, datetime.now(timezone.utc) + timedelta(milliseconds=ttl)
+
+    def _try_acquire(
+        self, key: str, token: str, ttl: int, correlation_id: str | None
+    ) -> Attempt:
+        store = self._store
+        with store.condition:
+            now = time.monotonic()
+            holder = store.live(key, now)
+            if holder is not None:
+                return Attempt(None, int((holder.deadline - now) * 1000))
+            fencing_token = store.fencing.get(key, 0) + 1
+            store.fencing[key] = fencing_token
+            deadline, expires_at = self._expiry(ttl)
+            info = LockInfo(
+                key=key,
+                token=token,
+                fencing_token=fencing_token,
+                correlation_id=correlation_id,
+                acquired_at=datetime.now(timezone.utc),
+                expires_at=expires_at,
+            )
+            store.entries[key] = _Entry(info, deadline)
+            return Attempt(info)
+
+    def _release(self, key: str, token: str) -> bool:
+        store = self._store
+        with store.condition:
+            holder = store.live(key, time.monotonic())
+            if holder is None or holder.info.token != token:
+                return False
+            del store.entries[key]
+            store.condition.notify_all()
+            return True
+
+    def _extend(self, key: str, token: str, ttl: int) -> datetime | None:
+        store = self._store
+        with store.condition:
+            holder = store.live(key, time.monotonic())
+            if holder is None or holder.info.token != token:
+                return None
+            holder.deadline, expires_at = self._expiry(ttl)
+            holder.info = replace(holder.info, expires_at=expires_at)
+            return expires_at
+
+    def _force_release(self, key: str) -> bool:
+        store = self._store
+        with store.condition:
+            holder = store.live(key, time.monotonic())
+            store.entries.pop(key, None)
+            store.condition.notify_all()
+            return holder is not None
+
+    def _get(self, key: str) -> LockInfo | None:
+        with self._store.condition:
+            holder = self._store.live(key, time.monotonic())
+            return holder.info if holder is not None else None
+
+    def _held(self) -> list[LockInfo]:
+        store = self._store
+        with store.condition:
+            now = time.monotonic()
+            return [entry.info for entry in store.entries.values() if entry.deadline > now]
+
+    def _purge(self) -> int:
+        store = self._store
+        with store.condition:
+            now = time.monotonic()
+            expired = [key for key, entry in store.entries.items() if entry.deadline <= now]
+            for key in expired:
+                del store.entries[key]
+            return len(expired)
+
+    def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
+        store = self._store
+        with store.condition:
+            if store.live(key, time.monotonic()) is not None:
+                store.condition.wait(seconds)

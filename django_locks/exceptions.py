@@ -1,0 +1,30 @@
+"""Errors raised by django_locks. Every one is a subclass of :class:`LockError`.
+
+Bad arguments are not here: they raise the built-in ``TypeError`` or ``ValueError``
+with a message naming the argument, before anything reaches a backend.
+"""
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+class LockError(Exception):
+    """Base class of every django_locks error."""
+
+
+class LockTimeoutError(LockError):
+    """The lock could not be acquired within the timeout."""
+
+
+class LockNotHeldError(LockError):
+    """The caller does not hold the lock (never acquired, released, expired or taken over)."""
+
+
+class LockBackendError(LockError):
+    """The backend is unreachable or failed. The cause is chained as ``__cause__``.
+
+    Never means "not acquired": the state of the lock is unknown to the caller.
+    """
+
+
+class InvalidLockBackendError(LockError, ImproperlyConfigured):
+    """A ``LOCKS`` alias is unknown or its BACKEND / OPTIONS are invalid."""

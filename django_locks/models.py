@@ -1,0 +1,56 @@
+"""The table behind DatabaseLock: one row per key ever locked (until purged)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.db import models
+
+from django_locks.backends.base import MAX_KEY_LENGTH, datetime_from_us
+
+
+class ExactTextField(models.CharField):
+    """A varchar compared exactly (case, accents, trailing spaces) on every database.
+
+    PostgreSQL and SQLite compare bytes by default. MySQL/MariaDB default collations
+    fold case and accents and pad spaces, so there the column is utf8mb4 with a binary
+    NO PAD collation.
+    """
+
+    def db_type(self, connection: Any) -> str | None:
+        if connection.vendor == "mysql":
+            collation = "utf8mb4_nopad_bin" if connection.mysql_is_mariadb else "utf8mb4_0900_bin"
+            return f"varchar({self.max_length}) CHARACTER SET utf8mb4 COLLATE {collation}"
+        return super().db_type(connection)
+
+
+class Lock(models.Model):
+    """A lock row. Times are microseconds since the Unix epoch by the database's clock.
+
+    A released row keeps its ``fencing_token`` (the next acquisition continues from it);
+    ``token`` is NULL and ``expires_at_us`` is the release time.
+    """
+
+    key = ExactTextField(max_length=MAX_KEY_LENGTH, primary_key=True)
+    token = models.CharField(max_length=32, null=True, blank=True)
+    correlation_id = ExactTextField(max_length=255, null=True, blank=True)
+    fencing_token = models.BigIntegerField()
+    acquired_at_us = models.BigIntegerField()
+    expires_at_us = models.BigIntegerField(db_index=True)
+
+    class Meta:
+        verbose_name = "lock"
+        verbose_name_plural = "locks"
+        permissions = [("force_release", "Can force-release locks held by others")]
+
+    def __str__(self) -> str:
+        return self.key
+
+    @property
+    def acquired_at(self) -> datetime:
+        return datetime_from_us(self.acquired_at_us)
+
+    @property
+    def expires_at(self) -> datetime:
+        return datetime_from_us(self.expires_at_us)

@@ -1,0 +1,121 @@
+"""Settings of the test suite. Servers come from environment variables (see README)."""
+
+import os
+import tempfile
+from pathlib import Path
+
+SECRET_KEY = "django-locks-tests"
+USE_TZ = True
+DEBUG = False
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.admin",
+    "django_locks",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# A file of its own per run, so that separate connections (and processes) share it.
+SQLITE_DIR = Path(os.environ.get("DJANGO_LOCKS_SQLITE_DIR", tempfile.gettempdir()))
+
+#: Which databases the DatabaseLock tests run on: sqlite, postgres, mysql.
+TEST_DATABASES = [
+    name.strip()
+    for name in os.environ.get("DJANGO_LOCKS_TEST_DATABASES", "sqlite,postgres,mysql").split(",")
+    if name.strip()
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(SQLITE_DIR / "django_locks.sqlite3"),
+        "TEST": {"NAME": str(SQLITE_DIR / "test_django_locks.sqlite3")},
+    }
+}
+if "postgres" in TEST_DATABASES:
+    DATABASES["postgres"] = {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": os.environ.get("POSTGRES_HOST", "127.0.0.1"),
+        "PORT": os.environ.get("POSTGRES_PORT", "5432"),
+        "USER": os.environ.get("POSTGRES_USER", "postgres"),
+        "PASSWORD": os.environ.get("POSTGRES_PASSWORD", ""),
+        "NAME": os.environ.get("POSTGRES_DB", "test"),
+        "TEST": {"NAME": "test_django_locks"},
+    }
+if "mysql" in TEST_DATABASES:
+    DATABASES["mysql"] = {
+        "ENGINE": "django.db.backends.mysql",
+        "HOST": os.environ.get("MYSQL_HOST", "127.0.0.1"),
+        "PORT": os.environ.get("MYSQL_PORT", "3306"),
+        "USER": os.environ.get("MYSQL_USER", "root"),
+        "PASSWORD": os.environ.get("MYSQL_PASSWORD", ""),
+        "NAME": os.environ.get("MYSQL_DB", "test"),
+        "OPTIONS": {"charset": "utf8mb4"},
+        "TEST": {"NAME": "test_django_locks", "CHARSET": "utf8mb4"},
+    }
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "django_redis": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "django_locks_tests",
+        "OPTIONS": {"SOCKET_TIMEOUT": 5, "SOCKET_CONNECT_TIMEOUT": 2},
+    },
+    "redis": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "django_locks_tests_django",
+        "OPTIONS": {"socket_timeout": 5, "socket_connect_timeout": 2},
+    },
+    "locmem": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "dummy": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"},
+}
+
+LOCKS = {
+    "default": {"BACKEND": "django_locks.backends.database.DatabaseLock"},
+    "django_redis": {
+        "BACKEND": "django_locks.backends.cache.CacheLock",
+        "OPTIONS": {"cache": "django_redis"},
+    },
+    "redis": {"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "redis"}},
+    "memory": {"BACKEND": "django_locks.backends.memory.MemoryLock"},
+    "locmem": {"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "locmem"}},
+}
+for _alias in ("postgres", "mysql"):
+    if _alias in DATABASES:
+        LOCKS[_alias] = {
+            "BACKEND": "django_locks.backends.database.DatabaseLock",
+            "OPTIONS": {"using": _alias},
+        }
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    "loggers": {"django_locks": {"handlers": ["null"], "level": "DEBUG"}},
+}
