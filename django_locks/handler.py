@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgiref.local import Local
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.connection import BaseConnectionHandler
@@ -92,7 +93,7 @@ class LockHandler(BaseConnectionHandler):
         """Forget the configuration and every instance (used when LOCKS changes in tests)."""
         self.__dict__.pop("settings", None)
         self._settings = None
-        self._connections = type(self._connections)(self.thread_critical)
+        self._connections = Local(self.thread_critical)
 
 
 locks = LockHandler()

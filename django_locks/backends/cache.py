@@ -56,7 +56,8 @@ local now_s = string.format('%.0f', now_us)
 local ttl = tonumber(ARGV[3])
 redis.call('SET', KEYS[2], fence_s, 'PX', ttl + tonumber(ARGV[5]))
 redis.call('HSET', KEYS[1], 'key', ARGV[1], 'token', ARGV[2], 'fence', fence_s,
-           'cid', ARGV[4], 'acquired', now_s)
+           'cid', ARGV[4], 'acquired', now_s,
+           'expires', string.format('%.0f', now_us + ttl * 1000))
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('DEL', KEYS[3])
 return {fence_s, now_s}
@@ -73,14 +74,16 @@ return 1
 """
 
 # Resets the lock's life to ARGV[2] ms only if ARGV[1] still holds it (and keeps the
-# fencing counter alive as long). Returns the server clock in µs, or 0 if not held.
+# fencing counter alive as long). Returns the new expiry in µs, or 0 if not held.
 EXTEND_SCRIPT = """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return '0' end
 local ttl = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local expires = string.format('%.0f', tonumber(clock[1]) * 1000000 + tonumber(clock[2]) + ttl * 1000)
+redis.call('HSET', KEYS[1], 'expires', expires)
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl + tonumber(ARGV[3]))
-local clock = redis.call('TIME')
-return string.format('%.0f', tonumber(clock[1]) * 1000000 + tonumber(clock[2]))
+return expires
 """
 
 # Deletes the lock whoever holds it and wakes one waiter. 1 if something was held.
@@ -92,15 +95,8 @@ redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return 1
 """
 
-# Reads one lock atomically: its fields, remaining ms and the server clock in µs.
-READ_SCRIPT = """
-local remaining = redis.call('PTTL', KEYS[1])
-if remaining < 0 then return false end
-local f = redis.call('HMGET', KEYS[1], 'key', 'token', 'fence', 'cid', 'acquired')
-local clock = redis.call('TIME')
-return {f[1], f[2], f[3], f[4], f[5], tostring(remaining),
-        string.format('%.0f', tonumber(clock[1]) * 1000000 + tonumber(clock[2]))}
-"""
+#: The fields of a lock's hash, in the order LockInfo is read from them.
+LOCK_FIELDS = ("key", "token", "fence", "cid", "acquired", "expires")
 
 
 class _Script:
@@ -159,16 +155,14 @@ class RedisLockClient:
     release_script = _Script(RELEASE_SCRIPT)
     extend_script = _Script(EXTEND_SCRIPT)
     force_release_script = _Script(FORCE_RELEASE_SCRIPT)
-    read_script = _Script(READ_SCRIPT)
 
     def __init__(self, backend: CacheLock, get_client: Callable[[Any], Any]) -> None:
         self.backend = backend
         self._get_client = get_client
         self._client: Any = None
 
-    @property
-    def client(self) -> Any:
-        # redis-py clients are thread-safe; one per backend instance is enough.
+    def get_client(self) -> Any:
+        """The raw redis-py client (thread-safe; one per backend instance is enough)."""
         if self._client is None:
             self._client = self._get_client(self.backend.cache)
         return self._client
@@ -177,7 +171,7 @@ class RedisLockClient:
         from redis.exceptions import RedisError
 
         try:
-            return operation(self.client)
+            return operation(self.get_client())
         except (RedisError, OSError) as e:
             raise LockBackendError(
                 f"LOCKS[{self.backend.alias!r}]: Redis behind cache "
@@ -210,10 +204,10 @@ class RedisLockClient:
         ) == 1
 
     def extend(self, keys: _LockKeys, token: str, ttl: int) -> datetime | None:
-        now_us = int(_text(self._call(
+        expires_us = int(_text(self._call(
             lambda c: self.extend_script(c, [keys.lock, keys.fence], [token, ttl, FENCE_GRACE_MS])
         )))
-        return datetime_from_us(now_us + ttl * 1000) if now_us else None
+        return datetime_from_us(expires_us) if expires_us else None
 
     def force_release(self, keys: _LockKeys) -> bool:
         return self._call(
@@ -224,7 +218,7 @@ class RedisLockClient:
     def _info(fields: Any) -> LockInfo | None:
         if not fields or fields[1] is None:
             return None
-        key, token, fence, cid, acquired, remaining, now = (
+        key, token, fence, cid, acquired, expires = (
             _text(f) if f is not None else None for f in fields
         )
         return LockInfo(
@@ -233,11 +227,11 @@ class RedisLockClient:
             fencing_token=int(fence),
             correlation_id=cid or None,
             acquired_at=datetime_from_us(int(acquired)),
-            expires_at=datetime_from_us(int(now) + int(remaining) * 1000),
+            expires_at=datetime_from_us(int(expires)),
         )
 
     def get(self, keys: _LockKeys) -> LockInfo | None:
-        return self._info(self._call(lambda c: self.read_script(c, [keys.lock], [])))
+        return self._info(self._call(lambda c: c.hmget(keys.lock, LOCK_FIELDS)))
 
     def held(self) -> list[LockInfo]:
         sentinel = "\x00"  # cannot occur in a key or a prefix made by Django
@@ -251,23 +245,15 @@ class RedisLockClient:
             for start in range(0, len(names), 500):
                 pipe = client.pipeline(transaction=False)
                 for name in names[start:start + 500]:
-                    self.read_script(pipe, [_text(name)], [])
+                    pipe.hmget(name, LOCK_FIELDS)
                 found.extend(pipe.execute())
             return found
 
-        from redis.exceptions import NoScriptError
-
-        try:
-            rows = self._call(scan)
-        except LockBackendError as e:
-            if not isinstance(e.__cause__, NoScriptError):
-                raise
-            self._call(lambda c: c.script_load(self.read_script.source))
-            rows = self._call(scan)
-        return [info for info in map(self._info, rows) if info is not None]
+        # A lock that expires between SCAN and HMGET reads as all None and is skipped.
+        return [info for info in map(self._info, self._call(scan)) if info is not None]
 
     def wait(self, keys: _LockKeys, seconds: float) -> None:
-        client = self.client
+        client = self.get_client()
         block = min(seconds, MAX_BLOCK_SECONDS)
         socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         if socket_timeout:
