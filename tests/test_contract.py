@@ -30,7 +30,7 @@ def in_thread(function, *args, **kwargs):
     def run():
         try:
             box["result"] = function(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001 - handed back to the test
+        except BaseException as e:
             box["error"] = e
 
     thread = threading.Thread(target=run)

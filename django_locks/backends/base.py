@@ -271,7 +271,7 @@ class BaseLock:
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         self.alias = alias
-        options = params.get("OPTIONS") or {}
+        options = params.get("OPTIONS", {})
         if not isinstance(options, dict):
             raise InvalidLockBackendError(
                 f"LOCKS[{alias!r}]['OPTIONS'] must be a dict, not {type(options).__name__}"

@@ -38,6 +38,9 @@ FENCE_GRACE_MS = 60_000
 WAKE_TTL_MS = 5_000
 #: Longest single block of a waiter (s), a bound for a lost wake-up.
 MAX_BLOCK_SECONDS = 0.5
+#: Redis ends a blocking command's timeout up to one server tick (1/hz, 100 ms by
+#: default) late; a block is kept this much shorter than the client's socket timeout.
+BLOCK_TIMEOUT_SLACK = 0.15
 
 # ----------------------------------------------------------------------------- Lua scripts
 
@@ -258,9 +261,9 @@ class RedisLockClient:
         socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         if socket_timeout:
             # A blocking read must end before the client's socket timeout does.
-            block = min(block, socket_timeout / 2)
-        if block < 0.001:
-            time.sleep(max(block, 0))
+            block = min(block, socket_timeout - BLOCK_TIMEOUT_SLACK)
+        if block < 0.001:  # too short to block on the server: a short sleep instead
+            time.sleep(min(max(block, 0.001), seconds, 0.01))
             return
         self._call(lambda c: c.blpop([keys.wake], timeout=round(block, 3)))
 
@@ -391,7 +394,7 @@ def _redis_client_getter(backend_cls: type) -> Callable[[Any], Any] | None:
     try:
         from django_redis.cache import RedisCache as DjangoRedisCache
     except ImportError:
-        DjangoRedisCache = None  # noqa: N806
+        DjangoRedisCache = None
     if DjangoRedisCache is not None and issubclass(backend_cls, DjangoRedisCache):
         return lambda cache: cache.client.get_client(write=True)
     try:

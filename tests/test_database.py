@@ -1,0 +1,158 @@
+"""DatabaseLock specifics: transactions, the database clock, reconnects, purge."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.contrib.auth.models import Group
+from django.db import connections, transaction
+
+from django_locks import locks
+from django_locks.backends.database import PURGE_AFTER_US, lock_connection
+from django_locks.exceptions import LockBackendError
+from django_locks.models import Lock
+from tests.conftest import DATABASE_ALIASES, run_python
+from tests.test_contract import in_thread
+
+
+@pytest.fixture
+def using(db_alias) -> str:
+    return DATABASE_ALIASES[db_alias]
+
+
+def seen_from_another_connection(alias: str, key: str):
+    return in_thread(lambda: locks[alias].get_lock(key))
+
+
+def test_lock_inside_atomic_is_visible_at_once_and_survives_rollback(db_alias, using):
+    backend = locks[db_alias]
+    caller_writes = connections[using].vendor != "sqlite"  # see the SQLite test below
+    with pytest.raises(RuntimeError):
+        with transaction.atomic(using=using):
+            if caller_writes:
+                Group.objects.using(using).create(name="caller's own write")
+            assert backend.try_acquire_lock("c", "job", 60_000)
+            assert seen_from_another_connection(db_alias, "job") is not None
+            raise RuntimeError("roll the caller's transaction back")
+    assert not Group.objects.using(using).exists()
+    assert seen_from_another_connection(db_alias, "job") is not None  # not rolled back
+
+    with transaction.atomic(using=using):
+        backend.release_lock("c", "job")
+        assert seen_from_another_connection(db_alias, "job") is None  # released at once
+        transaction.set_rollback(True, using=using)
+    assert backend.get_lock("job") is None  # the release was not rolled back
+
+
+def test_nested_atomics_and_commit(db_alias, using):
+    backend = locks[db_alias]
+    with transaction.atomic(using=using):
+        with pytest.raises(RuntimeError):
+            with transaction.atomic(using=using):  # a savepoint
+                lease = backend.lock("job", 60_000)
+                raise RuntimeError
+        assert seen_from_another_connection(db_alias, "job").token == lease.token
+    assert backend.get_lock("job").token == lease.token
+    with transaction.atomic(using=using):
+        with transaction.atomic(using=using):
+            lease.release()
+    assert backend.get_lock("job") is None
+
+
+def test_sqlite_write_transaction_of_the_caller_gives_a_bounded_backend_error():
+    """SQLite has one writer: while the caller holds a write transaction open on the same
+    file, a lock write waits for the database's timeout, then fails (not a hang)."""
+    backend = locks["default"]
+    started = time.monotonic()
+    with transaction.atomic(using="default"):
+        Group.objects.create(name="holds the write lock")
+        with pytest.raises(LockBackendError, match="locked"):
+            backend.try_acquire_lock(None, "job", 60_000)
+    assert time.monotonic() - started < 30
+    assert backend.try_acquire_lock(None, "job", 60_000)  # fine once it committed
+
+
+def test_times_come_from_the_database_clock(db_alias, using):
+    backend = locks[db_alias]
+    lease = backend.lock("job", 1234)
+    row = Lock.objects.using(using).get(key="job")
+    assert row.expires_at_us - row.acquired_at_us == 1234 * 1000
+    assert lease.expires_at == row.expires_at and lease.acquired_at == row.acquired_at
+    clock = {
+        "postgresql": "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint",
+        "mysql": "SELECT TIMESTAMPDIFF(MICROSECOND, '1970-01-01', UTC_TIMESTAMP(6))",
+        "sqlite": "SELECT CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)",
+    }[connections[using].vendor]
+    with connections[using].cursor() as cursor:
+        cursor.execute(clock)
+        now_us = cursor.fetchone()[0]
+    assert 0 <= now_us - row.acquired_at_us < 60 * 1_000_000
+
+
+def test_purge_deletes_old_rows_and_never_lowers_fencing(db_alias, using):
+    backend = locks[db_alias]
+    with backend.lock("old", 60_000) as lease:
+        old_token = lease.fencing_token
+    backend.acquire_lock(None, "live", 60_000, 0)
+    assert backend.purge() == 0  # released just now: kept for a while
+    shift = PURGE_AFTER_US + 10_000_000
+    Lock.objects.using(using).filter(key="old").update(
+        acquired_at_us=models_f("acquired_at_us") - shift,
+        expires_at_us=models_f("expires_at_us") - shift,
+    )
+    assert backend.purge() == 1
+    assert list(Lock.objects.using(using).values_list("key", flat=True)) == ["live"]
+    with backend.lock("old", 60_000) as lease:
+        assert lease.fencing_token > old_token
+
+
+def models_f(name):
+    from django.db.models import F
+
+    return F(name)
+
+
+def kill_lock_connection(db_alias: str, using: str) -> None:
+    wrapper = lock_connection(using)
+    assert wrapper.connection is not None
+    with connections[using].cursor() as cursor:
+        if wrapper.vendor == "postgresql":
+            cursor.execute("SELECT pg_terminate_backend(%s)", [wrapper.connection.info.backend_pid])
+        else:
+            cursor.execute(f"KILL {int(wrapper.connection.thread_id())}")
+
+
+@pytest.mark.parametrize("db_alias", [a for a in DATABASE_ALIASES if a != "default"])
+def test_killed_connection_gives_backend_error_then_reconnects(db_alias):
+    using = DATABASE_ALIASES[db_alias]
+    backend = locks[db_alias]
+    lease = backend.lock("job", 60_000)
+    kill_lock_connection(db_alias, using)
+    with pytest.raises(LockBackendError):
+        backend.get_lock("job")
+    # The next call reconnects; the lock (a row) outlived the connection.
+    assert backend.get_lock("job").token == lease.token
+    lease.release()
+
+
+@pytest.mark.parametrize(
+    ("db_alias", "port_variable"), [("postgres", "POSTGRES_PORT"), ("mysql", "MYSQL_PORT")]
+)
+def test_unreachable_database_is_a_backend_error(db_alias, port_variable):
+    if db_alias not in DATABASE_ALIASES:
+        pytest.fail(f"{db_alias} is not configured (DJANGO_LOCKS_TEST_DATABASES)")
+    from tests.conftest import free_port
+
+    result = run_python(
+        "import django; django.setup()\n"
+        "from django_locks import locks\n"
+        "from django_locks.exceptions import LockBackendError\n"
+        "try:\n"
+        f"    locks[{db_alias!r}].try_acquire_lock(None, 'job', 1000)\n"
+        "except LockBackendError as e:\n"
+        "    print('LockBackendError', e)\n",
+        env={port_variable: str(free_port())},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("LockBackendError"), result.stdout

@@ -1,0 +1,143 @@
+"""CacheLock on Redis specifics: keys, wake-ups, a server that stops and restarts."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.conf import settings
+from django.test import override_settings
+from redis.crc import key_slot
+
+from django_locks import locks
+from django_locks.exceptions import LockBackendError, LockTimeoutError
+from tests.conftest import free_port, wait_until
+
+CACHE_BACKENDS = {
+    "django_redis": ("django_redis.cache.RedisCache", "SOCKET_TIMEOUT", "SOCKET_CONNECT_TIMEOUT"),
+    "redis": ("django.core.cache.backends.redis.RedisCache", "socket_timeout", "socket_connect_timeout"),
+}
+
+
+def raw(alias):
+    return locks[alias].client.get_client()
+
+
+def own_cache(redis_alias: str, url: str, socket_timeout: float = 2.0) -> dict:
+    backend, timeout_name, connect_name = CACHE_BACKENDS[redis_alias]
+    return {
+        "BACKEND": backend,
+        "LOCATION": url,
+        "OPTIONS": {timeout_name: socket_timeout, connect_name: 1.0},
+    }
+
+
+def test_keys_use_the_cache_key_function_and_share_a_slot(redis_alias):
+    backend = locks[redis_alias]
+    backend.acquire_lock(None, "job", 60_000, 0)
+    prefix = settings.CACHES[redis_alias]["KEY_PREFIX"]
+    names = sorted(n.decode() for n in raw(redis_alias).scan_iter(match=f"{prefix}:*"))
+    assert f"{prefix}:1:django_locks:{{job}}:lock" in names
+    assert f"{prefix}:1:django_locks:{{job}}:fence" in names
+    backend.release_lock(None, "job")
+    slots = {key_slot(f"{prefix}:1:django_locks:{{job}}:{suffix}".encode())
+             for suffix in ("lock", "fence", "wake")}
+    assert len(slots) == 1
+
+
+def test_counter_keys_stay_out_of_held_locks(redis_alias):
+    backend = locks[redis_alias]
+    with backend.lock("a}b{c", 60_000):
+        assert [info.key for info in backend.held_locks()] == ["a}b{c"]
+    prefix = settings.CACHES[redis_alias]["KEY_PREFIX"]
+    leftovers = [n.decode() for n in raw(redis_alias).scan_iter(match=f"{prefix}:*")]
+    assert any(name.endswith(":fence") for name in leftovers)  # the counter lives on
+    assert backend.held_locks() == []
+
+
+def test_waiter_blocks_on_the_wake_up_list_and_is_woken_by_release(redis_alias):
+    backend = locks[redis_alias]
+    lease = backend.lock("job", 60_000)
+    acquired = threading.Event()
+
+    def waiter():
+        locks[redis_alias].acquire_lock(None, "job", 60_000, 30_000)
+        acquired.set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+
+    def blocked_in_blpop():
+        return any(client.get("cmd") == "blpop" for client in raw(redis_alias).client_list())
+
+    wait_until(blocked_in_blpop)
+    assert not acquired.is_set()
+    lease.release()
+    assert acquired.wait(10)
+    thread.join(10)
+
+
+def test_blocking_wait_stays_below_the_socket_timeout(redis_alias):
+    url = settings.CACHES[redis_alias]["LOCATION"]
+    caches = {**settings.CACHES, "short": {**own_cache(redis_alias, url, socket_timeout=0.3),
+                                           "KEY_PREFIX": "django_locks_tests_short"}}
+    with override_settings(CACHES=caches, LOCKS={
+        "short": {"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "short"}},
+    }):
+        backend = locks["short"]
+        lease = backend.lock("job", 60_000)
+        with pytest.raises(LockTimeoutError):  # not a socket timeout
+            backend.acquire_lock(None, "job", 60_000, 1_500)
+        lease.release()
+
+
+def test_unreachable_redis_is_a_backend_error(redis_alias):
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with override_settings(CACHES={"gone": own_cache(redis_alias, url)}, LOCKS={
+        "gone": {"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "gone"}},
+    }):
+        backend = locks["gone"]
+        for call in (
+            lambda: backend.try_acquire_lock(None, "job", 1000),
+            lambda: backend.acquire_lock(None, "job", 1000, 500),
+            lambda: backend.lock("job", 1000),
+            lambda: backend.release_lock(None, "job", owner="t"),
+            lambda: backend.force_release("job"),
+            lambda: backend.get_lock("job"),
+            lambda: backend.held_locks(),
+        ):
+            with pytest.raises(LockBackendError):
+                call()
+
+
+def test_redis_stopped_and_restarted(redis_alias, redis_server):
+    with override_settings(CACHES={"own": own_cache(redis_alias, redis_server.url)}, LOCKS={
+        "own": {"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "own"}},
+    }):
+        backend = locks["own"]
+        lease = backend.lock("job", 60_000)
+        before = lease.fencing_token
+        redis_server.stop()
+        started = time.monotonic()
+        for call in (
+            lambda: backend.try_acquire_lock(None, "other", 1000),
+            lambda: backend.acquire_lock(None, "other", 1000, 2000),
+            lease.extend,
+            lambda: backend.get_lock("job"),
+        ):
+            with pytest.raises(LockBackendError):
+                call()
+        assert time.monotonic() - started < 30  # bounded: no hang
+        redis_server.start()  # same port, no persistence: the held lock is gone
+        wait_until(lambda: _answers(backend))
+        with backend.lock("job", 60_000) as again:
+            assert again.fencing_token > before  # the clock floor keeps tokens rising
+
+
+def _answers(backend) -> bool:
+    try:
+        backend.get_lock("probe")
+        return True
+    except LockBackendError:
+        return False
