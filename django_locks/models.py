@@ -34,7 +34,7 @@ class Lock(models.Model):
 
     key = ExactTextField(max_length=MAX_KEY_LENGTH, primary_key=True)
     token = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001 - NULL: free
-    correlation_id = ExactTextField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    correlation_id = ExactTextField(max_length=255, null=True, blank=True)
     fencing_token = models.BigIntegerField()
     acquired_at_us = models.BigIntegerField()
     expires_at_us = models.BigIntegerField(db_index=True)
