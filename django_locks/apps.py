@@ -9,6 +9,7 @@ class DjangoLocksConfig(AppConfig):
     def ready(self) -> None:
         from django.core.signals import request_finished, request_started
 
+        from django_locks import checks  # noqa: F401 - registers the system checks
         from django_locks.backends import database
 
         request_started.connect(database.close_old_lock_connections)

@@ -27,4 +27,11 @@ class LockBackendError(LockError):
 
 
 class InvalidLockBackendError(LockError, ImproperlyConfigured):
-    """A ``LOCKS`` alias is unknown or its BACKEND / OPTIONS are invalid."""
+    """A ``LOCKS`` alias is unknown or its BACKEND / OPTIONS are invalid.
+
+    ``check_id`` is the system check id reporting the same problem (django_locks.E###).
+    """
+
+    def __init__(self, message: str, check_id: str = "django_locks.E001") -> None:
+        super().__init__(message)
+        self.check_id = check_id

@@ -71,7 +71,8 @@ class LockHandler(BaseConnectionHandler):
         if unknown:
             raise InvalidLockBackendError(
                 f"LOCKS[{alias!r}]: unknown setting(s) {', '.join(map(repr, unknown))} "
-                "(accepted: BACKEND, OPTIONS)"
+                "(accepted: BACKEND, OPTIONS)",
+                "django_locks.E002",
             )
         backend = params.get("BACKEND")
         if not isinstance(backend, str) or not backend:

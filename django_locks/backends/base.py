@@ -16,6 +16,7 @@ its token alone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import re
@@ -26,6 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any, NamedTuple
+
+from asgiref.sync import sync_to_async
+from django.core.checks import CheckMessage
 
 from django_locks import signals
 from django_locks.exceptions import (
@@ -156,6 +160,7 @@ class Lease:
         self._info = info
         self.ttl = ttl
         self._released = False
+        self._renewer: Any = None
 
     key = property(lambda self: self._info.key)
     token = property(lambda self: self._info.token)
@@ -193,8 +198,25 @@ class Lease:
             self.key, ttl, self.alias, self.correlation_id,
         )
 
+    def start_renewing(self, interval: float | None = None) -> None:
+        """Keep extending this lease in a daemon thread until it is released or lost.
+
+        See :class:`django_locks.renewal.LeaseRenewer` (the one auto-renewal mechanism).
+        """
+        from django_locks.renewal import LeaseRenewer
+
+        if self._renewer is None:
+            self._renewer = LeaseRenewer(self, interval)
+            self._renewer.start()
+
+    def stop_renewing(self) -> None:
+        if self._renewer is not None:
+            self._renewer.stop()
+            self._renewer = None
+
     def release(self) -> None:
         """Release the lease. Raises :class:`LockNotHeldError` if it was lost."""
+        self.stop_renewing()
         if self._released:
             raise LockNotHeldError(f"lease on {self.key!r} was already released")
         released = self._backend._release(self.key, self.token)
@@ -205,6 +227,14 @@ class Lease:
         self._backend._announce_release(
             self.key, self.token, self.fencing_token, self.correlation_id
         )
+
+    async def aextend(self, ttl: int | None = None) -> None:
+        """:meth:`extend` for async code."""
+        await self._backend._in_worker(self.extend)(ttl)
+
+    async def arelease(self) -> None:
+        """:meth:`release` for async code."""
+        await self._backend._in_worker(self.release)()
 
     def _lost(self, operation: str) -> None:
         self._released = True
@@ -250,9 +280,44 @@ class Lease:
                     self.key, problem, self.alias, self.correlation_id,
                 )
 
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._backend._in_worker(self.__exit__)(exc_type, exc, tb)
+
     def __repr__(self) -> str:
         state = "released" if self._released else f"expires {self.expires_at.isoformat()}"
         return f"<Lease {self.alias}:{self.key!r} fencing_token={self.fencing_token} {state}>"
+
+
+class _AcquiringLease:
+    """What :meth:`BaseLock.alock` returns: ``async with`` acquires, then releases."""
+
+    def __init__(self, acquire: Any) -> None:
+        self._acquire = acquire
+        self._lease: Lease | None = None
+
+    def __await__(self) -> Any:
+        return self._acquire().__await__()
+
+    async def __aenter__(self) -> Lease:
+        self._lease = await self._acquire()
+        return self._lease
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._lease is not None
+        await self._lease.__aexit__(exc_type, exc, tb)
 
 
 # --------------------------------------------------------------------------- base backend
@@ -268,20 +333,24 @@ class BaseLock:
     #: Polling bounds of the default wait, in seconds (backends that are woken override it).
     poll_interval_min: float = 0.001
     poll_interval_max: float = 0.010
+    #: Whether storage operations do I/O (then async callers run them in worker threads).
+    does_io: bool = True
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         self.alias = alias
         options = params.get("OPTIONS", {})
         if not isinstance(options, dict):
             raise InvalidLockBackendError(
-                f"LOCKS[{alias!r}]['OPTIONS'] must be a dict, not {type(options).__name__}"
+                f"LOCKS[{alias!r}]['OPTIONS'] must be a dict, not {type(options).__name__}",
+                "django_locks.E002",
             )
         unknown = sorted(set(options) - self.option_names)
         if unknown:
             accepted = ", ".join(sorted(self.option_names)) or "none"
             raise InvalidLockBackendError(
                 f"LOCKS[{alias!r}]: unknown option(s) {', '.join(map(repr, unknown))} for "
-                f"{type(self).__name__} (accepted: {accepted})"
+                f"{type(self).__name__} (accepted: {accepted})",
+                "django_locks.E002",
             )
         self._held_tokens: dict[str, str] = {}
         self._held_mutex = threading.Lock()
@@ -290,8 +359,14 @@ class BaseLock:
     def configure(self, options: dict[str, Any]) -> None:
         """Read this backend's OPTIONS (already checked for unknown names)."""
 
-    def _invalid(self, message: str) -> InvalidLockBackendError:
-        return InvalidLockBackendError(f"LOCKS[{self.alias!r}] ({type(self).__name__}): {message}")
+    def _invalid(self, message: str, check_id: str) -> InvalidLockBackendError:
+        return InvalidLockBackendError(
+            f"LOCKS[{self.alias!r}] ({type(self).__name__}): {message}", check_id
+        )
+
+    def check(self) -> list[CheckMessage]:
+        """System check messages about this alias's configuration (beyond hard errors)."""
+        return []
 
     # ----------------------------------------------------------------------- the contract
 
@@ -371,6 +446,56 @@ class BaseLock:
         """Remove expired lock state where the backend keeps any. Returns how many entries."""
         return self._purge()
 
+    # ----------------------------------------------------------------------- async API
+    # Same arguments and errors. Each attempt runs in a worker thread; waiting between
+    # attempts is an asyncio sleep, so a waiter holds no thread.
+
+    async def atry_acquire_lock(self, correlation_id: str | None, key: str, ttl: int) -> bool:
+        correlation_id = validate_correlation_id(correlation_id)
+        key, ttl = validate_key(key), validate_ttl(ttl)
+        attempt = await self._in_worker(self._attempt)(key, ttl, correlation_id, new_token())
+        return attempt.info is not None
+
+    async def aacquire_lock(
+        self, correlation_id: str | None, key: str, ttl: int, timeout: int
+    ) -> None:
+        correlation_id = validate_correlation_id(correlation_id)
+        key, ttl, timeout = validate_key(key), validate_ttl(ttl), validate_timeout(timeout)
+        await self._aacquire(key, ttl, timeout, correlation_id)
+
+    async def arelease_lock(
+        self, correlation_id: str | None, key: str, *, owner: str | None = None
+    ) -> None:
+        correlation_id = validate_correlation_id(correlation_id)
+        key, owner = validate_key(key), validate_owner(owner)
+        await self._in_worker(self.release_lock)(correlation_id, key, owner=owner)
+
+    def alock(
+        self,
+        key: str,
+        ttl: int,
+        timeout: int = 0,
+        correlation_id: str | None = None,
+    ) -> _AcquiringLease:
+        """``async with backend.alock(key, ttl) as lease:`` (or ``lease = await ...``)."""
+        correlation_id = validate_correlation_id(correlation_id)
+        key, ttl, timeout = validate_key(key), validate_ttl(ttl), validate_timeout(timeout)
+
+        async def acquire() -> Lease:
+            return Lease(self, await self._aacquire(key, ttl, timeout, correlation_id), ttl)
+
+        return _AcquiringLease(acquire)
+
+    def _in_worker(self, function: Any) -> Any:
+        """``function`` as a coroutine function: in a worker thread if it does I/O."""
+        if self.does_io:
+            return sync_to_async(function, thread_sensitive=False)
+
+        async def direct(*args: Any, **kwargs: Any) -> Any:
+            return function(*args, **kwargs)
+
+        return direct
+
     # ----------------------------------------------------------------------- shared logic
 
     def _attempt(self, key: str, ttl: int, correlation_id: str | None, token: str) -> Attempt:
@@ -401,11 +526,7 @@ class BaseLock:
                 return attempt.info
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                logger.info(
-                    "lock %r not acquired within %d ms (alias=%s, correlation_id=%s)",
-                    key, timeout, self.alias, correlation_id,
-                )
-                raise LockTimeoutError(f"lock {key!r} not acquired within {timeout} ms")
+                raise self._timed_out(key, timeout, correlation_id)
             if waits == 0:
                 logger.debug(
                     "waiting up to %d ms for lock %r (alias=%s, correlation_id=%s)",
@@ -416,10 +537,41 @@ class BaseLock:
             self._wait_for_release(key, remaining, waits)
             waits += 1
 
-    def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
-        """Block at most ``seconds`` or until ``key`` may be free. Default: jittered backoff."""
+    async def _aacquire(
+        self, key: str, ttl: int, timeout: int, correlation_id: str | None
+    ) -> LockInfo:
+        """The wait loop for async callers: attempts in a worker, waits by asyncio.sleep."""
+        token = new_token()
+        deadline = time.monotonic() + timeout / 1000
+        attempt_in_worker = self._in_worker(self._attempt)
+        waits = 0
+        while True:
+            attempt = await attempt_in_worker(key, ttl, correlation_id, token)
+            if attempt.info is not None:
+                return attempt.info
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._timed_out(key, timeout, correlation_id)
+            if attempt.holder_remaining_ms is not None:
+                remaining = min(remaining, attempt.holder_remaining_ms / 1000)
+            await asyncio.sleep(self._poll_delay(remaining, waits))
+            waits += 1
+
+    def _timed_out(self, key: str, timeout: int, correlation_id: str | None) -> LockTimeoutError:
+        logger.info(
+            "lock %r not acquired within %d ms (alias=%s, correlation_id=%s)",
+            key, timeout, self.alias, correlation_id,
+        )
+        return LockTimeoutError(f"lock {key!r} not acquired within {timeout} ms")
+
+    def _poll_delay(self, seconds: float, waits: int) -> float:
+        """Jittered exponential backoff between attempts, at most ``seconds``."""
         interval = min(self.poll_interval_max, self.poll_interval_min * (2 ** min(waits, 16)))
-        time.sleep(min(seconds, interval * random.uniform(0.5, 1.0)))
+        return min(seconds, interval * random.uniform(0.5, 1.0))
+
+    def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
+        """Block at most ``seconds`` or until ``key`` may be free. Default: polling backoff."""
+        time.sleep(self._poll_delay(seconds, waits))
 
     def _forget(self, key: str, token: str) -> None:
         """Drop ``key`` from this instance's bookkeeping if ``token`` is what it holds."""

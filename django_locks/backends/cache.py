@@ -26,6 +26,8 @@ from typing import Any
 
 from django.core.cache import caches
 from django.core.cache.backends.dummy import DummyCache
+from django.core.cache.backends.locmem import LocMemCache
+from django.core.checks import CheckMessage, Warning
 from django.utils.module_loading import import_string
 
 from django_locks.backends.base import Attempt, BaseLock, LockInfo, datetime_from_us
@@ -416,17 +418,25 @@ class CacheLock(BaseLock):
     def configure(self, options: dict[str, Any]) -> None:
         cache_alias = options.get("cache", "default")
         if not isinstance(cache_alias, str):
-            raise self._invalid(f"OPTIONS 'cache' must be a cache alias (str), not {cache_alias!r}")
+            raise self._invalid(
+                f"OPTIONS 'cache' must be a cache alias (str), not {cache_alias!r}",
+                "django_locks.E002",
+            )
         if cache_alias not in caches.settings:
-            raise self._invalid(f"OPTIONS 'cache' names cache {cache_alias!r}, not in CACHES")
+            raise self._invalid(
+                f"OPTIONS 'cache' names cache {cache_alias!r}, not in CACHES", "django_locks.E004"
+            )
         backend_path = caches.settings[cache_alias].get("BACKEND", "")
         try:
             backend_cls = import_string(backend_path)
         except ImportError as e:
-            raise self._invalid(f"cache {cache_alias!r} has an unusable BACKEND: {e}") from e
+            raise self._invalid(
+                f"cache {cache_alias!r} has an unusable BACKEND: {e}", "django_locks.E004"
+            ) from e
         if issubclass(backend_cls, DummyCache):
             raise self._invalid(
-                f"cache {cache_alias!r} is a DummyCache, which stores nothing: it cannot hold locks"
+                f"cache {cache_alias!r} is a DummyCache, which stores nothing: it cannot hold locks",
+                "django_locks.E005",
             )
         self.cache_alias = cache_alias
         self.cache_backend_class = backend_cls
@@ -440,6 +450,28 @@ class CacheLock(BaseLock):
     @property
     def cache(self) -> Any:
         return caches[self.cache_alias]
+
+    def check(self) -> list[CheckMessage]:
+        messages: list[CheckMessage] = []
+        where = f"LOCKS[{self.alias!r}]"
+        if issubclass(self.cache_backend_class, LocMemCache):
+            messages.append(Warning(
+                f"{where} uses cache {self.cache_alias!r}, a LocMemCache: its locks are local "
+                "to one process and not shared between processes or servers.",
+                hint="Use a Redis cache (django-redis or Django's RedisCache), or DatabaseLock.",
+                obj=where, id="django_locks.W001",
+            ))
+        if not self.native:
+            messages.append(Warning(
+                f"{where} uses cache {self.cache_alias!r} ({self.cache_backend_class.__name__}) "
+                "through the generic cache.add fallback: release and extend are not atomic, "
+                "ttl follows the cache's timeout precision, fencing counters may be evicted "
+                "(the clock floor keeps tokens rising), waiters poll, and held locks cannot be "
+                "listed.",
+                hint="Use a Redis cache for native locks, or DatabaseLock.",
+                obj=where, id="django_locks.W002",
+            ))
+        return messages
 
     def make_key(self, key: str) -> str:
         return self.cache.make_key(key)

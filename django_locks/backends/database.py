@@ -31,6 +31,7 @@ import weakref
 from datetime import datetime
 from typing import Any
 
+from django.core.checks import CheckMessage, Error
 from django.db import Error as DjangoDatabaseError
 from django.db import connections
 from django.db.utils import load_backend
@@ -74,6 +75,15 @@ def close_old_lock_connections(**kwargs: Any) -> None:
     for wrapper in getattr(_thread_connections, "by_alias", {}).values():
         try:
             wrapper.close_if_unusable_or_obsolete()
+        except Exception:
+            wrapper.connection = None
+
+
+def close_thread_lock_connections() -> None:
+    """Close this thread's lock connections (for threads that end)."""
+    for wrapper in getattr(_thread_connections, "by_alias", {}).values():
+        try:
+            wrapper.close()
         except Exception:
             wrapper.connection = None
 
@@ -207,18 +217,25 @@ class DatabaseLock(BaseLock):
     def configure(self, options: dict[str, Any]) -> None:
         using = options.get("using", "default")
         if not isinstance(using, str):
-            raise self._invalid(f"OPTIONS 'using' must be a database alias (str), not {using!r}")
+            raise self._invalid(
+                f"OPTIONS 'using' must be a database alias (str), not {using!r}", "django_locks.E002"
+            )
         if using not in connections.settings:
-            raise self._invalid(f"OPTIONS 'using' names database {using!r}, not in DATABASES")
+            raise self._invalid(
+                f"OPTIONS 'using' names database {using!r}, not in DATABASES", "django_locks.E003"
+            )
         engine = connections.settings[using].get("ENGINE", "")
         try:
             vendor = load_backend(engine).DatabaseWrapper.vendor
         except Exception as e:
-            raise self._invalid(f"database {using!r} has an unusable ENGINE {engine!r}: {e}") from e
+            raise self._invalid(
+                f"database {using!r} has an unusable ENGINE {engine!r}: {e}", "django_locks.E006"
+            ) from e
         if vendor not in _SUPPORTED_VENDORS:
             raise self._invalid(
                 f"database {using!r} is {vendor}; DatabaseLock supports "
-                f"{', '.join(_SUPPORTED_VENDORS)}"
+                f"{', '.join(_SUPPORTED_VENDORS)}",
+                "django_locks.E006",
             )
         self.using = using
         self.vendor = vendor
@@ -237,13 +254,23 @@ class DatabaseLock(BaseLock):
             )
         return self._sql
 
+    def _in_memory_error(self) -> InvalidLockBackendError:
+        return self._invalid(
+            f"DatabaseLock needs a file database; database {self.using!r} is an in-memory "
+            "SQLite database, which other connections cannot share (for tests, set its "
+            "TEST['NAME'] to a file path)",
+            "django_locks.E007",
+        )
+
+    def check(self) -> list[CheckMessage]:
+        if self.vendor == "sqlite" and connections[self.using].is_in_memory_db():
+            error = self._in_memory_error()
+            return [Error(str(error), id=error.check_id, obj=f"LOCKS[{self.alias!r}]")]
+        return []
+
     def _connect(self, wrapper: Any) -> None:
         if self.vendor == "sqlite" and wrapper.is_in_memory_db():
-            raise InvalidLockBackendError(
-                f"LOCKS[{self.alias!r}]: DatabaseLock needs a file database; database "
-                f"{self.using!r} is an in-memory SQLite database (for tests, set its "
-                "TEST['NAME'] to a file path)"
-            )
+            raise self._in_memory_error()
         wrapper.connect()
         if self.vendor == "sqlite":
             # A second connection to the file can write while others read.

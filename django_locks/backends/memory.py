@@ -45,6 +45,8 @@ def _store(alias: str) -> _MemoryStore:
 class MemoryLock(BaseLock):
     """Process-local locks. No OPTIONS."""
 
+    does_io = False
+
     def configure(self, options: dict[str, Any]) -> None:
         self._store = _store(self.alias)
 

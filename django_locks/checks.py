@@ -1,0 +1,35 @@
+"""System checks of the LOCKS setting (ids django_locks.E### and django_locks.W###).
+
+E001 unknown or unusable BACKEND (or a malformed LOCKS); E002 unknown option or setting;
+E003 DatabaseLock on a database alias missing from DATABASES; E004 CacheLock on a cache
+alias missing from CACHES; E005 CacheLock on DummyCache; E006 DatabaseLock on an
+unsupported database engine; E007 DatabaseLock on an in-memory SQLite database.
+W001 CacheLock on a process-local cache (LocMemCache); W002 CacheLock through the
+generic cache.add fallback, with weaker guarantees.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.checks import CheckMessage, Error, register
+
+from django_locks.exceptions import InvalidLockBackendError
+from django_locks.handler import locks
+
+
+@register("django_locks")
+def check_locks_setting(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    try:
+        aliases = list(locks.configure_settings(None))
+    except InvalidLockBackendError as e:
+        return [Error(str(e), id=e.check_id, obj="LOCKS")]
+    for alias in aliases:
+        try:
+            backend = locks.create_connection(alias)
+        except InvalidLockBackendError as e:
+            messages.append(Error(str(e), id=e.check_id, obj=f"LOCKS[{alias!r}]"))
+        else:
+            messages.extend(backend.check())
+    return messages
