@@ -159,12 +159,26 @@ def redis_server(tmp_path) -> Iterator[RedisServer]:
     server.stop()
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process using the test settings and test databases."""
+    import json
+
+    names = {alias: connections[alias].settings_dict["NAME"] for alias in connections}
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DJANGO_LOCKS_TEST_DB_NAMES": json.dumps(names),
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    }
+
+
 def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60):
     """Run Python code in a fresh process with this project's settings."""
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
-        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", **(env or {})},
+        env=subprocess_env(**(env or {})),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -1,9 +1,10 @@
 """A worker process of the contention tests.
 
 Usage: python -m tests.contention_worker CONFIG_JSON
-CONFIG: alias, key, iterations, counter (a file), log (a file), databases ({alias: test
-database name}), ttl, timeout. Each iteration takes the lock, does a deliberately racy
-read-modify-write of the counter file, and logs "enter exit fencing_token" (monotonic ns,
+CONFIG: alias, key, iterations, counter (a file), log (a file), ttl, timeout, hold. The
+test databases are named in DJANGO_LOCKS_TEST_DB_NAMES (see tests/settings.py).
+Each iteration takes the lock, does a deliberately racy read-modify-write of the
+counter file, and logs "enter exit fencing_token" (monotonic ns,
 one clock for all processes of the machine).
 """
 
@@ -19,10 +20,6 @@ from pathlib import Path
 def main() -> None:
     config = json.loads(sys.argv[1])
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
-    from django.conf import settings
-
-    for alias, name in config.get("databases", {}).items():
-        settings.DATABASES[alias]["NAME"] = name
     import django
 
     django.setup()

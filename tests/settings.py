@@ -1,5 +1,6 @@
 """Settings of the test suite. Servers come from environment variables (see README)."""
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -75,6 +76,10 @@ if "mysql" in TEST_DATABASES:
         "OPTIONS": {"charset": "utf8mb4"},
         "TEST": {"NAME": "test_django_locks", "CHARSET": "utf8mb4"},
     }
+
+# Subprocesses of the tests (workers, `manage.py locks`) reach the test databases by name.
+for _alias, _name in json.loads(os.environ.get("DJANGO_LOCKS_TEST_DB_NAMES", "{}")).items():
+    DATABASES[_alias]["NAME"] = _name
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 

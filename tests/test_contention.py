@@ -12,9 +12,8 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from django.db import connections
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, subprocess_env
 
 PROCESSES = int(os.environ.get("DJANGO_LOCKS_CONTENTION_PROCESSES", "4"))
 ITERATIONS = int(os.environ.get("DJANGO_LOCKS_CONTENTION_ITERATIONS", "15"))
@@ -39,13 +38,12 @@ def test_processes_contend_for_one_key(shared_alias, tmp_path):
         "iterations": ITERATIONS,
         "counter": str(counter),
         "log": str(log),
-        "databases": {alias: connections[alias].settings_dict["NAME"] for alias in connections},
     }
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "tests.contention_worker", json.dumps(config)],
             cwd=ROOT,
-            env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+            env=subprocess_env(),
             stderr=subprocess.PIPE,
             text=True,
         )

@@ -456,14 +456,14 @@ class CacheLock(BaseLock):
         where = f"LOCKS[{self.alias!r}]"
         if issubclass(self.cache_backend_class, LocMemCache):
             messages.append(Warning(
-                f"{where} uses cache {self.cache_alias!r}, a LocMemCache: its locks are local "
+                f"Cache {self.cache_alias!r} is a LocMemCache: its locks are local "
                 "to one process and not shared between processes or servers.",
                 hint="Use a Redis cache (django-redis or Django's RedisCache), or DatabaseLock.",
                 obj=where, id="django_locks.W001",
             ))
         if not self.native:
             messages.append(Warning(
-                f"{where} uses cache {self.cache_alias!r} ({self.cache_backend_class.__name__}) "
+                f"Cache {self.cache_alias!r} ({self.cache_backend_class.__name__}) is used "
                 "through the generic cache.add fallback: release and extend are not atomic, "
                 "ttl follows the cache's timeout precision, fencing counters may be evicted "
                 "(the clock floor keeps tokens rising), waiters poll, and held locks cannot be "
