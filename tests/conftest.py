@@ -64,8 +64,8 @@ def django_db_setup(django_test_environment, django_db_blocker) -> Iterator[None
 def _clean_lock_state() -> None:
     from django_locks.models import Lock
 
-    for alias in connections:
-        Lock.objects.using(alias).all().delete()
+    for using in set(DATABASE_ALIASES.values()):
+        Lock.objects.using(using).all().delete()
     for cache_alias in ("django_redis", "redis"):
         client = locks[cache_alias].client.get_client()
         prefix = settings.CACHES[cache_alias]["KEY_PREFIX"]

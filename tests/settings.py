@@ -99,6 +99,12 @@ CACHES = {
     },
     "locmem": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
     "dummy": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"},
+    # Nothing listens on port 1: every call is a backend error.
+    "unreachable": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": "redis://127.0.0.1:1/0",
+        "OPTIONS": {"SOCKET_TIMEOUT": 1, "SOCKET_CONNECT_TIMEOUT": 1},
+    },
 }
 
 LOCKS = {
@@ -110,6 +116,10 @@ LOCKS = {
     "redis": {"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "redis"}},
     "memory": {"BACKEND": "django_locks.backends.memory.MemoryLock"},
     "locmem": {"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "locmem"}},
+    "unreachable": {
+        "BACKEND": "django_locks.backends.cache.CacheLock",
+        "OPTIONS": {"cache": "unreachable"},
+    },
 }
 for _alias in ("postgres", "mysql"):
     if _alias in DATABASES:

@@ -1,4 +1,15 @@
 from django.contrib import admin
 from django.urls import path
 
-urlpatterns = [path("admin/", admin.site.urls)]
+from tests import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("report/<int:pk>/", views.report),
+    path("async-report/<int:pk>/", views.async_report),
+    path("stream/", views.stream),
+    path("boom/", views.boom),
+    path("misconfigured/<int:pk>/", views.misconfigured),
+    path("search/<path:q>", views.search),
+    path("cbv/<int:pk>/", views.ClassBased.as_view()),
+]

@@ -274,9 +274,10 @@ class CacheAddLockClient:
     """Any other Django cache, through ``cache.add`` (see the README for its limits).
 
     A release or extend is a read followed by a write, not one atomic step: to keep the
-    window from touching a newer holder, they act only while the lease has more than
-    ``SAFETY_MARGIN_MS`` left (a release closer to expiry leaves the entry to expire;
-    such an extend reports the lease lost). Waiters poll.
+    window from touching a newer holder, they act only while the lease has more than a
+    safety margin left (``SAFETY_MARGIN_MS``, or a quarter of the ttl if that is less): a
+    release closer to expiry leaves the entry to expire; such an extend reports the lease
+    lost. Waiters poll.
     """
 
     supports_enumeration = False
@@ -316,7 +317,7 @@ class CacheAddLockClient:
     def try_acquire(self, keys: _LockKeys, key: str, token: str, ttl: int, cid: str | None) -> Attempt:
         def acquire(cache: Any) -> Attempt:
             now_us = self._now_us()
-            state = {"key": key, "token": token, "fence": 0, "cid": cid,
+            state = {"key": key, "token": token, "fence": 0, "cid": cid, "ttl": ttl,
                      "acquired": now_us, "expires": now_us + ttl * 1000}
             if not cache.add(keys.lock, state, timeout=self._timeout(ttl)):
                 holder = cache.get(keys.lock)
@@ -324,7 +325,7 @@ class CacheAddLockClient:
                 return Attempt(None, max(remaining, 0))
             state["fence"] = self._next_fence(cache, keys.fence)
             left_ms = (state["expires"] - self._now_us()) // 1000
-            if left_ms > self.SAFETY_MARGIN_MS:
+            if left_ms > self._margin_ms(state):
                 cache.set(keys.lock, state, timeout=self._timeout(left_ms))
             return Attempt(self._info(state))
 
@@ -334,7 +335,10 @@ class CacheAddLockClient:
         holder = cache.get(keys.lock)
         if not holder or holder["token"] != token or holder["expires"] <= self._now_us():
             return None, False
-        return holder, (holder["expires"] - self._now_us()) // 1000 > self.SAFETY_MARGIN_MS
+        return holder, (holder["expires"] - self._now_us()) // 1000 > self._margin_ms(holder)
+
+    def _margin_ms(self, state: dict[str, Any]) -> int:
+        return min(self.SAFETY_MARGIN_MS, state["ttl"] // 4)
 
     def release(self, keys: _LockKeys, token: str) -> bool:
         def release(cache: Any) -> bool:
@@ -351,6 +355,7 @@ class CacheAddLockClient:
             if holder is None or not safe:
                 return None
             holder["expires"] = self._now_us() + ttl * 1000
+            holder["ttl"] = ttl
             cache.set(keys.lock, holder, timeout=self._timeout(ttl))
             return datetime_from_us(holder["expires"])
 

@@ -8,7 +8,6 @@ Exit codes, the same for every subcommand:
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import subprocess
@@ -100,13 +99,23 @@ class Command(BaseCommand):
 
         subcommand("purge", "Remove expired lock state, printing how many entries.")
 
-        run = subcommand("run", "Run COMMAND while holding KEY (renewed), like flock(1).")
+        run = subcommand(
+            "run", "Run COMMAND (everything after --) while holding KEY, renewed, like flock(1)."
+        )
         run.add_argument("key", metavar="KEY")
         run.add_argument("--ttl", type=int, required=True, metavar="MS")
         run.add_argument("--timeout", type=int, default=0, metavar="MS")
         run.add_argument("--conflict-exit-code", type=int, default=EX_TEMPFAIL, metavar="N",
                          help="exit status when the lock cannot be had (default 75)")
-        run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
+
+    def run_from_argv(self, argv: list[str]) -> None:
+        # ``run KEY ... -- COMMAND [ARGS...]``: everything after the first "--" is the
+        # command, kept away from argparse (which would read its options as ours).
+        self.run_command: list[str] = []
+        if len(argv) > 2 and argv[2] == "run" and "--" in argv:
+            split = argv.index("--")
+            argv, self.run_command = argv[:split], argv[split + 1:]
+        super().run_from_argv(argv)
 
     # ----------------------------------------------------------------------- dispatch
 
@@ -210,9 +219,7 @@ class Command(BaseCommand):
         self.stdout.write(f"purged {backend.purge()} expired lock entries")
 
     def handle_run(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
-        command = list(options["command"])
-        if command[:1] == ["--"]:
-            command = command[1:]
+        command = list(options.get("command") or getattr(self, "run_command", []))
         if not command:
             raise _exit(EXIT_USAGE, "run needs a COMMAND after --")
         conflict = options["conflict_exit_code"]

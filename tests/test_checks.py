@@ -1,0 +1,79 @@
+"""System checks of the LOCKS setting, each triggered by a settings override."""
+
+from __future__ import annotations
+
+import pytest
+from django.core import checks
+from django.test import override_settings
+
+from django_locks.checks import check_locks_setting
+
+CACHES = {
+    "redis": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+              "LOCATION": "redis://127.0.0.1:6379/0"},
+    "locmem": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "files": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+              "LOCATION": "/tmp/django-locks-check"},
+    "dummy": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"},
+}
+DB = "django_locks.backends.database.DatabaseLock"
+CACHE = "django_locks.backends.cache.CacheLock"
+
+
+def ids(locks_setting, **overrides) -> list[str]:
+    with override_settings(LOCKS=locks_setting, CACHES=CACHES, **overrides):
+        return sorted(message.id for message in check_locks_setting())
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"BACKEND": "no.such.Backend"}, ["django_locks.E001"]),
+        ({"BACKEND": DB, "OPTIONS": {"usin": "default"}}, ["django_locks.E002"]),
+        ({"BACKEND": DB, "TIMEOUT": 3}, ["django_locks.E002"]),
+        ({"BACKEND": DB, "OPTIONS": {"using": "missing"}}, ["django_locks.E003"]),
+        ({"BACKEND": CACHE, "OPTIONS": {"cache": "missing"}}, ["django_locks.E004"]),
+        ({"BACKEND": CACHE, "OPTIONS": {"cache": "dummy"}}, ["django_locks.E005"]),
+        ({"BACKEND": CACHE, "OPTIONS": {"cache": "locmem"}}, ["django_locks.W001", "django_locks.W002"]),
+        ({"BACKEND": CACHE, "OPTIONS": {"cache": "files"}}, ["django_locks.W002"]),
+        ({"BACKEND": CACHE, "OPTIONS": {"cache": "redis"}}, []),
+        ({"BACKEND": DB}, []),
+        ({"BACKEND": "django_locks.backends.memory.MemoryLock"}, []),
+    ],
+)
+def test_each_check(config, expected):
+    assert ids({"x": config}) == expected
+
+
+@pytest.fixture
+def extra_database(monkeypatch):
+    """Adds a DATABASES alias for one test (never connected to)."""
+    from django.db import connections
+
+    def add(alias: str, config: dict) -> None:
+        settings = {**connections.settings, alias: {**connections.settings["default"], **config}}
+        monkeypatch.setitem(connections.__dict__, "settings", settings)
+
+    return add
+
+
+def test_unsupported_database_engine(extra_database):
+    extra_database("other", {"ENGINE": "django.db.backends.dummy"})
+    assert ids({"x": {"BACKEND": DB, "OPTIONS": {"using": "other"}}}) == ["django_locks.E006"]
+
+
+def test_in_memory_sqlite(extra_database):
+    from django.db import connections
+
+    extra_database("mem", {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:", "TEST": {}})
+    try:
+        assert ids({"x": {"BACKEND": DB, "OPTIONS": {"using": "mem"}}}) == ["django_locks.E007"]
+    finally:
+        del connections["mem"]
+
+
+def test_registered_with_the_check_framework():
+    with override_settings(LOCKS={"x": {"BACKEND": CACHE, "OPTIONS": {"cache": "dummy"}}}, CACHES=CACHES):
+        found = checks.run_checks(tags=["django_locks"])
+    assert [m.id for m in found] == ["django_locks.E005"]
+    assert all(isinstance(m, checks.CheckMessage) for m in found)

@@ -1,0 +1,270 @@
+"""lock_view and locked, on real backends, with concurrent requests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.test import AsyncClient, Client, RequestFactory
+
+from django_locks import locks, signals
+from django_locks.decorators import lock_view, locked, safe_key
+from django_locks.exceptions import LockTimeoutError
+from tests import views
+from tests.conftest import wait_until
+
+
+@pytest.fixture(autouse=True)
+def fresh_gates():
+    views.gates.clear()
+    yield
+    for g in views.gates.values():
+        g.opened.set()
+
+
+def request_in_thread(path: str, results: dict, name: str) -> threading.Thread:
+    def run():
+        results[name] = Client().get(path)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_second_concurrent_request_gets_423_with_retry_after():
+    results: dict = {}
+    first = request_in_thread("/report/7/", results, "first")
+    assert views.gate("report:7").entered.wait(10)
+    busy = Client().get("/report/7/")
+    assert busy.status_code == 423
+    assert 1 <= int(busy["Retry-After"]) <= 30
+    other = request_in_thread("/report/8/", results, "other")  # another key: not blocked
+    assert views.gate("report:8").entered.wait(10)
+    views.gate("report:8").opened.set()
+    other.join(10)
+    assert results["other"].status_code == 200
+    views.gate("report:7").opened.set()
+    first.join(10)
+    assert results["first"].content == b"report 7"
+    assert locks["default"].get_lock("report:7") is None  # released with the response
+    views.gates.clear()
+    views.gate("report:7").opened.set()
+    assert Client().get("/report/7/").status_code == 200
+
+
+def test_lock_is_released_when_the_view_raises():
+    with pytest.raises(ValueError, match="the view failed"):
+        Client().get("/boom/")
+    assert locks["default"].get_lock("boom") is None
+
+
+def test_missing_url_kwarg_is_a_configuration_error_naming_it():
+    with pytest.raises(ImproperlyConfigured, match="'missing'"):
+        Client().get("/misconfigured/1/")
+    assert locks["default"].held_locks() == []
+
+
+def test_long_or_weird_keys_from_user_input_are_hashed():
+    long_query = "x" * 5000
+    response = Client().get(f"/search/{long_query}")
+    assert response.status_code == 200 and response.content == b"searched 5000 characters"
+    key = safe_key(f"search:{long_query}")
+    assert len(key) <= 255 and key != safe_key(f"search:{long_query}y")
+    assert safe_key("a\nb").startswith("a?b#")
+    assert safe_key("plain:key") == "plain:key"
+
+
+def test_streaming_response_holds_the_lock_until_closed():
+    response = Client().get("/stream/")
+    assert response.streaming
+    chunks = iter(response.streaming_content)
+    assert next(chunks) == b"chunk 0\n"
+    assert locks["default"].get_lock("stream") is not None
+    response.close()
+    assert locks["default"].get_lock("stream") is None
+
+
+def test_class_based_view_through_method_decorator():
+    results: dict = {}
+    first = request_in_thread("/cbv/3/", results, "first")
+    assert views.gate("cbv:3").entered.wait(10)
+    assert Client().get("/cbv/3/").status_code == 423
+    views.gate("cbv:3").opened.set()
+    first.join(10)
+    assert results["first"].status_code == 200
+
+
+def test_on_locked_and_custom_status():
+    factory = RequestFactory()
+    from django.http import HttpResponse
+
+    @lock_view("custom", ttl=10_000, status=409)
+    def plain(request):
+        return HttpResponse("ok")
+
+    @lock_view("custom", ttl=10_000, on_locked=lambda request: HttpResponse("later", status=503))
+    def with_handler(request):
+        return HttpResponse("ok")
+
+    with locks["default"].lock("custom", 10_000):
+        assert plain(factory.get("/")).status_code == 409
+        response = with_handler(factory.get("/"))
+        assert (response.status_code, response.content) == (503, b"later")
+    assert plain(factory.get("/")).status_code == 200
+
+
+def test_correlation_id_comes_from_the_request_header():
+    seen = []
+    signals.lock_acquired.connect(lambda **kw: seen.append(kw["correlation_id"]), weak=False,
+                                  dispatch_uid="t-cid")
+    try:
+        views.gate("report:9").opened.set()
+        Client().get("/report/9/", headers={"X-Correlation-ID": "trace-42"})
+    finally:
+        signals.lock_acquired.disconnect(dispatch_uid="t-cid")
+    assert seen == ["trace-42"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"ttl": 0}, ValueError, "ttl"),
+        ({"ttl": 1.5}, TypeError, "ttl"),
+        ({"ttl": 1000, "timeout": -1}, ValueError, "timeout"),
+        ({"ttl": 1000, "status": 99}, ValueError, "status"),
+        ({"ttl": 1000, "backend": 3}, TypeError, "backend"),
+        ({"ttl": 1000, "on_locked": "nope"}, TypeError, "on_locked"),
+    ],
+)
+def test_bad_decorator_arguments_fail_at_decoration(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        lock_view("k", **kwargs)
+    if "status" not in kwargs and "on_locked" not in kwargs:
+        with pytest.raises(error, match=message):
+            locked("k", **kwargs)
+
+
+def test_unknown_backend_alias_is_reported_at_the_call():
+    from django_locks.exceptions import InvalidLockBackendError
+
+    @locked("k", ttl=1000, backend="nope")
+    def job():
+        return 1
+
+    with pytest.raises(InvalidLockBackendError, match="'nope'"):
+        job()
+
+
+# ----------------------------------------------------------------------------- async views
+
+
+def test_async_view_concurrent_requests():
+    async def scenario():
+        client = AsyncClient()
+        first = asyncio.ensure_future(client.get("/async-report/5/"))
+        deadline = time.monotonic() + 10
+        while not views.gate("async:5").entered.is_set():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+        busy = await client.get("/async-report/5/")
+        views.gate("async:5").opened.set()
+        return await first, busy
+
+    done, busy = asyncio.run(scenario())
+    assert busy.status_code == 423 and int(busy["Retry-After"]) >= 1
+    assert done.status_code == 200
+    assert locks["redis"].get_lock("report:5") is None
+
+
+def test_async_waiting_never_blocks_the_event_loop(alias):
+    factory = RequestFactory()
+    from django.http import HttpResponse
+
+    @lock_view("waiting", ttl=10_000, timeout=800, backend=alias)
+    async def view(request):
+        return HttpResponse("ok")
+
+    async def scenario():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticking = asyncio.ensure_future(ticker())
+        response = await view(factory.get("/"))
+        ticking.cancel()
+        return response, ticks
+
+    holder = locks[alias].lock("waiting", 10_000)
+    response, ticks = asyncio.run(scenario())
+    holder.release()
+    assert response.status_code == 423
+    # 0.8 s of waiting: a blocked loop would tick once at most.
+    assert ticks >= 20, ticks
+
+
+# ----------------------------------------------------------------------------- locked
+
+
+def test_locked_function_key_from_bound_arguments():
+    calls = []
+
+    @locked("sync:{account}:{mode}", ttl=10_000)
+    def sync_account(account, mode="full"):
+        calls.append(locks["default"].get_lock(f"sync:{account}:{mode}"))
+        return account
+
+    assert sync_account(5) == 5
+    assert calls[0] is not None and calls[0].key == "sync:5:full"
+    assert locks["default"].get_lock("sync:5:full") is None
+    with locks["default"].lock("sync:6:full", 10_000):
+        with pytest.raises(LockTimeoutError):
+            sync_account(account=6)
+
+
+def test_locked_coroutine_and_callable_key():
+    @locked(lambda n: f"n:{n * 2}", ttl=10_000, backend="redis")
+    async def double(n):
+        return locks["redis"].get_lock(f"n:{n * 2}")
+
+    info = asyncio.run(double(21))
+    assert info is not None and info.key == "n:42"
+    assert locks["redis"].get_lock("n:42") is None
+
+
+# ----------------------------------------------------------------------------- auto-renew
+
+
+def test_auto_renew_keeps_the_lease_past_its_ttl(alias):
+    backend = locks[alias]
+    lease = backend.lock("renewed", 600)
+    first_expiry = lease.expires_at
+    lease.start_renewing()
+    from datetime import datetime, timezone
+
+    ttl = first_expiry - lease.acquired_at
+    wait_until(lambda: datetime.now(timezone.utc) > first_expiry + ttl)
+    assert backend.get_lock("renewed").token == lease.token
+    lease.release()
+    assert backend.get_lock("renewed") is None
+
+
+def test_auto_renew_reports_a_lost_lease(alias):
+    backend = locks[alias]
+    lost = []
+    signals.lock_lost.connect(lambda **kw: lost.append(kw), weak=False, dispatch_uid="t-renew")
+    try:
+        lease = backend.lock("renewed", 900, correlation_id="cid-r")
+        lease.start_renewing(interval=0.05)
+        backend.force_release("renewed")
+        wait_until(lambda: lost)
+    finally:
+        signals.lock_lost.disconnect(dispatch_uid="t-renew")
+    assert lost[0]["key"] == "renewed" and lost[0]["correlation_id"] == "cid-r"
+    assert lease._renewer.lost.is_set()
