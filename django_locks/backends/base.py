@@ -446,6 +446,10 @@ class BaseLock:
         """Remove expired lock state where the backend keeps any. Returns how many entries."""
         return self._purge()
 
+    def expired_locks(self) -> list[LockInfo]:
+        """Locks that expired without a release and whose state is kept until purged."""
+        return []
+
     # ----------------------------------------------------------------------- async API
     # Same arguments and errors. Each attempt runs in a worker thread; waiting between
     # attempts is an asyncio sleep, so a waiter holds no thread.

@@ -137,8 +137,18 @@ class LockSQL:
         )
         self.held = f"SELECT {self.columns} FROM {t} WHERE expires_at_us > {now}"
         self.get = f"{self.held} AND {k} = %s"
+        # Holders that expired without releasing: shown until purged.
+        self.expired = (
+            f"SELECT {self.columns} FROM {t} WHERE token IS NOT NULL AND expires_at_us <= {now}"
+        )
         self.read_row = f"SELECT {self.columns}, {now} FROM {t} WHERE {k} = %s"
+        # Rows expired long ago go; recently expired holders are cleared (the row, and its
+        # fencing counter, stays a while: see PURGE_AFTER_US).
         self.purge = f"DELETE FROM {t} WHERE expires_at_us < {now} - %s"
+        self.clear_expired = (
+            f"UPDATE {t} SET token = NULL, correlation_id = NULL "
+            f"WHERE token IS NOT NULL AND expires_at_us <= {now}"
+        )
         if self.returning:
             # Takes the row if it is free or expired; returns nothing if it is held.
             self.acquire = (
@@ -348,4 +358,10 @@ class DatabaseLock(BaseLock):
         return [_info(row) for row in rows]
 
     def _purge(self) -> int:
-        return self._run(self.sql.purge, (PURGE_AFTER_US,), fetch=False)[1]
+        cleared = self._run(self.sql.clear_expired, (), fetch=False)[1]
+        return cleared + self._run(self.sql.purge, (PURGE_AFTER_US,), fetch=False)[1]
+
+    def expired_locks(self) -> list[LockInfo]:
+        """Holders whose lock expired without a release, until :meth:`purge` clears them."""
+        rows, _ = self._run(self.sql.expired, ())
+        return sorted((_info(row) for row in rows), key=lambda info: (info.expires_at, info.key))

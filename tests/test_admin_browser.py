@@ -1,0 +1,111 @@
+"""End to end in a real browser: Debian's headless Chromium driven by Playwright, against
+``runserver`` on the test databases. A lock held by another process is found in the
+admin with its correlation id, force-released through the confirmation page, and taken
+by a new holder. Screenshots of the list page are saved under ``artifacts/``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+
+from django_locks import locks
+from tests.conftest import ROOT, free_port, subprocess_env, wait_until
+
+ARTIFACTS = Path(os.environ.get("DJANGO_LOCKS_ARTIFACTS", ROOT / "artifacts"))
+CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def manage(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "django", *args], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def live_server_url():
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "django", "runserver", f"127.0.0.1:{port}", "--noreload", "--insecure"],
+        cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+    def accepting() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            assert server.poll() is None, server.stderr.read().decode()
+            return False
+
+    wait_until(accepting, timeout=30, interval=0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(10)
+
+
+@pytest.fixture
+def operator():
+    """A superuser, made before the browser starts (Playwright's sync API runs an event
+    loop, inside which Django refuses ORM calls)."""
+    User.objects.create_superuser("operator", "operator@example.com", "s3cret-pass")
+    yield "operator", "s3cret-pass"
+    User.objects.all().delete()
+
+
+@pytest.fixture
+def browser(operator):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's chromium (scripts/setup-venv does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def test_force_release_a_lock_held_by_another_process(live_server_url, operator, browser):
+    username, password = operator
+    held = manage("locks", "try", "--backend", "redis", "--correlation-id", "e2e-holder-42",
+                  "e2e-report", "--ttl", "600000")
+    assert held.returncode == 0, held.stderr
+    holder_token = held.stdout.strip()
+
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{live_server_url}/admin/login/?next=/admin/django_locks/lock/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("input[type=submit]")
+    row = page.locator('tr[data-key="e2e-report"]')
+    row.wait_for()
+    assert "e2e-holder-42" in row.inner_text()
+    assert holder_token[:8] in row.inner_text()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "admin-locks.png"), full_page=True)
+    dark = browser.new_page(viewport={"width": 390, "height": 844}, color_scheme="dark")
+    dark.context.add_cookies(page.context.cookies())
+    dark.goto(f"{live_server_url}/admin/django_locks/lock/")
+    dark.screenshot(path=str(ARTIFACTS / "admin-locks-narrow-dark.png"), full_page=True)
+
+    row.locator("input[name=selected]").check()
+    page.click("button[value=force_release]")
+    page.wait_for_selector("text=Force-release these locks?")
+    assert "e2e-report" in page.inner_text("#deleted-objects")
+    page.click("input[type=submit][value^='Yes']")
+    page.wait_for_selector(".messagelist .success")
+    assert "Released 'e2e-report' on redis" in page.inner_text(".messagelist")
+    assert page.locator('tr[data-key="e2e-report"]').count() == 0
+    assert locks["redis"].get_lock("e2e-report") is None
+
+    taken = manage("locks", "try", "--backend", "redis", "e2e-report", "--ttl", "60000")
+    assert taken.returncode == 0 and taken.stdout.strip() != holder_token
