@@ -257,7 +257,7 @@ class LockAdmin(admin.ModelAdmin):
                 messages.WARNING,
             )
             return
-        except LockError as e:
+        except (LockError, TypeError, ValueError) as e:  # a backend error, or a forged selection
             self.message_user(request, f"Could not release {key!r} on {alias}: {e}", messages.ERROR)
             return
         logger.warning(

@@ -33,6 +33,41 @@ SHARED_ALIASES = [*DATABASE_ALIASES, *REDIS_ALIASES]  # shared between processes
 ALL_ALIASES = [*SHARED_ALIASES, "memory", "locmem"]
 
 
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--long", action="store_true",
+        help="the long proof run: more processes and iterations (see README, Guarantees)",
+    )
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    from tests import proof
+
+    if proof.contention or proof.faults or proof.bad_inputs:
+        artifacts = Path(os.environ.get("DJANGO_LOCKS_ARTIFACTS", ROOT / "artifacts"))
+        proof.write(artifacts / "proof-report.json")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    from tests import proof
+
+    data = proof.summary()
+    if not data["contention_runs"]:
+        return
+    runs = data["contention_runs"]
+    terminalreporter.write_sep("-", "django_locks proof")
+    terminalreporter.write_line(
+        f"contention: {len(runs)} runs, {data['critical_sections']} critical sections, "
+        f"largest {max(r['processes'] for r in runs)} processes x "
+        f"{max(r['iterations'] for r in runs)} iterations; overlaps found: {data['overlaps_found']}"
+    )
+    terminalreporter.write_line(
+        f"faults injected: {sum(data['faults_injected'].values())} {data['faults_injected']}"
+    )
+    terminalreporter.write_line(f"bad inputs tried: {data['bad_inputs_total']}")
+    terminalreporter.write_line(f"state machine steps: {data['state_machine_steps']}")
+
+
 def wait_until(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.005):
     """Poll ``condition`` until it is truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout

@@ -1,20 +1,32 @@
-"""A worker process of the contention tests.
+"""A worker process of the contention and fault tests.
 
 Usage: python -m tests.contention_worker CONFIG_JSON
-CONFIG: alias, key, iterations, counter (a file), log (a file), ttl, timeout, hold. The
-test databases are named in DJANGO_LOCKS_TEST_DB_NAMES (see tests/settings.py).
-Each iteration takes the lock, does a deliberately racy read-modify-write of the
-counter file, and logs "enter exit fencing_token" (monotonic ns,
-one clock for all processes of the machine).
+The test databases are named in DJANGO_LOCKS_TEST_DB_NAMES (see tests/settings.py).
+
+Modes (CONFIG["mode"]):
+- "one" (default): ``iterations`` times take ``key``, do a deliberately racy
+  read-modify-write of the file ``counter``, and log "enter exit fencing_token".
+- "many": the same over ``keys`` chosen at random, one counter file per key in
+  ``counter_dir``; logs "key enter exit fencing_token".
+- "hold": take ``key`` for ``ttl`` ms, print the lease as JSON, then wait on stdin
+  (to be killed or paused); on a line "go", extend then release, printing each outcome.
+Times are time.monotonic_ns(): one clock for every process of the machine.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
+
+
+def racy_increment(counter: Path, hold: float) -> None:
+    value = int(counter.read_text() or 0) if counter.exists() else 0
+    time.sleep(hold)  # widen the race window
+    counter.write_text(str(value + 1))
 
 
 def main() -> None:
@@ -24,19 +36,40 @@ def main() -> None:
 
     django.setup()
     from django_locks import locks
+    from django_locks.exceptions import LockError
 
     backend = locks[config["alias"]]
-    counter = Path(config["counter"])
+    mode = config.get("mode", "one")
+    hold = config.get("hold", 0.0005)
+    ttl, timeout = config.get("ttl", 30_000), config.get("timeout", 120_000)
+
+    if mode == "hold":
+        lease = backend.lock(config["key"], ttl, timeout=timeout, correlation_id="worker")
+        print(json.dumps({"token": lease.token, "fencing_token": lease.fencing_token,
+                          "expires_at": lease.expires_at.isoformat(), "pid": os.getpid()}),
+              flush=True)
+        if sys.stdin.readline().strip() == "go":
+            for operation in (lease.extend, lease.release):
+                try:
+                    operation()
+                    print("ok", flush=True)
+                except LockError as e:
+                    print(type(e).__name__, flush=True)
+        return
+
     lines = []
+    rng = random.Random(os.getpid())
     for _ in range(config["iterations"]):
-        with backend.lock(config["key"], config.get("ttl", 30_000),
-                          timeout=config.get("timeout", 120_000)) as lease:
+        key = rng.choice(config["keys"]) if mode == "many" else config["key"]
+        with backend.lock(key, ttl, timeout=timeout) as lease:
             enter = time.monotonic_ns()
-            value = int(counter.read_text() or 0)
-            time.sleep(config.get("hold", 0.0005))  # widen the race window
-            counter.write_text(str(value + 1))
+            if mode == "many":
+                racy_increment(Path(config["counter_dir"]) / key, hold)
+            else:
+                racy_increment(Path(config["counter"]), hold)
             leave = time.monotonic_ns()
-        lines.append(f"{enter} {leave} {lease.fencing_token}\n")
+        prefix = f"{key} " if mode == "many" else ""
+        lines.append(f"{prefix}{enter} {leave} {lease.fencing_token}\n")
     with open(config["log"], "a") as log:
         log.write("".join(lines))
 

@@ -179,3 +179,32 @@ def test_view_and_force_release_permissions():
 
 def test_nobody_can_add_or_change_locks(admin_client_):
     assert admin_client_.get("/admin/django_locks/lock/add/").status_code in (403, 404)
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [
+        "not json",
+        "[]",
+        '["default", "job"]',
+        '["default", "job", 5]',
+        '["nope", "job", "abc"]',
+        '["default", "", "abc"]',
+        '["default", "j\\u0000b", "abc"]',
+        '["default", "job", ""]',
+        '["default", "job", "wrong-token"]',
+    ],
+)
+def test_bad_force_release_selections_change_nothing(admin_client_, selection):
+    from tests import proof
+
+    lease = locks["default"].lock("job", 60_000)
+    before = {alias: locks[alias].held_locks() for alias in ("default", "redis", "memory")}
+    response = admin_client_.post(FORCE, {"selected": [selection], "confirm": "yes"}, follow=True)
+    proof.record_bad_inputs("admin force release")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert ("No locks were selected" in page or "Nothing released" in page
+            or "Could not release" in page), page[-2000:]
+    assert {alias: locks[alias].held_locks() for alias in ("default", "redis", "memory")} == before
+    assert locks["default"].get_lock("job").token == lease.token

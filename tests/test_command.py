@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from django_locks import locks
+from tests import proof
 from tests.conftest import ROOT, subprocess_env, wait_until
 
 COMMAND = [sys.executable, "-m", "django", "locks"]
@@ -115,6 +116,7 @@ def test_bad_arguments_exit_2_and_touch_nothing(args):
     locks["default"].acquire_lock(None, "held", 60_000, 0)
     before = snapshot()
     result = locks_cmd(*args)
+    proof.record_bad_inputs("manage.py locks")
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     assert result.stderr.strip()
     assert snapshot() == before

@@ -13,7 +13,7 @@ from django.test import AsyncClient, Client, RequestFactory
 from django_locks import locks, signals
 from django_locks.decorators import lock_view, locked, safe_key
 from django_locks.exceptions import LockTimeoutError
-from tests import views
+from tests import proof, views
 from tests.conftest import wait_until
 
 
@@ -140,6 +140,7 @@ def test_correlation_id_comes_from_the_request_header():
     ],
 )
 def test_bad_decorator_arguments_fail_at_decoration(kwargs, error, message):
+    proof.record_bad_inputs("decorators")
     with pytest.raises(error, match=message):
         lock_view("k", **kwargs)
     if "status" not in kwargs and "on_locked" not in kwargs:

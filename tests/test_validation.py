@@ -7,6 +7,7 @@ from django.test import override_settings
 
 from django_locks import locks
 from django_locks.exceptions import InvalidLockBackendError
+from tests import proof
 
 BAD_KEYS = [
     ("", ValueError, "key must not be empty"),
@@ -71,6 +72,7 @@ def test_bad_keys(held, key, error, message):
     for call in calls_with_key(held, key):
         with pytest.raises(error, match=message):
             call()
+        proof.record_bad_inputs("Python API")
     assert state(held) == before
 
 
@@ -86,6 +88,7 @@ def test_bad_ttls(held, ttl, error, message):
     ):
         with pytest.raises(error, match=message):
             call()
+        proof.record_bad_inputs("Python API")
     assert (state(held), held.get_lock("leased")) == before
     assert held.get_lock("other") is None
 
@@ -99,6 +102,7 @@ def test_bad_timeouts(held, timeout, error, message):
     ):
         with pytest.raises(error, match=message):
             call()
+        proof.record_bad_inputs("Python API")
     assert state(held) == before
     assert held.get_lock("other") is None
 
@@ -114,6 +118,7 @@ def test_bad_correlation_ids(held, correlation_id, error, message):
     ):
         with pytest.raises(error, match=message):
             call()
+        proof.record_bad_inputs("Python API")
     assert state(held) == before
 
 
@@ -122,6 +127,7 @@ def test_bad_owner(held, owner, error):
     before = state(held)
     with pytest.raises(error, match="owner"):
         held.release_lock(None, "held", owner=owner)
+    proof.record_bad_inputs("Python API")
     assert state(held) == before
 
 
@@ -160,6 +166,7 @@ def test_unknown_alias():
     ],
 )
 def test_bad_configuration_names_alias_and_problem(config, message):
+    proof.record_bad_inputs("LOCKS setting")
     with override_settings(LOCKS={"broken": config}):
         with pytest.raises(InvalidLockBackendError, match=message) as caught:
             locks["broken"]

@@ -550,7 +550,14 @@ class BaseLock:
         attempt_in_worker = self._in_worker(self._attempt)
         waits = 0
         while True:
-            attempt = await attempt_in_worker(key, ttl, correlation_id, token)
+            running = asyncio.ensure_future(attempt_in_worker(key, ttl, correlation_id, token))
+            try:
+                attempt = await asyncio.shield(running)
+            except asyncio.CancelledError:
+                # The attempt goes on in its worker thread: if it wins the lock after all,
+                # release it, so that a cancelled waiter leaves nothing behind.
+                await self._undo_attempt(running, key, token)
+                raise
             if attempt.info is not None:
                 return attempt.info
             remaining = deadline - time.monotonic()
@@ -560,6 +567,21 @@ class BaseLock:
                 remaining = min(remaining, attempt.holder_remaining_ms / 1000)
             await asyncio.sleep(self._poll_delay(remaining, waits))
             waits += 1
+
+    async def _undo_attempt(self, running: asyncio.Future, key: str, token: str) -> None:
+        try:
+            attempt = await running
+        except BaseException:  # the attempt failed: it holds nothing
+            return
+        if attempt.info is not None:
+            try:
+                await self._in_worker(self._release)(key, token)
+            except LockBackendError as e:
+                logger.error(
+                    "a cancelled waiter could not release lock %r it won meanwhile: %s "
+                    "(alias=%s); it expires with its ttl", key, e, self.alias,
+                )
+            self._forget(key, token)
 
     def _timed_out(self, key: str, timeout: int, correlation_id: str | None) -> LockTimeoutError:
         logger.info(

@@ -1,0 +1,197 @@
+"""Faults: holders killed or paused past their ttl, waiters that time out or are
+cancelled, and caller transactions (incl. ATOMIC_REQUESTS). Redis outages and killed
+database connections are in test_redis.py and test_database.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from datetime import datetime
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import connections
+from django.http import HttpResponse
+from django.test import RequestFactory
+
+from django_locks import locks
+from django_locks.exceptions import LockTimeoutError
+from django_locks.models import Lock
+from tests import proof
+from tests.conftest import DATABASE_ALIASES, ROOT, subprocess_env
+
+
+def raw_state(alias: str):
+    """Everything a backend stores, to prove an operation left nothing behind."""
+    if alias in DATABASE_ALIASES:
+        return sorted(Lock.objects.using(DATABASE_ALIASES[alias]).values_list(
+            "key", "token", "correlation_id", "fencing_token", "acquired_at_us", "expires_at_us"))
+    backend = locks[alias]
+    if alias in ("redis", "django_redis"):
+        prefix = settings.CACHES[alias]["KEY_PREFIX"]
+        client = backend.client.get_client()
+        return sorted(name.decode() for name in client.scan_iter(match=f"{prefix}:*")), \
+            backend.held_locks()
+    if backend.supports_enumeration:
+        return backend.held_locks()
+    return [backend.get_lock(key) for key in ("job", "other")]
+
+
+def start_holder(alias: str, key: str, ttl: int) -> tuple[subprocess.Popen, dict]:
+    config = {"alias": alias, "mode": "hold", "key": key, "ttl": ttl}
+    process = subprocess.Popen([sys.executable, "-m", "tests.contention_worker", json.dumps(config)],
+                               cwd=ROOT, env=subprocess_env(), stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    assert line, "the holder process died before taking the lock"
+    return process, json.loads(line)
+
+
+def test_holder_killed_mid_critical_section(shared_alias):
+    backend = locks[shared_alias]
+    process, held = start_holder(shared_alias, "job", 1500)
+    process.kill()  # SIGKILL: no cleanup of any kind
+    process.wait(10)
+    proof.record_fault("SIGKILL of a holder")
+    assert backend.try_acquire_lock(None, "job", 60_000) is False  # not before its ttl
+    lease = backend.lock("job", 60_000, timeout=20_000)
+    assert lease.acquired_at >= datetime.fromisoformat(held["expires_at"])  # only after it
+    assert lease.fencing_token > held["fencing_token"]
+    lease.release()
+
+
+def test_holder_paused_past_its_ttl(shared_alias):
+    backend = locks[shared_alias]
+    process, held = start_holder(shared_alias, "job", 800)
+    process.send_signal(signal.SIGSTOP)
+    proof.record_fault("SIGSTOP of a holder past its ttl")
+    try:
+        new = backend.lock("job", 60_000, timeout=20_000)  # after the paused one's expiry
+    finally:
+        process.send_signal(signal.SIGCONT)
+    process.stdin.write("go\n")
+    process.stdin.flush()
+    outcomes = [process.stdout.readline().strip() for _ in range(2)]
+    process.wait(20)
+    assert outcomes == ["LockNotHeldError", "LockNotHeldError"]  # extend, release
+    assert backend.get_lock("job").token == new.token  # the new holder is untouched
+    assert held["fencing_token"] < new.fencing_token
+    new.release()
+
+
+def test_waiters_that_time_out_leave_nothing(alias):
+    backend = locks[alias]
+    holder = locks.create_connection(alias)
+    holder.acquire_lock(None, "job", 60_000, 0)
+    before = raw_state(alias)
+    for timeout in (0, 50, 200):
+        with pytest.raises(LockTimeoutError):
+            backend.acquire_lock(None, "job", 1_000, timeout)
+        with pytest.raises(LockTimeoutError):
+            asyncio.run(backend.aacquire_lock(None, "job", 1_000, timeout))
+    proof.record_fault("waiters timed out", 6)
+    assert raw_state(alias) == before
+
+
+def test_cancelled_async_waiters_leave_nothing(alias):
+    backend = locks[alias]
+    holder = locks.create_connection(alias)
+    holder.acquire_lock(None, "job", 60_000, 0)
+    before = raw_state(alias)
+
+    async def cancel_while_waiting(release_first: bool):
+        waiter = asyncio.ensure_future(backend.aacquire_lock(None, "job", 60_000, 30_000))
+        await asyncio.sleep(0.1)
+        if release_first:  # the waiter may win in its worker just as it is cancelled
+            await holder.arelease_lock(None, "job")
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+    asyncio.run(cancel_while_waiting(release_first=False))
+    assert raw_state(alias) == before
+    asyncio.run(cancel_while_waiting(release_first=True))
+    proof.record_fault("async waiters cancelled", 2)
+    assert backend.get_lock("job") is None or backend.get_lock("job").token is None
+    assert backend.try_acquire_lock(None, "job", 1_000)  # nothing stray holds it
+
+
+def test_interrupted_waiter_process_leaves_nothing(shared_alias):
+    backend = locks[shared_alias]
+    backend.acquire_lock(None, "job", 60_000, 0)
+    before = raw_state(shared_alias)
+    code = (
+        "import django, logging, sys; django.setup()\n"
+        "handler = logging.StreamHandler(sys.stdout)\n"
+        "logging.getLogger('django_locks').addHandler(handler)\n"
+        "from django_locks import locks\n"
+        f"locks[{shared_alias!r}].acquire_lock(None, 'job', 60000, 60000)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The first wait is logged ("waiting up to ..."): interrupt the process in it.
+    while "waiting up to" not in (line := process.stdout.readline()):
+        assert line, "the waiter exited before waiting"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    proof.record_fault("KeyboardInterrupt of a waiting process")
+    assert "KeyboardInterrupt" in stderr
+    assert raw_state(shared_alias) == before
+
+
+# ----------------------------------------------------------------------------- transactions
+
+
+@pytest.fixture
+def atomic_requests(db_alias, monkeypatch):
+    using = DATABASE_ALIASES[db_alias]
+    monkeypatch.setitem(connections[using].settings_dict, "ATOMIC_REQUESTS", True)
+    return using
+
+
+def run_view(view):
+    """Runs ``view`` the way Django's handler does, with ATOMIC_REQUESTS honoured."""
+    from django.core.handlers.base import BaseHandler
+
+    handler = BaseHandler()
+    return handler.make_view_atomic(view)(RequestFactory().get("/"))
+
+
+def test_atomic_requests_views(db_alias, atomic_requests):
+    using = atomic_requests
+    backend = locks[db_alias]
+
+    def takes_then_fails(request):
+        Group.objects.using(using).create(name="rolled back")
+        backend.acquire_lock("view", "job", 60_000, 0)
+        raise RuntimeError("the view failed after taking the lock")
+
+    def releases_then_fails(request):
+        backend.release_lock("view", "job")
+        raise RuntimeError("the view failed after releasing")
+
+    def takes_and_succeeds(request):
+        backend.acquire_lock("view", "ok", 60_000, 0)
+        return HttpResponse("ok")
+
+    if connections[using].vendor == "sqlite":
+        # One writer per file: see test_sqlite_write_transaction_... in test_database.py
+        def takes_then_fails(request):
+            backend.acquire_lock("view", "job", 60_000, 0)
+            Group.objects.using(using).create(name="rolled back")
+            raise RuntimeError("the view failed after taking the lock")
+
+    proof.record_fault("ATOMIC_REQUESTS views rolled back", 2)
+    with pytest.raises(RuntimeError):
+        run_view(takes_then_fails)
+    assert not Group.objects.using(using).filter(name="rolled back").exists()
+    assert backend.get_lock("job") is not None  # the rollback did not drop the lock
+    with pytest.raises(RuntimeError):
+        run_view(releases_then_fails)
+    assert backend.get_lock("job") is None  # nor undo its release
+    assert run_view(takes_and_succeeds).status_code == 200
+    assert backend.get_lock("ok") is not None
