@@ -37,7 +37,9 @@ class Lock(models.Model):
     correlation_id = ExactTextField(max_length=255, null=True, blank=True)
     fencing_token = models.BigIntegerField()
     acquired_at_us = models.BigIntegerField()
-    expires_at_us = models.BigIntegerField(db_index=True)
+    # Not indexed: every acquire and release rewrites it, and without an index on it
+    # PostgreSQL updates the row in place (HOT). Listing scans the table (a row per key).
+    expires_at_us = models.BigIntegerField()
 
     class Meta:
         verbose_name = "lock"

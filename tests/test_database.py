@@ -157,3 +157,26 @@ def test_unreachable_database_is_a_backend_error(db_alias, port_variable):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("LockBackendError"), result.stdout
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_durable_option_sets_the_commit_mode(db_alias, using, durable):
+    from django.test import override_settings
+
+    vendor = connections[using].vendor
+    with override_settings(LOCKS={"x": {"BACKEND": "django_locks.backends.database.DatabaseLock",
+                                        "OPTIONS": {"using": using, "durable": durable}}}):
+        from django_locks.backends.database import close_thread_lock_connections
+
+        close_thread_lock_connections()  # the next call connects with this alias's mode
+        backend = locks["x"]
+        assert backend.try_acquire_lock(None, "job", 60_000)
+        raw = lock_connection(using).connection
+        if vendor == "postgresql":
+            setting = raw.execute("SHOW synchronous_commit").fetchone()[0]
+            assert setting == ("on" if durable else "off")
+        elif vendor == "sqlite":
+            level = raw.execute("PRAGMA synchronous").fetchone()[0]
+            assert level == (2 if durable else 1)  # FULL / NORMAL
+        backend.release_lock(None, "job")
+        close_thread_lock_connections()

@@ -158,6 +158,8 @@ def test_unknown_alias():
          "'nodb', not in DATABASES"),
         ({"BACKEND": "django_locks.backends.database.DatabaseLock", "OPTIONS": {"using": 1}},
          "must be a database alias"),
+        ({"BACKEND": "django_locks.backends.database.DatabaseLock", "OPTIONS": {"durable": "yes"}},
+         "'durable' must be True or False"),
         ({"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "nocache"}},
          "'nocache', not in CACHES"),
         ({"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "dummy"}},

@@ -112,12 +112,23 @@ class _Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
     def __call__(self, client: Any, keys: list[str], args: list[Any]) -> Any:
-        from redis.exceptions import NoScriptError
-
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
+        except _redis_errors().NoScriptError:
             return client.eval(self.source, len(keys), *keys, *args)
+
+
+def _redis_errors() -> Any:
+    """redis.exceptions (redis is an optional dependency: imported on first use)."""
+    global _REDIS_EXCEPTIONS
+    if _REDIS_EXCEPTIONS is None:
+        import redis.exceptions
+
+        _REDIS_EXCEPTIONS = redis.exceptions
+    return _REDIS_EXCEPTIONS
+
+
+_REDIS_EXCEPTIONS: Any = None
 
 
 def _text(value: Any) -> str:
@@ -173,11 +184,9 @@ class RedisLockClient:
         return self._client
 
     def _call(self, operation: Callable[[Any], Any]) -> Any:
-        from redis.exceptions import RedisError
-
         try:
             return operation(self.get_client())
-        except (RedisError, OSError) as e:
+        except (_redis_errors().RedisError, OSError) as e:
             raise LockBackendError(
                 f"LOCKS[{self.backend.alias!r}]: Redis behind cache "
                 f"{self.backend.cache_alias!r} failed: {e}"
@@ -445,6 +454,8 @@ class CacheLock(BaseLock):
             )
         self.cache_alias = cache_alias
         self.cache_backend_class = backend_cls
+        self._cache: Any = None
+        self._key_cache: dict[str, _LockKeys] = {}
         get_client = _redis_client_getter(backend_cls)
         self.native = get_client is not None
         self.client: RedisLockClient | CacheAddLockClient = (
@@ -454,7 +465,11 @@ class CacheLock(BaseLock):
 
     @property
     def cache(self) -> Any:
-        return caches[self.cache_alias]
+        """This alias's cache. Resolved once per backend instance (a Lease may use it from
+        another thread: the Redis clients and key functions behind it are thread-safe)."""
+        if self._cache is None:
+            self._cache = caches[self.cache_alias]
+        return self._cache
 
     def check(self) -> list[CheckMessage]:
         messages: list[CheckMessage] = []
@@ -481,10 +496,20 @@ class CacheLock(BaseLock):
     def make_key(self, key: str) -> str:
         return self.cache.make_key(key)
 
+    #: How many keys' cache keys are remembered per instance (keys repeat: "report:{pk}").
+    KEY_CACHE_SIZE = 1024
+
     def _keys(self, key: str) -> _LockKeys:
-        if self.native:
-            return _LockKeys.for_redis(self.cache.make_key, key)
-        return _LockKeys.for_cache_api(key)
+        keys = self._key_cache.get(key)
+        if keys is None:
+            if len(self._key_cache) >= self.KEY_CACHE_SIZE:
+                self._key_cache.clear()
+            if self.native:
+                keys = _LockKeys.for_redis(self.cache.make_key, key)
+            else:
+                keys = _LockKeys.for_cache_api(key)
+            self._key_cache[key] = keys
+        return keys
 
     # ----------------------------------------------------------------------- storage operations
 

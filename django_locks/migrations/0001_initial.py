@@ -21,7 +21,7 @@ class Migration(migrations.Migration):
                 ('correlation_id', django_locks.models.ExactTextField(blank=True, max_length=255, null=True)),
                 ('fencing_token', models.BigIntegerField()),
                 ('acquired_at_us', models.BigIntegerField()),
-                ('expires_at_us', models.BigIntegerField(db_index=True)),
+                ('expires_at_us', models.BigIntegerField()),
             ],
             options={
                 'verbose_name': 'lock',

@@ -1,0 +1,255 @@
+"""``python -m benchmarks [--quick] [--json FILE] [--out DIR]``.
+
+Uncontended acquire + release pairs (one client; rows interleaved round by round) and
+contended runs (4 processes on one key; critical sections of 0 and 1 ms) with handoff
+latency. Writes results.json, results.md and handoff.png to --out. Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def ensure_databases() -> None:
+    from django.conf import settings
+
+    name = settings.BENCH_DB
+    pg, my = settings.DATABASES["postgres"], settings.DATABASES["mysql"]
+    import MySQLdb
+    import psycopg
+
+    with psycopg.connect(host=pg["HOST"], port=pg["PORT"], user=pg["USER"],
+                         password=pg["PASSWORD"] or None, dbname="postgres", autocommit=True) as c:
+        if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            c.execute(f'CREATE DATABASE "{name}"')
+    connection = MySQLdb.connect(host=my["HOST"], port=int(my["PORT"]), user=my["USER"],
+                                 passwd=my["PASSWORD"])
+    connection.cursor().execute(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4")
+    connection.close()
+
+
+def setup() -> dict[str, str]:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+    import django
+
+    django.setup()
+    ensure_databases()
+    from django.core.management import call_command
+    from django.db import connections
+
+    from benchmarks.impls import DB_ALIASES, ensure_baseline_table, redis_client
+
+    for alias in DB_ALIASES.values():
+        call_command("migrate", database=alias, verbosity=0)
+    for db in DB_ALIASES:
+        ensure_baseline_table(db)
+    client = redis_client()
+    for name in client.scan_iter(match="django_locks_bench*"):
+        client.delete(name)
+
+    import sqlite3
+
+    import django as dj
+
+    def version(alias: str, sql: str) -> str:
+        with connections[alias].cursor() as cursor:
+            cursor.execute(sql)
+            return str(cursor.fetchone()[0])
+
+    return {
+        "redis": client.info("server")["redis_version"],
+        "postgresql": version("postgres", "SHOW server_version"),
+        "mariadb/mysql": version("mysql", "SELECT VERSION()"),
+        "sqlite": sqlite3.sqlite_version,
+        "python": platform.python_version(),
+        "django": dj.get_version(),
+        "cpu_cores": str(os.cpu_count()),
+        "machine": platform.machine(),
+    }
+
+
+# ----------------------------------------------------------------------------- uncontended
+
+
+def run_uncontended(quick: bool) -> list[dict]:
+    from benchmarks.impls import UNCONTENDED
+
+    rounds, ops, warmup = (5, 100, 50) if quick else (15, 300, 200)
+    rows = []
+    for group, name, factory in UNCONTENDED:
+        pair = factory()
+        for _ in range(warmup):
+            pair()
+        rows.append({"group": group, "name": name, "pair": pair, "latencies_us": [], "rates": []})
+    rng = random.Random(7)
+    for _ in range(rounds):
+        order = rows[:]
+        rng.shuffle(order)  # interleaved: drift and noise hit every row alike
+        for row in order:
+            pair, latencies = row["pair"], row["latencies_us"]
+            started = time.perf_counter_ns()
+            for _ in range(ops):
+                t0 = time.perf_counter_ns()
+                pair()
+                latencies.append((time.perf_counter_ns() - t0) / 1000)
+            row["rates"].append(ops / ((time.perf_counter_ns() - started) / 1e9))
+    for row in rows:
+        del row["pair"]
+        lat = row.pop("latencies_us")
+        row.update(median_us=statistics.median(lat), p99_us=percentile(lat, 0.99),
+                   pairs_per_s=statistics.median(row.pop("rates")))
+    return rows
+
+
+# ----------------------------------------------------------------------------- contended
+
+
+def run_contended(quick: bool) -> list[dict]:
+    from benchmarks.impls import CONTENDED
+
+    seconds = 1.0 if quick else 3.0
+    processes = 4
+    results = []
+    for section_ms in (0, 1):
+        for row in CONTENDED:
+            with tempfile.TemporaryDirectory() as tmp:
+                log = Path(tmp) / "log"
+                start = time.monotonic_ns() + int(2.5e9)  # time for the workers to start
+                config = {"row": row, "key": f"bench:contended:{section_ms}:{row}",
+                          "section_ms": section_ms, "log": str(log), "start_ns": start,
+                          "end_ns": start + int(seconds * 1e9)}
+                workers = [subprocess.Popen([sys.executable, "-m", "benchmarks.contender",
+                                             json.dumps(config)], cwd=ROOT)
+                           for _ in range(processes)]
+                for worker in workers:
+                    worker.wait(300)
+                    if worker.returncode:
+                        raise SystemExit(f"a worker of {row!r} failed ({worker.returncode})")
+                records = sorted(tuple(map(int, line.split())) for line in log.read_text().splitlines())
+            handoffs = [(nxt[0] - cur[1]) / 1e6 for cur, nxt in zip(records, records[1:])]
+            overlaps = sum(1 for h in handoffs if h < 0)
+            handoffs = [max(h, 0.0) for h in handoffs]
+            in_window = [r for r in records if r[0] < config["end_ns"]]
+            results.append({
+                "name": row, "section_ms": section_ms, "processes": processes,
+                "sections_per_s": len(in_window) / seconds,
+                "handoff_p50_ms": percentile(handoffs, 0.5) if handoffs else None,
+                "handoff_p99_ms": percentile(handoffs, 0.99) if handoffs else None,
+                "handoff_max_ms": max(handoffs) if handoffs else None,
+                "overlaps": overlaps, "handoffs_ms": handoffs,
+            })
+            print(f"  contended {section_ms} ms {row}: {len(in_window) / seconds:.0f} sections/s, "
+                  f"handoff p50 {results[-1]['handoff_p50_ms']:.3f} ms", flush=True)
+    return results
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def ratios(rows: list[dict]) -> list[tuple[str, float, str]]:
+    by = {row["name"]: row["median_us"] for row in rows}
+    out = []
+
+    def ratio(label: str, a: str, b: str, goal: str) -> None:
+        if a in by and b in by:
+            out.append((label, by[a] / by[b], goal))
+
+    for cache in ("CacheLock (django-redis)", "CacheLock (Django RedisCache)"):
+        ratio(f"{cache} / PING x2", cache, "Redis floor: PING x2", "<= 1.15")
+        ratio(f"{cache} / SET NX PX + EVALSHA", cache, "Redis floor: SET NX PX + EVALSHA", "")
+    for db in ("postgres", "mysql", "sqlite"):
+        ratio(f"{db}: DatabaseLock / same SQL raw", f"{db}: DatabaseLock", f"{db}: DatabaseLock SQL, raw",
+              "<= 1.25")
+        ratio(f"{db}: baseline / DatabaseLock (speed-up)", f"{db}: django-db-lock-style baseline",
+              f"{db}: DatabaseLock", ">= 2")
+        ratio(f"{db}: DatabaseLock / SELECT 1 x2", f"{db}: DatabaseLock", f"{db}: floor SELECT 1 x2", "")
+    ratio("MemoryLock / threading.Lock", "MemoryLock", "threading.Lock", "")
+    return out
+
+
+def markdown(env: dict, uncontended: list[dict], contended: list[dict]) -> str:
+    lines = ["Servers: " + ", ".join(f"{k} {v}" for k, v in env.items()), "",
+             "| uncontended acquire + release | median µs | p99 µs | pairs/s |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['name']} | {r['median_us']:.1f} | {r['p99_us']:.1f} | {r['pairs_per_s']:,.0f} |"
+              for r in uncontended]
+    lines += ["", "| ratio (medians) | value | goal |", "|---|---:|---|"]
+    lines += [f"| {label} | {value:.2f} | {goal} |" for label, value, goal in ratios(uncontended)]
+    lines += ["", "| contended: 4 processes, one key | section | sections/s | handoff p50 ms | "
+              "p99 ms | max ms |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['name']} | {r['section_ms']} ms | {r['sections_per_s']:,.0f} | "
+              f"{r['handoff_p50_ms']:.3f} | {r['handoff_p99_ms']:.3f} | {r['handoff_max_ms']:.3f} |"
+              for r in contended if r["handoff_p50_ms"] is not None]
+    return "\n".join(lines) + "\n"
+
+
+def plot(contended: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in contended if r["section_ms"] == 1 and r["handoffs_ms"]]
+    figure, axis = plt.subplots(figsize=(9, 5))
+    for row in rows:
+        values = sorted(max(v, 1e-3) for v in row["handoffs_ms"])
+        axis.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=row["name"])
+    axis.set_xscale("log")
+    axis.set_xlabel("handoff latency, release to next acquisition (ms, log scale)")
+    axis.set_ylabel("fraction of handoffs")
+    axis.set_title("Contended handoff: 4 processes, one key, 1 ms critical section")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
+    parser.add_argument("--json", type=Path, help="write every figure to this file")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
+                        help="where results.md and handoff.png go")
+    args = parser.parse_args()
+    env = setup()
+    print("Servers and machine: " + ", ".join(f"{k} {v}" for k, v in env.items()), flush=True)
+    print("Uncontended pairs (interleaved rounds)...", flush=True)
+    uncontended = run_uncontended(args.quick)
+    print("Contended runs (4 processes)...", flush=True)
+    contended = run_contended(args.quick)
+    table = markdown(env, uncontended, contended)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.md").write_text(table)
+    plot(contended, args.out / "handoff.png")
+    data = {"environment": env, "quick": args.quick, "uncontended": uncontended,
+            "ratios": [{"ratio": label, "value": value, "goal": goal}
+                       for label, value, goal in ratios(uncontended)],
+            "contended": contended}
+    (args.out / "results.json").write_text(json.dumps(data, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=1))
+    print(f"Wrote {args.out / 'results.md'} and {args.out / 'handoff.png'}")
+
+
+if __name__ == "__main__":
+    main()

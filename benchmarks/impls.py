@@ -1,0 +1,280 @@
+"""What is measured: each row is a lock implementation (or a floor) behind two calls.
+
+``uncontended(name)`` returns a function doing one acquire + release pair on a fresh key
+space; ``contended(name, key)`` returns (acquire, release) for blocking use by a worker
+process. Everything here talks to the real servers of ``benchmarks.settings``.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.core.cache import caches
+from django.db import IntegrityError, connections, transaction
+from django.utils import timezone
+
+from django_locks import locks
+from django_locks.backends.database import lock_connection
+
+TTL_MS = 10_000
+WAIT_MS = 60_000
+
+# The least a safe Redis lock can do: compare-and-delete on release.
+COMPARE_AND_DELETE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+DB_ALIASES = {"sqlite": "default", "postgres": "postgres", "mysql": "mysql"}
+BASELINE_TABLE = "bench_db_lock_baseline"
+
+
+def redis_client():
+    return caches["django_redis"].client.get_client(write=True)
+
+
+# ----------------------------------------------------------------------------- uncontended
+
+
+def _redis_floor_ping() -> Callable[[], None]:
+    client = redis_client()
+
+    def pair() -> None:
+        client.ping()
+        client.ping()
+
+    return pair
+
+
+def _redis_floor_setnx() -> Callable[[], None]:
+    client = redis_client()
+    sha = client.script_load(COMPARE_AND_DELETE)
+    key = "django_locks_bench:floor"
+
+    def pair() -> None:
+        token = uuid.uuid4().hex
+        assert client.set(key, token, nx=True, px=TTL_MS)
+        client.evalsha(sha, 1, key, token)
+
+    return pair
+
+
+def _django_locks(alias: str) -> Callable[[], None]:
+    backend = locks[alias]
+
+    def pair() -> None:
+        assert backend.try_acquire_lock(None, "bench:pair", TTL_MS)
+        backend.release_lock(None, "bench:pair")
+
+    return pair
+
+
+def _redis_py_lock() -> Callable[[], None]:
+    cache = caches["django_redis"]
+
+    def pair() -> None:
+        lock = cache.lock("bench:redis-py", timeout=TTL_MS / 1000)
+        assert lock.acquire(blocking=False)
+        lock.release()
+
+    return pair
+
+
+def _python_redis_lock() -> Callable[[], None]:
+    import redis_lock
+
+    client = redis_client()
+
+    def pair() -> None:
+        lock = redis_lock.Lock(client, "bench:python-redis-lock", expire=TTL_MS // 1000)
+        assert lock.acquire(blocking=False)
+        lock.release()
+
+    return pair
+
+
+def _pottery_redlock() -> Callable[[], None]:
+    from pottery import Redlock
+
+    client = redis_client()
+
+    def pair() -> None:
+        lock = Redlock(key="bench:pottery", masters={client}, auto_release_time=TTL_MS / 1000)
+        assert lock.acquire(blocking=False)
+        lock.release()
+
+    return pair
+
+
+def _db_floor(alias: str) -> Callable[[], None]:
+    cursor = connections[DB_ALIASES[alias]].cursor()
+
+    def pair() -> None:
+        cursor.execute("SELECT 1")
+        cursor.fetchall()
+        cursor.execute("SELECT 1")
+        cursor.fetchall()
+
+    return pair
+
+
+def _db_raw_sql(alias: str) -> Callable[[], None]:
+    """DatabaseLock's own statements, issued through the driver with no library around."""
+    backend = locks[alias]
+    sql = backend.sql
+    wrapper = lock_connection(backend.using)
+    backend.get_lock("warm-up")  # opens the private connection (and WAL on SQLite)
+    cursor = wrapper.connection.cursor()
+
+    def pair() -> None:
+        token = uuid.uuid4().hex
+        cursor.execute(sql.acquire, ("bench:raw", token, None, TTL_MS * 1000))
+        if sql.returning:
+            assert cursor.fetchall()
+        else:
+            cursor.execute(sql.read_row, ("bench:raw",))
+            assert cursor.fetchall()[0][1] == token
+        cursor.execute(sql.release, ("bench:raw", token))
+
+    return pair
+
+
+def ensure_baseline_table(alias: str) -> None:
+    connection = connections[DB_ALIASES[alias]]
+    key_type = "varchar(255)"
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {BASELINE_TABLE}")
+        cursor.execute(
+            f"CREATE TABLE {BASELINE_TABLE} (lock_key {key_type} PRIMARY KEY, "
+            "owner varchar(64) NOT NULL, expires_at bigint NOT NULL)"
+        )
+
+
+def _db_baseline(alias: str) -> Callable[[], None]:
+    """How most Django model locks work (django-db-lock style): in ``atomic()``, delete the
+    key's expired row, then INSERT (an IntegrityError means busy); release deletes the row."""
+    using = DB_ALIASES[alias]
+    connection = connections[using]
+
+    def acquire(key: str, owner: str) -> bool:
+        now = timezone.now()
+        try:
+            with transaction.atomic(using=using), connection.cursor() as cursor:
+                cursor.execute(f"DELETE FROM {BASELINE_TABLE} WHERE lock_key = %s AND expires_at < %s",
+                               [key, int(now.timestamp() * 1e6)])
+                expires = now + timedelta(milliseconds=TTL_MS)
+                cursor.execute(f"INSERT INTO {BASELINE_TABLE} (lock_key, owner, expires_at) "
+                               "VALUES (%s, %s, %s)", [key, owner, int(expires.timestamp() * 1e6)])
+            return True
+        except IntegrityError:
+            return False
+
+    def release(key: str, owner: str) -> None:
+        with transaction.atomic(using=using), connection.cursor() as cursor:
+            cursor.execute(f"DELETE FROM {BASELINE_TABLE} WHERE lock_key = %s AND owner = %s",
+                           [key, owner])
+
+    def pair() -> None:
+        owner = uuid.uuid4().hex
+        assert acquire("bench:baseline", owner)
+        release("bench:baseline", owner)
+
+    return pair
+
+
+def _pg_advisory() -> Callable[[], None]:
+    cursor = connections["postgres"].cursor()
+
+    def pair() -> None:
+        cursor.execute("SELECT pg_try_advisory_lock(4242)")
+        assert cursor.fetchone()[0]
+        cursor.execute("SELECT pg_advisory_unlock(4242)")
+        cursor.fetchone()
+
+    return pair
+
+
+def _threading_lock() -> Callable[[], None]:
+    lock = threading.Lock()
+
+    def pair() -> None:
+        lock.acquire(False)
+        lock.release()
+
+    return pair
+
+
+#: (group, row name, factory, floor of the group?)
+UNCONTENDED: list[tuple[str, str, Callable[[], Callable[[], None]]]] = [
+    ("redis", "Redis floor: PING x2", _redis_floor_ping),
+    ("redis", "Redis floor: SET NX PX + EVALSHA", _redis_floor_setnx),
+    ("redis", "CacheLock (django-redis)", lambda: _django_locks("django_redis")),
+    ("redis", "CacheLock (Django RedisCache)", lambda: _django_locks("redis")),
+    ("redis", "redis-py Lock (django-redis cache.lock)", _redis_py_lock),
+    ("redis", "python-redis-lock", _python_redis_lock),
+    ("redis", "pottery Redlock (1 master)", _pottery_redlock),
+]
+for _db in ("postgres", "mysql", "sqlite"):
+    UNCONTENDED += [
+        (_db, f"{_db}: floor SELECT 1 x2", lambda db=_db: _db_floor(db)),
+        (_db, f"{_db}: DatabaseLock SQL, raw", lambda db=_db: _db_raw_sql(db)),
+        (_db, f"{_db}: DatabaseLock", lambda db=_db: _django_locks(db)),
+        (_db, f"{_db}: django-db-lock-style baseline", lambda db=_db: _db_baseline(db)),
+    ]
+UNCONTENDED += [
+    ("postgres", "postgres: advisory lock try/unlock", _pg_advisory),
+    ("memory", "threading.Lock", _threading_lock),
+    ("memory", "MemoryLock", lambda: _django_locks("memory")),
+]
+
+
+# ----------------------------------------------------------------------------- contended
+
+
+def contended(name: str, key: str) -> tuple[Callable[[], object], Callable[[object], None]]:
+    """(acquire, release) of one worker; acquire blocks until it holds ``key``."""
+    if name.startswith("CacheLock") or name.startswith("DatabaseLock"):
+        alias = name.split("(")[1].rstrip(")")
+        backend = locks[alias]
+
+        def acquire() -> object:
+            backend.acquire_lock(None, key, TTL_MS, WAIT_MS)
+            return None
+
+        return acquire, lambda _: backend.release_lock(None, key)
+    if name.startswith("redis-py Lock"):
+        sleep = 0.001 if "1 ms" in name else 0.1  # 0.1 s is redis-py's default
+        cache = caches["django_redis"]
+
+        def acquire() -> object:
+            lock = cache.lock(key, timeout=TTL_MS / 1000, sleep=sleep)
+            assert lock.acquire(blocking=True, blocking_timeout=WAIT_MS / 1000)
+            return lock
+
+        return acquire, lambda lock: lock.release()
+    if name == "python-redis-lock":
+        import redis_lock
+
+        client = redis_client()
+
+        def acquire() -> object:
+            lock = redis_lock.Lock(client, key, expire=TTL_MS // 1000)
+            assert lock.acquire(blocking=True, timeout=TTL_MS // 1000)  # may not exceed expire
+            return lock
+
+        return acquire, lambda lock: lock.release()
+    raise ValueError(f"unknown contended row {name!r}")
+
+
+CONTENDED = [
+    "CacheLock (django_redis)",
+    "redis-py Lock (default 100 ms polling)",
+    "redis-py Lock (1 ms polling)",
+    "python-redis-lock",
+    "DatabaseLock (postgres)",
+    "DatabaseLock (mysql)",
+    "DatabaseLock (sqlite)",
+]

@@ -1,0 +1,55 @@
+"""Django settings of the benchmark: its own databases (created if missing) and key prefixes."""
+
+import os
+import tempfile
+from pathlib import Path
+
+SECRET_KEY = "django-locks-bench"
+USE_TZ = True
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "django_locks"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+BENCH_DB = os.environ.get("DJANGO_LOCKS_BENCH_DB", "django_locks_bench")
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(Path(tempfile.gettempdir()) / f"{BENCH_DB}.sqlite3"),
+    },
+    "postgres": {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": os.environ.get("POSTGRES_HOST", "127.0.0.1"),
+        "PORT": os.environ.get("POSTGRES_PORT", "5432"),
+        "USER": os.environ.get("POSTGRES_USER", "postgres"),
+        "PASSWORD": os.environ.get("POSTGRES_PASSWORD", ""),
+        "NAME": BENCH_DB,
+        "CONN_MAX_AGE": None,
+    },
+    "mysql": {
+        "ENGINE": "django.db.backends.mysql",
+        "HOST": os.environ.get("MYSQL_HOST", "127.0.0.1"),
+        "PORT": os.environ.get("MYSQL_PORT", "3306"),
+        "USER": os.environ.get("MYSQL_USER", "root"),
+        "PASSWORD": os.environ.get("MYSQL_PASSWORD", ""),
+        "NAME": BENCH_DB,
+        "OPTIONS": {"charset": "utf8mb4"},
+        "CONN_MAX_AGE": None,
+    },
+}
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "django_redis": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL,
+                     "KEY_PREFIX": "django_locks_bench", "OPTIONS": {"SOCKET_TIMEOUT": 5}},
+    "redis": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+              "KEY_PREFIX": "django_locks_bench_dj", "OPTIONS": {"socket_timeout": 5}},
+}
+
+LOCKS = {
+    "sqlite": {"BACKEND": "django_locks.backends.database.DatabaseLock", "OPTIONS": {"using": "default"}},
+    "postgres": {"BACKEND": "django_locks.backends.database.DatabaseLock", "OPTIONS": {"using": "postgres"}},
+    "mysql": {"BACKEND": "django_locks.backends.database.DatabaseLock", "OPTIONS": {"using": "mysql"}},
+    "django_redis": {"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "django_redis"}},
+    "redis": {"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "redis"}},
+    "memory": {"BACKEND": "django_locks.backends.memory.MemoryLock"},
+}
