@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,7 +147,7 @@ def run_contended(quick: bool) -> list[dict]:
                     if worker.returncode:
                         raise SystemExit(f"a worker of {row!r} failed ({worker.returncode})")
                 records = sorted(tuple(map(int, line.split())) for line in log.read_text().splitlines())
-            handoffs = [(nxt[0] - cur[1]) / 1e6 for cur, nxt in zip(records, records[1:])]
+            handoffs = [(nxt[0] - cur[1]) / 1e6 for cur, nxt in pairwise(records)]
             overlaps = sum(1 for h in handoffs if h < 0)
             handoffs = [max(h, 0.0) for h in handoffs]
             in_window = [r for r in records if r[0] < config["end_ns"]]

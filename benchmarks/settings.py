@@ -45,11 +45,13 @@ CACHES = {
               "KEY_PREFIX": "django_locks_bench_dj", "OPTIONS": {"socket_timeout": 5}},
 }
 
+DB_LOCK = "django_locks.backends.database.DatabaseLock"
+CACHE_LOCK = "django_locks.backends.cache.CacheLock"
 LOCKS = {
-    "sqlite": {"BACKEND": "django_locks.backends.database.DatabaseLock", "OPTIONS": {"using": "default"}},
-    "postgres": {"BACKEND": "django_locks.backends.database.DatabaseLock", "OPTIONS": {"using": "postgres"}},
-    "mysql": {"BACKEND": "django_locks.backends.database.DatabaseLock", "OPTIONS": {"using": "mysql"}},
-    "django_redis": {"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "django_redis"}},
-    "redis": {"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "redis"}},
+    "sqlite": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "default"}},
+    "postgres": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "postgres"}},
+    "mysql": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "mysql"}},
+    "django_redis": {"BACKEND": CACHE_LOCK, "OPTIONS": {"cache": "django_redis"}},
+    "redis": {"BACKEND": CACHE_LOCK, "OPTIONS": {"cache": "redis"}},
     "memory": {"BACKEND": "django_locks.backends.memory.MemoryLock"},
 }
