@@ -1,8 +1,8 @@
 """One worker process of a contended run: ``python -m benchmarks.contender CONFIG_JSON``.
 
 Waits for the common start time, then until the end time takes the lock, spins for the
-critical section, releases; writes "acquired released" (time.monotonic_ns, one clock for
-all processes of the machine) per section to CONFIG["log"]."""
+critical section, releases; writes "acquired released pid" (time.monotonic_ns, one clock for
+all processes of the machine) and the pid per section to CONFIG["log"]."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def main() -> None:
             pass
         released = time.monotonic_ns()
         release(handle)
-        records.append(f"{acquired} {released}\n")
+        records.append(f"{acquired} {released} {os.getpid()}\n")
     with open(config["log"], "a") as log:
         log.write("".join(records))
 

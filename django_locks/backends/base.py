@@ -23,7 +23,7 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -122,16 +122,28 @@ def datetime_from_us(epoch_us: int) -> datetime:
 # --------------------------------------------------------------------------- values
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LockInfo:
-    """What a backend knows of one held lock."""
+    """What a backend knows of one held lock.
+
+    Times are kept as microseconds since the Unix epoch (by the backend's clock) and read
+    as aware UTC datetimes through ``acquired_at`` and ``expires_at``.
+    """
 
     key: str
     token: str
     fencing_token: int
     correlation_id: str | None
-    acquired_at: datetime
-    expires_at: datetime
+    acquired_at_us: int
+    expires_at_us: int
+
+    @property
+    def acquired_at(self) -> datetime:
+        return datetime_from_us(self.acquired_at_us)
+
+    @property
+    def expires_at(self) -> datetime:
+        return datetime_from_us(self.expires_at_us)
 
 
 class Attempt(NamedTuple):
@@ -189,10 +201,10 @@ class Lease:
         ttl = self.ttl if ttl is None else validate_ttl(ttl)
         if self._released:
             raise LockNotHeldError(f"lease on {self.key!r} was already released")
-        expires_at = self._backend._extend(self.key, self.token, ttl)
-        if expires_at is None:
+        expires_at_us = self._backend._extend(self.key, self.token, ttl)
+        if expires_at_us is None:
             self._lost("extend")
-        self._info = LockInfo(**{**self._info.__dict__, "expires_at": expires_at})
+        self._info = replace(self._info, expires_at_us=expires_at_us)
         logger.debug(
             "lock %r extended by %d ms (alias=%s, correlation_id=%s)",
             self.key, ttl, self.alias, self.correlation_id,
@@ -511,10 +523,11 @@ class BaseLock:
                 "lock %r acquired for %d ms (alias=%s, correlation_id=%s, fencing_token=%s)",
                 key, ttl, self.alias, correlation_id, attempt.info.fencing_token,
             )
-            signals.lock_acquired.send(
-                sender=type(self), alias=self.alias, key=key, token=token,
-                fencing_token=attempt.info.fencing_token, correlation_id=correlation_id,
-            )
+            if signals.lock_acquired.receivers:
+                signals.lock_acquired.send(
+                    sender=type(self), alias=self.alias, key=key, token=token,
+                    fencing_token=attempt.info.fencing_token, correlation_id=correlation_id,
+                )
         return attempt
 
     def _acquire(
@@ -611,10 +624,11 @@ class BaseLock:
         logger.debug(
             "lock %r released (alias=%s, correlation_id=%s)", key, self.alias, correlation_id
         )
-        signals.lock_released.send(
-            sender=type(self), alias=self.alias, key=key, token=token,
-            fencing_token=fencing_token, correlation_id=correlation_id,
-        )
+        if signals.lock_released.receivers:
+            signals.lock_released.send(
+                sender=type(self), alias=self.alias, key=key, token=token,
+                fencing_token=fencing_token, correlation_id=correlation_id,
+            )
 
     # ----------------------------------------------------------------------- storage operations
 
@@ -628,8 +642,8 @@ class BaseLock:
         """Free ``key`` if ``token`` holds it and it has not expired. True if it did."""
         raise NotImplementedError
 
-    def _extend(self, key: str, token: str, ttl: int) -> datetime | None:
-        """Reset the life of ``key`` to ``ttl`` ms if ``token`` holds it; the new expiry."""
+    def _extend(self, key: str, token: str, ttl: int) -> int | None:
+        """Reset the life of ``key`` to ``ttl`` ms if ``token`` holds it; the new expiry (µs)."""
         raise NotImplementedError
 
     def _force_release(self, key: str) -> bool:

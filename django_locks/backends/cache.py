@@ -21,7 +21,6 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from django.core.cache import caches
@@ -30,7 +29,7 @@ from django.core.cache.backends.locmem import LocMemCache
 from django.core.checks import CheckMessage, Warning
 from django.utils.module_loading import import_string
 
-from django_locks.backends.base import Attempt, BaseLock, LockInfo, datetime_from_us
+from django_locks.backends.base import Attempt, BaseLock, LockInfo
 from django_locks.exceptions import LockBackendError
 
 #: A fencing counter outlives its lock by this much (ms). After that the server clock
@@ -207,8 +206,8 @@ class RedisLockClient:
                 token=token,
                 fencing_token=int(_text(fence)),
                 correlation_id=cid,
-                acquired_at=datetime_from_us(acquired_us),
-                expires_at=datetime_from_us(acquired_us + ttl * 1000),
+                acquired_at_us=acquired_us,
+                expires_at_us=acquired_us + ttl * 1000,
             )
         )
 
@@ -217,11 +216,11 @@ class RedisLockClient:
             lambda c: self.release_script(c, [keys.lock, keys.wake], [token, WAKE_TTL_MS])
         ) == 1
 
-    def extend(self, keys: _LockKeys, token: str, ttl: int) -> datetime | None:
+    def extend(self, keys: _LockKeys, token: str, ttl: int) -> int | None:
         expires_us = int(_text(self._call(
             lambda c: self.extend_script(c, [keys.lock, keys.fence], [token, ttl, FENCE_GRACE_MS])
         )))
-        return datetime_from_us(expires_us) if expires_us else None
+        return expires_us or None
 
     def force_release(self, keys: _LockKeys) -> bool:
         return self._call(
@@ -240,8 +239,8 @@ class RedisLockClient:
             token=token,
             fencing_token=int(fence),
             correlation_id=cid or None,
-            acquired_at=datetime_from_us(int(acquired)),
-            expires_at=datetime_from_us(int(expires)),
+            acquired_at_us=int(acquired),
+            expires_at_us=int(expires),
         )
 
     def get(self, keys: _LockKeys) -> LockInfo | None:
@@ -358,15 +357,15 @@ class CacheAddLockClient:
 
         return self._call(release)
 
-    def extend(self, keys: _LockKeys, token: str, ttl: int) -> datetime | None:
-        def extend(cache: Any) -> datetime | None:
+    def extend(self, keys: _LockKeys, token: str, ttl: int) -> int | None:
+        def extend(cache: Any) -> int | None:
             holder, safe = self._holder_with_margin(cache, keys, token)
             if holder is None or not safe:
                 return None
             holder["expires"] = self._now_us() + ttl * 1000
             holder["ttl"] = ttl
             cache.set(keys.lock, holder, timeout=self._timeout(ttl))
-            return datetime_from_us(holder["expires"])
+            return holder["expires"]
 
         return self._call(extend)
 
@@ -385,8 +384,8 @@ class CacheAddLockClient:
             token=state["token"],
             fencing_token=state["fence"],
             correlation_id=state["cid"],
-            acquired_at=datetime_from_us(state["acquired"]),
-            expires_at=datetime_from_us(state["expires"]),
+            acquired_at_us=state["acquired"],
+            expires_at_us=state["expires"],
         )
 
     def get(self, keys: _LockKeys) -> LockInfo | None:
@@ -519,7 +518,7 @@ class CacheLock(BaseLock):
     def _release(self, key: str, token: str) -> bool:
         return self.client.release(self._keys(key), token)
 
-    def _extend(self, key: str, token: str, ttl: int) -> datetime | None:
+    def _extend(self, key: str, token: str, ttl: int) -> int | None:
         return self.client.extend(self._keys(key), token, ttl)
 
     def _force_release(self, key: str) -> bool:

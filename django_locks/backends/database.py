@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import threading
 import weakref
-from datetime import datetime
 from typing import Any
 
 from django.core.checks import CheckMessage, Error
@@ -36,7 +35,7 @@ from django.db import Error as DjangoDatabaseError
 from django.db import connections
 from django.db.utils import load_backend
 
-from django_locks.backends.base import Attempt, BaseLock, LockInfo, datetime_from_us
+from django_locks.backends.base import Attempt, BaseLock, LockInfo
 from django_locks.exceptions import InvalidLockBackendError, LockBackendError
 
 #: Purge deletes only rows that expired longer ago than this (microseconds).
@@ -214,8 +213,8 @@ def _info(row: Any) -> LockInfo:
         token=token,
         fencing_token=int(fencing_token),
         correlation_id=correlation_id,
-        acquired_at=datetime_from_us(acquired_us),
-        expires_at=datetime_from_us(expires_us),
+        acquired_at_us=int(acquired_us),
+        expires_at_us=int(expires_us),
     )
 
 
@@ -314,18 +313,20 @@ class DatabaseLock(BaseLock):
         try:
             if wrapper.connection is None:
                 self._connect(wrapper)
-            cursor = wrapper.connection.cursor()
-            try:
-                cursor.execute(sql, params)
-                rows = cursor.fetchall() if fetch else []
-                return rows, cursor.rowcount
-            finally:
-                cursor.close()
+            # One cursor per connection, reused: lock statements are short and sequential.
+            raw, cursor = getattr(wrapper, "_django_locks_cursor", (None, None))
+            if raw is not wrapper.connection:
+                cursor = wrapper.connection.cursor()
+                wrapper._django_locks_cursor = (wrapper.connection, cursor)
+            cursor.execute(sql, params)
+            rows = cursor.fetchall() if fetch else []
+            return rows, cursor.rowcount
         except (wrapper.Database.Error, DjangoDatabaseError) as e:
             try:
                 wrapper.close()
             except Exception:
                 wrapper.connection = None
+            wrapper._django_locks_cursor = (None, None)
             raise LockBackendError(
                 f"LOCKS[{self.alias!r}]: database {self.using!r} failed: {e}"
             ) from e
@@ -356,17 +357,17 @@ class DatabaseLock(BaseLock):
     def _release(self, key: str, token: str) -> bool:
         return self._run(self.sql.release, (key, token), fetch=False)[1] == 1
 
-    def _extend(self, key: str, token: str, ttl: int) -> datetime | None:
+    def _extend(self, key: str, token: str, ttl: int) -> int | None:
         sql = self.sql
         if sql.returning:
             rows, _ = self._run(sql.extend, (ttl * 1000, key, token))
-            return datetime_from_us(rows[0][0]) if rows else None
+            return int(rows[0][0]) if rows else None
         if self._run(sql.extend, (ttl * 1000, key, token), fetch=False)[1] != 1:
             return None
         rows, _ = self._run(sql.read_row, (key,))
         if not rows or rows[0][1] != token:
             return None
-        return datetime_from_us(rows[0][5])
+        return int(rows[0][5])
 
     def _force_release(self, key: str) -> bool:
         return self._run(self.sql.force_release, (key,), fetch=False)[1] > 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from django_locks.backends.base import Attempt, BaseLock, LockInfo
@@ -51,8 +50,9 @@ class MemoryLock(BaseLock):
         self._store = _store(self.alias)
 
     @staticmethod
-    def _expiry(ttl: int) -> tuple[float, datetime]:
-        return time.monotonic() + ttl / 1000, datetime.now(timezone.utc) + timedelta(milliseconds=ttl)
+    def _expiry(ttl: int) -> tuple[float, int]:
+        """The deadline on the monotonic clock, and the expiry in µs since the epoch."""
+        return time.monotonic() + ttl / 1000, time.time_ns() // 1000 + ttl * 1000
 
     def _try_acquire(
         self, key: str, token: str, ttl: int, correlation_id: str | None
@@ -65,14 +65,14 @@ class MemoryLock(BaseLock):
                 return Attempt(None, int((holder.deadline - now) * 1000))
             fencing_token = store.fencing.get(key, 0) + 1
             store.fencing[key] = fencing_token
-            deadline, expires_at = self._expiry(ttl)
+            deadline, expires_at_us = self._expiry(ttl)
             info = LockInfo(
                 key=key,
                 token=token,
                 fencing_token=fencing_token,
                 correlation_id=correlation_id,
-                acquired_at=datetime.now(timezone.utc),
-                expires_at=expires_at,
+                acquired_at_us=expires_at_us - ttl * 1000,
+                expires_at_us=expires_at_us,
             )
             store.entries[key] = _Entry(info, deadline)
             return Attempt(info)
@@ -87,15 +87,15 @@ class MemoryLock(BaseLock):
             store.condition.notify_all()
             return True
 
-    def _extend(self, key: str, token: str, ttl: int) -> datetime | None:
+    def _extend(self, key: str, token: str, ttl: int) -> int | None:
         store = self._store
         with store.condition:
             holder = store.live(key, time.monotonic())
             if holder is None or holder.info.token != token:
                 return None
-            holder.deadline, expires_at = self._expiry(ttl)
-            holder.info = replace(holder.info, expires_at=expires_at)
-            return expires_at
+            holder.deadline, expires_at_us = self._expiry(ttl)
+            holder.info = replace(holder.info, expires_at_us=expires_at_us)
+            return expires_at_us
 
     def _force_release(self, key: str) -> bool:
         store = self._store
