@@ -128,14 +128,15 @@ def run_uncontended(quick: bool) -> list[dict]:
 def run_contended(quick: bool) -> list[dict]:
     from benchmarks.impls import CONTENDED
 
-    seconds = 1.0 if quick else 3.0
+    seconds = 0.5 if quick else 3.0
     processes = 4
     results = []
     for section_ms in (0, 1):
         for row in CONTENDED:
             with tempfile.TemporaryDirectory() as tmp:
                 log = Path(tmp) / "log"
-                start = time.monotonic_ns() + int(2.5e9)  # time for the workers to start
+                # Time for the workers to start Django before the common start.
+                start = time.monotonic_ns() + int((1.5 if quick else 2.5) * 1e9)
                 config = {"row": row, "key": f"bench:contended:{section_ms}:{row}",
                           "section_ms": section_ms, "log": str(log), "start_ns": start,
                           "end_ns": start + int(seconds * 1e9)}

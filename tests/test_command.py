@@ -108,6 +108,13 @@ def test_force_release_list_and_purge():
         ["release", "held", "--owner", "t", "--force"],
         ["run", "k", "--ttl", "1000"],
         ["run", "k", "--ttl", "1000", "--conflict-exit-code", "300", "--", "true"],
+        ["list", "--backend", "nope"],
+        ["purge", "--backend", ""],
+        ["list", "--json", "extra-argument"],
+        ["acquire", "k", "--ttl", "1000", "--correlation-id", "a\nb"],
+        ["try", "k\x01", "--ttl", "1000"],  # (NUL cannot be in argv at all)
+        ["try", "k", "--ttl", "1.5"],
+        ["try", "k", "--ttl", str(10**15)],
         ["nosuch"],
         [],
     ],

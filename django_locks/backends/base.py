@@ -109,6 +109,18 @@ def validate_owner(owner: object) -> str | None:
     return _check_text(owner, "owner", 64)
 
 
+def validate_acquire_arguments(
+    key: object, ttl: object, timeout: object, correlation_id: object
+) -> tuple[str, int, int, str | None]:
+    """The arguments of an acquisition, checked (timeout None: a single attempt)."""
+    return (
+        validate_key(key),
+        validate_ttl(ttl),
+        0 if timeout is None else validate_timeout(timeout),
+        validate_correlation_id(correlation_id),
+    )
+
+
 def new_token() -> str:
     """A fresh random owner token (128 bits, hex)."""
     return secrets.token_hex(16)
@@ -384,8 +396,7 @@ class BaseLock:
 
     def try_acquire_lock(self, correlation_id: str | None, key: str, ttl: int) -> bool:
         """One attempt, never waits. True: this instance now holds ``key`` for ``ttl`` ms."""
-        correlation_id = validate_correlation_id(correlation_id)
-        key, ttl = validate_key(key), validate_ttl(ttl)
+        key, ttl, _, correlation_id = validate_acquire_arguments(key, ttl, None, correlation_id)
         return self._attempt(key, ttl, correlation_id, new_token()).info is not None
 
     def acquire_lock(
@@ -395,9 +406,8 @@ class BaseLock:
 
         Raises :class:`LockTimeoutError` then. ``timeout=0`` means one attempt.
         """
-        correlation_id = validate_correlation_id(correlation_id)
-        key, ttl, timeout = validate_key(key), validate_ttl(ttl), validate_timeout(timeout)
-        self._acquire(key, ttl, timeout, correlation_id)
+        arguments = validate_acquire_arguments(key, ttl, timeout, correlation_id)
+        self._acquire(*arguments)
 
     def release_lock(
         self, correlation_id: str | None, key: str, *, owner: str | None = None
@@ -432,9 +442,8 @@ class BaseLock:
         correlation_id: str | None = None,
     ) -> Lease:
         """Acquire ``key`` (waiting up to ``timeout`` ms) and return its :class:`Lease`."""
-        correlation_id = validate_correlation_id(correlation_id)
-        key, ttl, timeout = validate_key(key), validate_ttl(ttl), validate_timeout(timeout)
-        return Lease(self, self._acquire(key, ttl, timeout, correlation_id), ttl)
+        arguments = validate_acquire_arguments(key, ttl, timeout, correlation_id)
+        return Lease(self, self._acquire(*arguments), arguments[1])
 
     def force_release(self, key: str) -> bool:
         """Release whoever holds ``key``. True if something was held."""
@@ -467,17 +476,15 @@ class BaseLock:
     # attempts is an asyncio sleep, so a waiter holds no thread.
 
     async def atry_acquire_lock(self, correlation_id: str | None, key: str, ttl: int) -> bool:
-        correlation_id = validate_correlation_id(correlation_id)
-        key, ttl = validate_key(key), validate_ttl(ttl)
+        key, ttl, _, correlation_id = validate_acquire_arguments(key, ttl, None, correlation_id)
         attempt = await self._in_worker(self._attempt)(key, ttl, correlation_id, new_token())
         return attempt.info is not None
 
     async def aacquire_lock(
         self, correlation_id: str | None, key: str, ttl: int, timeout: int
     ) -> None:
-        correlation_id = validate_correlation_id(correlation_id)
-        key, ttl, timeout = validate_key(key), validate_ttl(ttl), validate_timeout(timeout)
-        await self._aacquire(key, ttl, timeout, correlation_id)
+        arguments = validate_acquire_arguments(key, ttl, timeout, correlation_id)
+        await self._aacquire(*arguments)
 
     async def arelease_lock(
         self, correlation_id: str | None, key: str, *, owner: str | None = None
@@ -494,11 +501,10 @@ class BaseLock:
         correlation_id: str | None = None,
     ) -> _AcquiringLease:
         """``async with backend.alock(key, ttl) as lease:`` (or ``lease = await ...``)."""
-        correlation_id = validate_correlation_id(correlation_id)
-        key, ttl, timeout = validate_key(key), validate_ttl(ttl), validate_timeout(timeout)
+        arguments = validate_acquire_arguments(key, ttl, timeout, correlation_id)
 
         async def acquire() -> Lease:
-            return Lease(self, await self._aacquire(key, ttl, timeout, correlation_id), ttl)
+            return Lease(self, await self._aacquire(*arguments), arguments[1])
 
         return _AcquiringLease(acquire)
 

@@ -71,19 +71,19 @@ def close_old_lock_connections(**kwargs: Any) -> None:
     Connected to ``request_started`` and ``request_finished``, like Django's own
     ``close_old_connections``.
     """
-    for wrapper in getattr(_thread_connections, "by_alias", {}).values():
-        try:
-            wrapper.close_if_unusable_or_obsolete()
-        except Exception:
-            wrapper.connection = None
+    _for_thread_connections(lambda wrapper: wrapper.close_if_unusable_or_obsolete())
 
 
 def close_thread_lock_connections() -> None:
     """Close this thread's lock connections (for threads that end)."""
+    _for_thread_connections(lambda wrapper: wrapper.close())
+
+
+def _for_thread_connections(action: Any) -> None:
     for wrapper in getattr(_thread_connections, "by_alias", {}).values():
         try:
-            wrapper.close()
-        except Exception:
+            action(wrapper)
+        except Exception:  # a broken connection is dropped; the next call reconnects
             wrapper.connection = None
 
 
