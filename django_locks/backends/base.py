@@ -186,12 +186,32 @@ class Lease:
         self._released = False
         self._renewer: Any = None
 
-    key = property(lambda self: self._info.key)
-    token = property(lambda self: self._info.token)
-    fencing_token = property(lambda self: self._info.fencing_token)
-    correlation_id = property(lambda self: self._info.correlation_id)
-    acquired_at = property(lambda self: self._info.acquired_at)
-    expires_at = property(lambda self: self._info.expires_at)
+    @property
+    def key(self) -> str:
+        return self._info.key
+
+    @property
+    def token(self) -> str:
+        """The owner token: what ``release_lock(..., owner=TOKEN)`` takes."""
+        return self._info.token
+
+    @property
+    def fencing_token(self) -> int:
+        """Greater than every earlier acquisition's of this key: pass it to the resource."""
+        return self._info.fencing_token
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self._info.correlation_id
+
+    @property
+    def acquired_at(self) -> datetime:
+        return self._info.acquired_at
+
+    @property
+    def expires_at(self) -> datetime:
+        """When the lease runs out unless extended (aware, UTC, by the backend's clock)."""
+        return self._info.expires_at
 
     @property
     def alias(self) -> str:
