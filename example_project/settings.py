@@ -95,5 +95,6 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"django_locks": {"handlers": ["console"], "level": "INFO"}},
+    # WARNING: force releases and lost leases; DEBUG shows every acquisition and release.
+    "loggers": {"django_locks": {"handlers": ["console"], "level": "WARNING"}},
 }

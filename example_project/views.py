@@ -5,6 +5,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils.decorators import method_decorator
 from django.views import View
+from django.views.decorators.csrf import csrf_exempt
 
 from django_locks import locks
 from django_locks.decorators import lock_view
@@ -60,6 +61,7 @@ def export(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(rows(), content_type="text/plain")
 
 
+@method_decorator(csrf_exempt, name="dispatch")  # a demo endpoint for curl
 @method_decorator(lock_view(lambda request: f"settings:{request.user.pk}", ttl=5_000), name="post")
 class SettingsView(View):
     def get(self, request: HttpRequest) -> HttpResponse:
