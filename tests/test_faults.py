@@ -139,10 +139,11 @@ def test_interrupted_waiter_process_leaves_nothing(shared_alias):
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=30)
     proof.record_fault("KeyboardInterrupt of a waiting process")
-    # Interrupted, not finished: a KeyboardInterrupt traceback, or death by SIGINT.
+    # Interrupted, not finished. (Once in a few hundred runs the interpreter then dies of
+    # SIGSEGV while unwinding, inside a C extension of a driver: the claim below is about
+    # the lock state such a death leaves, so any interrupted end is accepted.)
     assert process.returncode != 0, (process.returncode, stderr)
-    assert "KeyboardInterrupt" in stderr or process.returncode == -signal.SIGINT, (
-        process.returncode, stderr)
+    assert "KeyboardInterrupt" in stderr or process.returncode < 0, (process.returncode, stderr)
     assert raw_state(shared_alias) == before
 
 
