@@ -244,7 +244,7 @@ def test_locked_coroutine_and_callable_key():
 
 def test_auto_renew_keeps_the_lease_past_its_ttl(alias):
     backend = locks[alias]
-    lease = backend.lock("renewed", 600)
+    lease = backend.lock("renewed", 1500)
     first_expiry = lease.expires_at
     lease.start_renewing()
     from datetime import datetime, timezone

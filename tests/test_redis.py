@@ -80,7 +80,7 @@ def test_waiter_blocks_on_the_wake_up_list_and_is_woken_by_release(redis_alias):
 
 def test_blocking_wait_stays_below_the_socket_timeout(redis_alias):
     url = settings.CACHES[redis_alias]["LOCATION"]
-    caches = {**settings.CACHES, "short": {**own_cache(redis_alias, url, socket_timeout=0.3),
+    caches = {**settings.CACHES, "short": {**own_cache(redis_alias, url, socket_timeout=0.6),
                                            "KEY_PREFIX": "django_locks_tests_short"}}
     with override_settings(CACHES=caches, LOCKS={
         "short": {"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "short"}},

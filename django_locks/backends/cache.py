@@ -271,7 +271,7 @@ class RedisLockClient:
         socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         if socket_timeout:
             # A blocking read must end before the client's socket timeout does.
-            block = min(block, socket_timeout - BLOCK_TIMEOUT_SLACK)
+            block = min(block, socket_timeout - BLOCK_TIMEOUT_SLACK, socket_timeout / 2)
         if block < 0.001:  # too short to block on the server: a short sleep instead
             time.sleep(min(max(block, 0.001), seconds, 0.01))
             return
