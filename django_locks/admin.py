@@ -28,7 +28,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from django_locks import locks
-from django_locks.backends.base import BaseLock, LockInfo
+from django_locks.backends.base import LockInfo
 from django_locks.exceptions import LockError, LockNotHeldError
 from django_locks.models import Lock
 
@@ -109,7 +109,7 @@ def _report(alias: str) -> AliasReport:
         report.error = str(e)
         return report
     report.rows += [LockRow(alias, info, expired=True) for info in expired]
-    report.can_purge = type(backend).expired_locks is not BaseLock.expired_locks
+    report.can_purge = backend.keeps_expired_state
     return report
 
 

@@ -379,6 +379,8 @@ class BaseLock:
     poll_interval_max: float = 0.010
     #: Whether storage operations do I/O (then async callers run them in worker threads).
     does_io: bool = True
+    #: Whether expired holders stay in storage until :meth:`purge` (see :meth:`expired_locks`).
+    keeps_expired_state: bool = False
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         self.alias = alias
@@ -567,17 +569,8 @@ class BaseLock:
             attempt = self._attempt(key, ttl, correlation_id, token)
             if attempt.info is not None:
                 return attempt.info
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._timed_out(key, timeout, correlation_id)
-            if waits == 0:
-                logger.debug(
-                    "waiting up to %d ms for lock %r (alias=%s, correlation_id=%s)",
-                    timeout, key, self.alias, correlation_id,
-                )
-            if attempt.holder_remaining_ms is not None:
-                remaining = min(remaining, attempt.holder_remaining_ms / 1000)
-            self._wait_for_release(key, remaining, waits)
+            seconds = self._wait_budget(deadline, attempt, key, timeout, correlation_id, waits)
+            self._wait_for_release(key, seconds, waits)
             waits += 1
 
     async def _aacquire(
@@ -599,12 +592,8 @@ class BaseLock:
                 raise
             if attempt.info is not None:
                 return attempt.info
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._timed_out(key, timeout, correlation_id)
-            if attempt.holder_remaining_ms is not None:
-                remaining = min(remaining, attempt.holder_remaining_ms / 1000)
-            await asyncio.sleep(self._poll_delay(remaining, waits))
+            seconds = self._wait_budget(deadline, attempt, key, timeout, correlation_id, waits)
+            await asyncio.sleep(self._poll_delay(seconds, waits))
             waits += 1
 
     async def _undo_attempt(self, running: asyncio.Future, key: str, token: str) -> None:
@@ -622,12 +611,32 @@ class BaseLock:
                 )
             self._forget(key, token)
 
-    def _timed_out(self, key: str, timeout: int, correlation_id: str | None) -> LockTimeoutError:
-        logger.info(
-            "lock %r not acquired within %d ms (alias=%s, correlation_id=%s)",
-            key, timeout, self.alias, correlation_id,
-        )
-        return LockTimeoutError(f"lock {key!r} not acquired within {timeout} ms")
+    def _wait_budget(
+        self,
+        deadline: float,
+        attempt: Attempt,
+        key: str,
+        timeout: int,
+        correlation_id: str | None,
+        waits: int,
+    ) -> float:
+        """After a failed attempt: how long to wait before the next (at most until the
+        deadline or the holder's expiry), or :class:`LockTimeoutError` at the deadline."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            logger.info(
+                "lock %r not acquired within %d ms (alias=%s, correlation_id=%s)",
+                key, timeout, self.alias, correlation_id,
+            )
+            raise LockTimeoutError(f"lock {key!r} not acquired within {timeout} ms")
+        if waits == 0:
+            logger.debug(
+                "waiting up to %d ms for lock %r (alias=%s, correlation_id=%s)",
+                timeout, key, self.alias, correlation_id,
+            )
+        if attempt.holder_remaining_ms is not None:
+            remaining = min(remaining, attempt.holder_remaining_ms / 1000)
+        return remaining
 
     def _poll_delay(self, seconds: float, waits: int) -> float:
         """Jittered exponential backoff between attempts, at most ``seconds``."""

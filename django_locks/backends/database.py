@@ -233,6 +233,7 @@ class DatabaseLock(BaseLock):
     """
 
     option_names = frozenset({"using", "durable"})
+    keeps_expired_state = True
 
     def configure(self, options: dict[str, Any]) -> None:
         durable = options.get("durable", False)
