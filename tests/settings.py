@@ -41,6 +41,10 @@ TEMPLATES = [
     }
 ]
 
+#: Appended to test database names and cache key prefixes, so that two checkouts can run
+#: the suite at the same time against the same servers.
+RUN_SUFFIX = os.environ.get("DJANGO_LOCKS_TEST_SUFFIX", "")
+
 # A file of its own per run, so that separate connections (and processes) share it.
 SQLITE_DIR = Path(os.environ.get("DJANGO_LOCKS_SQLITE_DIR", tempfile.gettempdir()))
 
@@ -54,8 +58,8 @@ TEST_DATABASES = [
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": str(SQLITE_DIR / "django_locks.sqlite3"),
-        "TEST": {"NAME": str(SQLITE_DIR / "test_django_locks.sqlite3")},
+        "NAME": str(SQLITE_DIR / f"django_locks{RUN_SUFFIX}.sqlite3"),
+        "TEST": {"NAME": str(SQLITE_DIR / f"test_django_locks{RUN_SUFFIX}.sqlite3")},
     }
 }
 if "postgres" in TEST_DATABASES:
@@ -66,7 +70,7 @@ if "postgres" in TEST_DATABASES:
         "USER": os.environ.get("POSTGRES_USER", "postgres"),
         "PASSWORD": os.environ.get("POSTGRES_PASSWORD", ""),
         "NAME": os.environ.get("POSTGRES_DB", "test"),
-        "TEST": {"NAME": "test_django_locks"},
+        "TEST": {"NAME": f"test_django_locks{RUN_SUFFIX}"},
     }
 if "mysql" in TEST_DATABASES:
     DATABASES["mysql"] = {
@@ -77,7 +81,7 @@ if "mysql" in TEST_DATABASES:
         "PASSWORD": os.environ.get("MYSQL_PASSWORD", ""),
         "NAME": os.environ.get("MYSQL_DB", "test"),
         "OPTIONS": {"charset": "utf8mb4"},
-        "TEST": {"NAME": "test_django_locks", "CHARSET": "utf8mb4"},
+        "TEST": {"NAME": f"test_django_locks{RUN_SUFFIX}", "CHARSET": "utf8mb4"},
     }
 
 # Subprocesses of the tests (workers, `manage.py locks`) reach the test databases by name.
@@ -91,13 +95,13 @@ CACHES = {
     "django_redis": {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": "django_locks_tests",
+        "KEY_PREFIX": f"django_locks_tests{RUN_SUFFIX}",
         "OPTIONS": {"SOCKET_TIMEOUT": 5, "SOCKET_CONNECT_TIMEOUT": 2},
     },
     "redis": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": "django_locks_tests_django",
+        "KEY_PREFIX": f"django_locks_tests_django{RUN_SUFFIX}",
         "OPTIONS": {"socket_timeout": 5, "socket_connect_timeout": 2},
     },
     "locmem": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
