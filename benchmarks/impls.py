@@ -125,7 +125,7 @@ def _db_raw_sql(alias: str) -> Callable[[], None]:
     """DatabaseLock's own statements, issued through the driver with no library around."""
     backend = locks[alias]
     sql = backend.sql
-    wrapper = lock_connection(backend.using)
+    wrapper = lock_connection(backend.using).wrapper
     backend.get_lock("warm-up")  # opens the private connection (and WAL on SQLite)
     cursor = wrapper.connection.cursor()
 

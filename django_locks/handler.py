@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from asgiref.local import Local
+from django.conf import settings as django_settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.connection import BaseConnectionHandler
@@ -34,8 +35,6 @@ class LockHandler(BaseConnectionHandler):
 
     def configure_settings(self, settings: dict[str, Any] | None) -> dict[str, Any]:
         if settings is None:
-            from django.conf import settings as django_settings
-
             settings = getattr(django_settings, self.settings_name, None)
         if settings is None:
             settings = DEFAULT_LOCKS
@@ -98,6 +97,16 @@ class LockHandler(BaseConnectionHandler):
 
 
 locks = LockHandler()
+
+
+def close_locks(**kwargs: Any) -> None:
+    """Close what this thread's lock backends hold open (see :meth:`BaseLock.close`).
+
+    Connected to ``request_started`` and ``request_finished`` by the app, the way
+    ``django.core.cache.close_caches`` closes caches.
+    """
+    for backend in locks.all(initialized_only=True):
+        backend.close(**kwargs)
 
 
 @receiver(setting_changed)

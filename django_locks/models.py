@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db import models
 
-from django_locks.backends.base import MAX_KEY_LENGTH, datetime_from_us
+from django_locks.values import MAX_KEY_LENGTH, datetime_from_us
 
 
 class ExactTextField(models.CharField):

@@ -4,8 +4,9 @@ A :class:`LeaseRenewer` is a daemon thread (it never keeps a process alive) that
 extends a lease to its full ttl every third of the ttl, so two renewals can fail before
 the lease runs out. If an extension finds the lease lost, the renewer stops; the loss is
 logged at ERROR level with key and correlation id and the ``lock_lost`` signal is sent
-(by :meth:`Lease.extend <django_locks.backends.base.Lease.extend>`). A backend error is
-logged and retried at the next tick; it never ends the renewer silently.
+(by :meth:`Lease.extend <django_locks.lease.Lease.extend>`). A backend error is logged
+and retried at the next tick; it never ends the renewer silently. When the renewer
+ends, it gives back what its thread opened through ``BaseLock.close()``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 from django_locks.exceptions import LockBackendError, LockNotHeldError
 
 if TYPE_CHECKING:
-    from django_locks.backends.base import Lease
+    from django_locks.lease import Lease
 
 logger = logging.getLogger("django_locks")
 
@@ -26,12 +27,16 @@ class LeaseRenewer:
     def __init__(self, lease: Lease, interval: float | None = None) -> None:
         self.lease = lease
         self.interval = interval if interval is not None else lease.ttl / 3000
+        #: Set when an extension found the lease lost.
         self.lost = threading.Event()
-        self.renewals = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"django_locks renewer {lease.key!r}", daemon=True
         )
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive() and not self._stop.is_set() and not self.lost.is_set()
 
     def start(self) -> None:
         self._thread.start()
@@ -47,7 +52,6 @@ class LeaseRenewer:
             while not self._stop.wait(self.interval):
                 try:
                     lease.extend()
-                    self.renewals += 1
                 except LockNotHeldError:
                     self.lost.set()  # extend() logged it and sent lock_lost
                     return
@@ -62,6 +66,4 @@ class LeaseRenewer:
                 lease.key, lease.alias, lease.correlation_id,
             )
         finally:
-            from django_locks.backends.database import close_thread_lock_connections
-
-            close_thread_lock_connections()
+            lease.backend.close()

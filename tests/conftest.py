@@ -17,7 +17,6 @@ from django.core.cache import caches
 from django.db import connections
 
 from django_locks import locks
-from django_locks.backends import memory
 from django_locks.backends.database import close_all_lock_connections
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,8 +105,7 @@ def _clean_lock_state() -> None:
         prefix = settings.CACHES[cache_alias]["KEY_PREFIX"]
         for name in client.scan_iter(match=f"{prefix}:*", count=1000):
             client.delete(name)
-    with memory._stores_mutex:
-        memory._stores.clear()
+    locks["memory"].clear()
     caches["locmem"].clear()
 
 

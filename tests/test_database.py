@@ -9,7 +9,11 @@ from django.contrib.auth.models import Group
 from django.db import connections, transaction
 
 from django_locks import locks
-from django_locks.backends.database import PURGE_AFTER_US, lock_connection
+from django_locks.backends.database import (
+    PURGE_AFTER_US,
+    close_thread_lock_connections,
+    lock_connection,
+)
 from django_locks.exceptions import LockBackendError
 from django_locks.models import Lock
 from tests.conftest import DATABASE_ALIASES, run_python
@@ -115,7 +119,7 @@ def models_f(name):
 
 
 def kill_lock_connection(db_alias: str, using: str) -> None:
-    wrapper = lock_connection(using)
+    wrapper = lock_connection(using).wrapper
     assert wrapper.connection is not None
     with connections[using].cursor() as cursor:
         if wrapper.vendor == "postgresql":
@@ -166,12 +170,10 @@ def test_durable_option_sets_the_commit_mode(db_alias, using, durable):
     vendor = connections[using].vendor
     with override_settings(LOCKS={"x": {"BACKEND": "django_locks.backends.database.DatabaseLock",
                                         "OPTIONS": {"using": using, "durable": durable}}}):
-        from django_locks.backends.database import close_thread_lock_connections
-
         close_thread_lock_connections()  # the next call connects with this alias's mode
         backend = locks["x"]
         assert backend.try_acquire_lock(None, "job", 60_000)
-        raw = lock_connection(using).connection
+        raw = lock_connection(using).wrapper.connection
         if vendor == "postgresql":
             setting = raw.execute("SHOW synchronous_commit").fetchone()[0]
             assert setting == ("on" if durable else "off")

@@ -268,4 +268,5 @@ def test_auto_renew_reports_a_lost_lease(alias):
     finally:
         signals.lock_lost.disconnect(dispatch_uid="t-renew")
     assert lost[0]["key"] == "renewed" and lost[0]["correlation_id"] == "cid-r"
-    assert lease._renewer.lost.is_set()
+    wait_until(lambda: not lease.renewing)
+    assert lease.released

@@ -102,7 +102,7 @@ def test_unreachable_redis_is_a_backend_error(redis_alias):
             lambda: backend.try_acquire_lock(None, "job", 1000),
             lambda: backend.acquire_lock(None, "job", 1000, 500),
             lambda: backend.lock("job", 1000),
-            lambda: backend.release_lock(None, "job", owner="t"),
+            lambda: backend.release_lock(None, "job", owner="0" * 32),
             lambda: backend.force_release("job"),
             lambda: backend.get_lock("job"),
             lambda: backend.held_locks(),

@@ -122,7 +122,8 @@ def test_bad_correlation_ids(held, correlation_id, error, message):
     assert state(held) == before
 
 
-@pytest.mark.parametrize(("owner", "error"), [("", ValueError), (123, TypeError), ("x" * 65, ValueError)])
+@pytest.mark.parametrize(("owner", "error"), [("", ValueError), (123, TypeError), ("x" * 65, ValueError),
+                                              ("f" * 33, ValueError), ("t", ValueError), ("A" * 32, ValueError)])
 def test_bad_owner(held, owner, error):
     before = state(held)
     with pytest.raises(error, match="owner"):

@@ -1,12 +1,14 @@
 """The lock contract: what every backend does, and the behaviour they share.
 
-This is the one file to read to know what a lock backend promises (the ILock
-contract of ``shared/spec/ILock.md``, in milliseconds). A backend subclasses
-:class:`BaseLock` and implements only the storage operations at the bottom
-(``_try_acquire``, ``_release``, ``_extend``, ``_force_release``, ``_get``,
-``_held``, ``_purge`` and, if it can do better than polling, ``_wait_for_release``).
-Argument validation, the wait loop, owner tokens, the per-instance bookkeeping of
-held locks, logging, signals and :class:`Lease` live here, written once.
+This is the one module to read to know what a lock backend promises; ``docs/contract.md``
+describes the same contract in prose (the ILock interface, in milliseconds). A backend
+subclasses :class:`BaseLock` and implements only the storage operations at the bottom
+(``_try_acquire``, ``_release``, ``_extend``, ``_force_release``, ``_get``, ``_held``,
+``_purge`` and, if it can do better than polling, ``_wait_for_release``), plus
+:meth:`BaseLock.close` if it keeps per-thread resources. Argument validation (in
+:mod:`django_locks.values`), the wait loop, owner tokens, the per-instance bookkeeping of
+held locks, logging and signals live here, written once; :class:`Lease` (in
+:mod:`django_locks.lease`) is what ``lock()`` returns.
 
 Storage operations must be thread-safe and must not depend on the thread that
 acquired a lock: a :class:`Lease` may be extended or released from another thread
@@ -19,14 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
-import secrets
 import threading
 import time
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
-from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.checks import CheckMessage
@@ -38,330 +35,38 @@ from django_locks.exceptions import (
     LockNotHeldError,
     LockTimeoutError,
 )
+from django_locks.lease import Lease, _AcquiringLease
+from django_locks.values import (
+    MAX_CORRELATION_ID_LENGTH,
+    MAX_KEY_LENGTH,
+    MAX_MILLISECONDS,
+    Attempt,
+    LockInfo,
+    new_token,
+    validate_acquire_arguments,
+    validate_correlation_id,
+    validate_key,
+    validate_owner,
+    validate_timeout,
+    validate_ttl,
+)
+
+__all__ = [
+    "MAX_CORRELATION_ID_LENGTH",
+    "MAX_KEY_LENGTH",
+    "MAX_MILLISECONDS",
+    "Attempt",
+    "BaseLock",
+    "Lease",
+    "LockInfo",
+    "validate_correlation_id",
+    "validate_key",
+    "validate_owner",
+    "validate_timeout",
+    "validate_ttl",
+]
 
 logger = logging.getLogger("django_locks")
-
-#: Longest key, in characters, accepted by every backend.
-MAX_KEY_LENGTH = 255
-#: Longest correlation id, in characters.
-MAX_CORRELATION_ID_LENGTH = 255
-#: Largest ttl and timeout accepted, in milliseconds (ten years).
-MAX_MILLISECONDS = 10 * 365 * 24 * 3600 * 1000
-
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _check_text(value: object, name: str, max_length: int) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-    if not value:
-        raise ValueError(f"{name} must not be empty")
-    if len(value) > max_length:
-        raise ValueError(f"{name} must be at most {max_length} characters, got {len(value)}")
-    match = _CONTROL_CHARACTERS.search(value)
-    if match:
-        raise ValueError(
-            f"{name} must not contain control characters "
-            f"(found U+{ord(match.group()):04X} at position {match.start()})"
-        )
-    return value
-
-
-def validate_key(key: object, name: str = "key") -> str:
-    """A key is a non-empty str of at most 255 characters without control characters."""
-    return _check_text(key, name, MAX_KEY_LENGTH)
-
-
-def validate_milliseconds(value: object, name: str, *, minimum: int) -> int:
-    """An int (not a bool) between ``minimum`` and ten years, in milliseconds."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int number of milliseconds, not {type(value).__name__}")
-    if value < minimum:
-        bound = "> 0" if minimum == 1 else f">= {minimum}"
-        raise ValueError(f"{name} must be {bound} milliseconds, got {value}")
-    if value > MAX_MILLISECONDS:
-        raise ValueError(f"{name} must be at most {MAX_MILLISECONDS} milliseconds (ten years), got {value}")
-    return value
-
-
-def validate_ttl(ttl: object, name: str = "ttl") -> int:
-    return validate_milliseconds(ttl, name, minimum=1)
-
-
-def validate_timeout(timeout: object, name: str = "timeout") -> int:
-    return validate_milliseconds(timeout, name, minimum=0)
-
-
-def validate_correlation_id(correlation_id: object) -> str | None:
-    """``None``, or a str of at most 255 characters without control characters."""
-    if correlation_id is None or correlation_id == "":
-        return None
-    return _check_text(correlation_id, "correlation_id", MAX_CORRELATION_ID_LENGTH)
-
-
-def validate_owner(owner: object) -> str | None:
-    if owner is None:
-        return None
-    return _check_text(owner, "owner", 64)
-
-
-def validate_acquire_arguments(
-    key: object, ttl: object, timeout: object, correlation_id: object
-) -> tuple[str, int, int, str | None]:
-    """The arguments of an acquisition, checked (timeout None: a single attempt)."""
-    return (
-        validate_key(key),
-        validate_ttl(ttl),
-        0 if timeout is None else validate_timeout(timeout),
-        validate_correlation_id(correlation_id),
-    )
-
-
-def new_token() -> str:
-    """A fresh random owner token (128 bits, hex)."""
-    return secrets.token_hex(16)
-
-
-def datetime_from_us(epoch_us: int) -> datetime:
-    """An aware UTC datetime from microseconds since the Unix epoch."""
-    return _EPOCH + timedelta(microseconds=int(epoch_us))
-
-
-# --------------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True, slots=True)
-class LockInfo:
-    """What a backend knows of one held lock.
-
-    Times are kept as microseconds since the Unix epoch (by the backend's clock) and read
-    as aware UTC datetimes through ``acquired_at`` and ``expires_at``.
-    """
-
-    key: str
-    token: str
-    fencing_token: int
-    correlation_id: str | None
-    acquired_at_us: int
-    expires_at_us: int
-
-    @property
-    def acquired_at(self) -> datetime:
-        return datetime_from_us(self.acquired_at_us)
-
-    @property
-    def expires_at(self) -> datetime:
-        return datetime_from_us(self.expires_at_us)
-
-
-class Attempt(NamedTuple):
-    """The outcome of one acquisition attempt by a backend."""
-
-    #: The new lock on success, ``None`` when someone else holds the key.
-    info: LockInfo | None
-    #: When known, how long the current holder's lock has left, in ms.
-    holder_remaining_ms: int | None = None
-
-
-class Lease:
-    """A lock held by this process. Also a context manager releasing it on exit.
-
-    Leaving the ``with`` block releases the lease. If the lease was lost meanwhile
-    (expired, taken over or force-released), the loss is logged at ERROR level on the
-    ``django_locks`` logger and the ``lock_lost`` signal is sent; then, if the block
-    ended normally, :class:`LockNotHeldError` is raised from the ``with`` statement.
-    If the block raised, its exception propagates unchanged and the loss is attached
-    to it as a note (``add_note``), never hiding it. A backend error on exit is
-    handled the same way (raised as :class:`LockBackendError`, or noted).
-    """
-
-    def __init__(self, backend: BaseLock, info: LockInfo, ttl: int) -> None:
-        self._backend = backend
-        self._info = info
-        self.ttl = ttl
-        self._released = False
-        self._renewer: Any = None
-
-    @property
-    def key(self) -> str:
-        return self._info.key
-
-    @property
-    def token(self) -> str:
-        """The owner token: what ``release_lock(..., owner=TOKEN)`` takes."""
-        return self._info.token
-
-    @property
-    def fencing_token(self) -> int:
-        """Greater than every earlier acquisition's of this key: pass it to the resource."""
-        return self._info.fencing_token
-
-    @property
-    def correlation_id(self) -> str | None:
-        return self._info.correlation_id
-
-    @property
-    def acquired_at(self) -> datetime:
-        return self._info.acquired_at
-
-    @property
-    def expires_at(self) -> datetime:
-        """When the lease runs out unless extended (aware, UTC, by the backend's clock)."""
-        return self._info.expires_at
-
-    @property
-    def alias(self) -> str:
-        return self._backend.alias
-
-    @property
-    def released(self) -> bool:
-        return self._released
-
-    @property
-    def info(self) -> LockInfo:
-        return self._info
-
-    def extend(self, ttl: int | None = None) -> None:
-        """Reset the remaining life to ``ttl`` ms (default: the ttl it was acquired with).
-
-        Raises :class:`LockNotHeldError` if the lease was lost; the lock is then untouched.
-        """
-        ttl = self.ttl if ttl is None else validate_ttl(ttl)
-        if self._released:
-            raise LockNotHeldError(f"lease on {self.key!r} was already released")
-        expires_at_us = self._backend._extend(self.key, self.token, ttl)
-        if expires_at_us is None:
-            self._lost("extend")
-        self._info = replace(self._info, expires_at_us=expires_at_us)
-        logger.debug(
-            "lock %r extended by %d ms (alias=%s, correlation_id=%s)",
-            self.key, ttl, self.alias, self.correlation_id,
-        )
-
-    def start_renewing(self, interval: float | None = None) -> None:
-        """Keep extending this lease in a daemon thread until it is released or lost.
-
-        See :class:`django_locks.renewal.LeaseRenewer` (the one auto-renewal mechanism).
-        """
-        from django_locks.renewal import LeaseRenewer
-
-        if self._renewer is None:
-            self._renewer = LeaseRenewer(self, interval)
-            self._renewer.start()
-
-    def stop_renewing(self) -> None:
-        if self._renewer is not None:
-            self._renewer.stop()
-            self._renewer = None
-
-    def release(self) -> None:
-        """Release the lease. Raises :class:`LockNotHeldError` if it was lost."""
-        self.stop_renewing()
-        if self._released:
-            raise LockNotHeldError(f"lease on {self.key!r} was already released")
-        released = self._backend._release(self.key, self.token)
-        self._released = True
-        self._backend._forget(self.key, self.token)
-        if not released:
-            self._lost("release")
-        self._backend._announce_release(
-            self.key, self.token, self.fencing_token, self.correlation_id
-        )
-
-    async def aextend(self, ttl: int | None = None) -> None:
-        """:meth:`extend` for async code."""
-        await self._backend._in_worker(self.extend)(ttl)
-
-    async def arelease(self) -> None:
-        """:meth:`release` for async code."""
-        await self._backend._in_worker(self.release)()
-
-    def _lost(self, operation: str) -> None:
-        self._released = True
-        self._backend._forget(self.key, self.token)
-        logger.error(
-            "lock %r was lost before %s: it expired, was taken over or was force-released "
-            "(alias=%s, correlation_id=%s, fencing_token=%s)",
-            self.key, operation, self.alias, self.correlation_id, self.fencing_token,
-        )
-        signals.lock_lost.send(sender=type(self._backend), **self._signal_kwargs())
-        raise LockNotHeldError(f"lock {self.key!r} is no longer held by this lease")
-
-    def _signal_kwargs(self) -> dict[str, Any]:
-        return {
-            "alias": self.alias,
-            "key": self.key,
-            "token": self.token,
-            "fencing_token": self.fencing_token,
-            "correlation_id": self.correlation_id,
-        }
-
-    def __enter__(self) -> Lease:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._released:
-            return
-        try:
-            self.release()
-        except (LockNotHeldError, LockBackendError) as problem:
-            if exc is None:
-                raise
-            if hasattr(exc, "add_note"):
-                exc.add_note(f"django_locks: while leaving the lock block: {problem!r}")
-            if isinstance(problem, LockBackendError):
-                logger.error(
-                    "lock %r could not be released: %s (alias=%s, correlation_id=%s)",
-                    self.key, problem, self.alias, self.correlation_id,
-                )
-
-    async def __aenter__(self) -> Lease:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._backend._in_worker(self.__exit__)(exc_type, exc, tb)
-
-    def __repr__(self) -> str:
-        state = "released" if self._released else f"expires {self.expires_at.isoformat()}"
-        return f"<Lease {self.alias}:{self.key!r} fencing_token={self.fencing_token} {state}>"
-
-
-class _AcquiringLease:
-    """What :meth:`BaseLock.alock` returns: ``async with`` acquires, then releases."""
-
-    def __init__(self, acquire: Any) -> None:
-        self._acquire = acquire
-        self._lease: Lease | None = None
-
-    def __await__(self) -> Any:
-        return self._acquire().__await__()
-
-    async def __aenter__(self) -> Lease:
-        self._lease = await self._acquire()
-        return self._lease
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._lease is not None
-        await self._lease.__aexit__(exc_type, exc, tb)
 
 
 # --------------------------------------------------------------------------- base backend
@@ -484,6 +189,14 @@ class BaseLock:
     def held_locks(self) -> list[LockInfo]:
         """Every lock held now, soonest expiry first."""
         return sorted(self._held(), key=lambda info: (info.expires_at, info.key))
+
+    def close(self, **kwargs: Any) -> None:
+        """Give back what this instance holds open for the calling thread.
+
+        Called by :func:`django_locks.close_locks` when a request starts and ends (like
+        ``BaseCache.close`` from ``close_caches``) and by a renewal thread that ends.
+        Locks stay held. The default does nothing.
+        """
 
     def purge(self) -> int:
         """Remove expired lock state where the backend keeps any. Returns how many entries."""

@@ -30,13 +30,15 @@ import threading
 import weakref
 from typing import Any
 
+from django.apps import apps
 from django.core.checks import CheckMessage, Error
 from django.db import Error as DjangoDatabaseError
 from django.db import connections
 from django.db.utils import load_backend
 
-from django_locks.backends.base import Attempt, BaseLock, LockInfo
+from django_locks.backends.base import BaseLock
 from django_locks.exceptions import InvalidLockBackendError, LockBackendError
+from django_locks.values import Attempt, LockInfo
 
 #: Purge deletes only rows that expired longer ago than this (microseconds).
 PURGE_AFTER_US = 60 * 1_000_000
@@ -45,57 +47,93 @@ _SUPPORTED_VENDORS = ("postgresql", "mysql", "sqlite")
 
 # --------------------------------------------------------------------------- connections
 
-_thread_connections = threading.local()
-_all_connections: weakref.WeakSet[Any] = weakref.WeakSet()
 
+class LockConnection:
+    """This module's private connection to one database, for one thread.
 
-def lock_connection(using: str) -> Any:
-    """This thread's private connection (a Django DatabaseWrapper) to database ``using``."""
-    per_thread = _thread_connections.__dict__.setdefault("by_alias", {})
-    wrapper = per_thread.get(using)
-    if wrapper is None:
+    ``wrapper`` is a Django ``DatabaseWrapper`` of its own (never one of
+    ``django.db.connections``) in autocommit mode; lock statements run on one raw
+    cursor of it, reused while the raw connection lives.
+    """
+
+    def __init__(self, using: str) -> None:
         settings_dict = copy.deepcopy(connections[using].settings_dict)
         if settings_dict["ENGINE"].endswith("mysql"):
             # Keys may hold any Unicode character, emoji included.
             settings_dict.setdefault("OPTIONS", {})["charset"] = "utf8mb4"
         settings_dict["AUTOCOMMIT"] = True
-        wrapper = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, using)
-        per_thread[using] = wrapper
-        _all_connections.add(wrapper)
-    return wrapper
+        self.using = using
+        self.wrapper = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, using)
+        self._cursor: Any = None
+        self._cursor_of: Any = None  # the raw connection ``_cursor`` belongs to
 
+    @property
+    def connected(self) -> bool:
+        return self.wrapper.connection is not None
 
-def close_old_lock_connections(**kwargs: Any) -> None:
-    """Apply ``CONN_MAX_AGE`` and health checks to this thread's lock connections.
+    def cursor(self) -> Any:
+        """The reused raw cursor (the connection must be open)."""
+        raw = self.wrapper.connection
+        if self._cursor_of is not raw:
+            self._cursor, self._cursor_of = raw.cursor(), raw
+        return self._cursor
 
-    Connected to ``request_started`` and ``request_finished``, like Django's own
-    ``close_old_connections``.
-    """
-    _for_thread_connections(lambda wrapper: wrapper.close_if_unusable_or_obsolete())
-
-
-def close_thread_lock_connections() -> None:
-    """Close this thread's lock connections (for threads that end)."""
-    _for_thread_connections(lambda wrapper: wrapper.close())
-
-
-def _for_thread_connections(action: Any) -> None:
-    for wrapper in getattr(_thread_connections, "by_alias", {}).values():
+    def close(self) -> None:
+        """Close it now; a broken connection is just dropped. The next use reconnects."""
         try:
-            action(wrapper)
-        except Exception:  # a broken connection is dropped; the next call reconnects
-            wrapper.connection = None
+            self.wrapper.close()
+        except Exception:
+            self.wrapper.connection = None
+        self._cursor = self._cursor_of = None
 
+    def close_if_unusable_or_obsolete(self) -> None:
+        """Apply ``CONN_MAX_AGE`` and health checks, like ``close_old_connections``."""
+        try:
+            self.wrapper.close_if_unusable_or_obsolete()
+        except Exception:
+            self.wrapper.connection = None
+        if self.wrapper.connection is None:
+            self._cursor = self._cursor_of = None
 
-def close_all_lock_connections() -> None:
-    """Close every private lock connection of this process, from any thread."""
-    for wrapper in list(_all_connections):
-        raw, wrapper.connection = wrapper.connection, None
+    def abandon(self) -> None:
+        """Close the raw connection from any thread (Django's own close is thread-bound)."""
+        raw, self.wrapper.connection = self.wrapper.connection, None
+        self._cursor = self._cursor_of = None
         if raw is not None:
             try:
                 raw.close()
             except Exception:
                 pass
+
+
+_thread_connections = threading.local()
+_all_connections: weakref.WeakSet[LockConnection] = weakref.WeakSet()
+
+
+def _this_thread() -> dict[str, LockConnection]:
+    return _thread_connections.__dict__.setdefault("by_alias", {})
+
+
+def lock_connection(using: str) -> LockConnection:
+    """This thread's private connection to database ``using`` (created, not connected)."""
+    per_thread = _this_thread()
+    connection = per_thread.get(using)
+    if connection is None:
+        connection = per_thread[using] = LockConnection(using)
+        _all_connections.add(connection)
+    return connection
+
+
+def close_thread_lock_connections() -> None:
+    """Close this thread's lock connections."""
+    for connection in _this_thread().values():
+        connection.close()
+
+
+def close_all_lock_connections() -> None:
+    """Close every private lock connection of this process, from any thread."""
+    for connection in list(_all_connections):
+        connection.abandon()
 
 
 # --------------------------------------------------------------------------- SQL per vendor
@@ -104,64 +142,64 @@ def close_all_lock_connections() -> None:
 class LockSQL:
     """The statements of DatabaseLock for one database vendor.
 
-    ``now_us`` is the database clock in microseconds since the Unix epoch (UTC),
-    constant within one statement.
+    Subclasses set ``now_us``, the database clock in microseconds since the Unix epoch
+    (UTC), constant within one statement, and what differs in their dialect.
     """
 
     now_us = ""
     greatest = "GREATEST"
+    #: The driver's parameter placeholder (statements run on the raw DB-API cursor).
     placeholder = "%s"
-    #: Whether the upsert can return the row it wrote (else it is read back).
+    #: Whether the upsert and the extend return the row they wrote (else it is read back).
     returning = True
 
     def __init__(self, table: str, key: str) -> None:
-        t, k, now = table, key, self.now_us
+        t, k, now, p = table, key, self.now_us, self.placeholder
         self.columns = f"{k}, token, fencing_token, correlation_id, acquired_at_us, expires_at_us"
         self.insert = (
             f"INSERT INTO {t} ({k}, token, correlation_id, fencing_token, acquired_at_us, "
-            f"expires_at_us) VALUES (%s, %s, %s, {now}, {now}, {now} + %s)"
+            f"expires_at_us) VALUES ({p}, {p}, {p}, {now}, {now}, {now} + {p})"
         )
+        self.acquire = self.upsert(t, k)
         # Frees the row only for its holder's token, and only while it is unexpired.
         self.release = (
             f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now} "
-            f"WHERE {k} = %s AND token = %s AND expires_at_us > {now}"
+            f"WHERE {k} = {p} AND token = {p} AND expires_at_us > {now}"
         )
         self.force_release = (
             f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now} "
-            f"WHERE {k} = %s AND expires_at_us > {now}"
+            f"WHERE {k} = {p} AND expires_at_us > {now}"
         )
         self.extend = (
-            f"UPDATE {t} SET expires_at_us = {now} + %s "
-            f"WHERE {k} = %s AND token = %s AND expires_at_us > {now}"
+            f"UPDATE {t} SET expires_at_us = {now} + {p} "
+            f"WHERE {k} = {p} AND token = {p} AND expires_at_us > {now}"
+            + (" RETURNING expires_at_us" if self.returning else "")
         )
         self.held = f"SELECT {self.columns} FROM {t} WHERE expires_at_us > {now}"
-        self.get = f"{self.held} AND {k} = %s"
+        self.get = f"{self.held} AND {k} = {p}"
         # Holders that expired without releasing: shown until purged.
         self.expired = (
             f"SELECT {self.columns} FROM {t} WHERE token IS NOT NULL AND expires_at_us <= {now}"
         )
-        self.read_row = f"SELECT {self.columns}, {now} FROM {t} WHERE {k} = %s"
+        self.read_row = f"SELECT {self.columns}, {now} FROM {t} WHERE {k} = {p}"
         # Rows expired long ago go; recently expired holders are cleared (the row, and its
         # fencing counter, stays a while: see PURGE_AFTER_US).
-        self.purge = f"DELETE FROM {t} WHERE expires_at_us < {now} - %s"
+        self.purge = f"DELETE FROM {t} WHERE expires_at_us < {now} - {p}"
         self.clear_expired = (
             f"UPDATE {t} SET token = NULL, correlation_id = NULL "
             f"WHERE token IS NOT NULL AND expires_at_us <= {now}"
         )
-        if self.returning:
-            # Takes the row if it is free or expired; returns nothing if it is held.
-            self.acquire = (
-                f"{self.insert} ON CONFLICT ({k}) DO UPDATE SET "
-                "token = excluded.token, correlation_id = excluded.correlation_id, "
-                f"fencing_token = {self.greatest}({t}.fencing_token + 1, excluded.fencing_token), "
-                "acquired_at_us = excluded.acquired_at_us, expires_at_us = excluded.expires_at_us "
-                f"WHERE {t}.expires_at_us <= excluded.acquired_at_us "
-                "RETURNING fencing_token, acquired_at_us, expires_at_us"
-            )
-            self.extend += " RETURNING expires_at_us"
-        if self.placeholder != "%s":
-            for name, sql in list(vars(self).items()):
-                setattr(self, name, sql.replace("%s", self.placeholder))
+
+    def upsert(self, t: str, k: str) -> str:
+        """Takes the row if it is free or expired; returns nothing if it is held."""
+        return (
+            f"{self.insert} ON CONFLICT ({k}) DO UPDATE SET "
+            "token = excluded.token, correlation_id = excluded.correlation_id, "
+            f"fencing_token = {self.greatest}({t}.fencing_token + 1, excluded.fencing_token), "
+            "acquired_at_us = excluded.acquired_at_us, expires_at_us = excluded.expires_at_us "
+            f"WHERE {t}.expires_at_us <= excluded.acquired_at_us "
+            "RETURNING fencing_token, acquired_at_us, expires_at_us"
+        )
 
 
 class PostgreSQLLockSQL(LockSQL):
@@ -178,10 +216,10 @@ class MySQLLockSQL(LockSQL):
     now_us = "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6))"
     returning = False
 
-    def __init__(self, table: str, key: str) -> None:
-        super().__init__(table, key)
-        # MySQL assigns left to right, so expires_at_us, which the condition reads,
-        # is assigned last. The row is read back to learn whether this token won.
+    def upsert(self, t: str, k: str) -> str:
+        """Takes the row if it is free or expired, else leaves it as it was. MySQL assigns
+        left to right, so expires_at_us, which the condition reads, is assigned last. The
+        row is read back to learn whether this token won."""
         expired = "expires_at_us <= VALUES(acquired_at_us)"
         assignments = ", ".join(
             f"{column} = IF({expired}, {new}, {column})"
@@ -193,7 +231,7 @@ class MySQLLockSQL(LockSQL):
                 ("expires_at_us", "VALUES(expires_at_us)"),
             )
         )
-        self.acquire = f"{self.insert} ON DUPLICATE KEY UPDATE {assignments}"
+        return f"{self.insert} ON DUPLICATE KEY UPDATE {assignments}"
 
 
 _SQL_CLASSES: dict[str, type[LockSQL]] = {
@@ -272,12 +310,9 @@ class DatabaseLock(BaseLock):
     @property
     def sql(self) -> LockSQL:
         if self._sql is None:
-            from django_locks.models import Lock
-
             ops = connections[self.using].ops
-            self._sql = _SQL_CLASSES[self.vendor](
-                ops.quote_name(Lock._meta.db_table), ops.quote_name("key")
-            )
+            table = apps.get_model("django_locks", "Lock")._meta.db_table
+            self._sql = _SQL_CLASSES[self.vendor](ops.quote_name(table), ops.quote_name("key"))
         return self._sql
 
     def _in_memory_error(self) -> InvalidLockBackendError:
@@ -293,6 +328,13 @@ class DatabaseLock(BaseLock):
             error = self._in_memory_error()
             return [Error(str(error), id=error.check_id, obj=f"LOCKS[{self.alias!r}]")]
         return []
+
+    def close(self, **kwargs: Any) -> None:
+        """Close this thread's private connection if it is unusable or older than the
+        database's ``CONN_MAX_AGE`` (at the end of a request, or of a renewal thread)."""
+        connection = _this_thread().get(self.using)
+        if connection is not None:
+            connection.close_if_unusable_or_obsolete()
 
     def _connect(self, wrapper: Any) -> None:
         if self.vendor == "sqlite" and wrapper.is_in_memory_db():
@@ -310,24 +352,17 @@ class DatabaseLock(BaseLock):
 
     def _run(self, sql: str, params: tuple[Any, ...], *, fetch: bool = True) -> tuple[list[Any], int]:
         """Run one statement on this thread's private connection: (rows, rowcount)."""
-        wrapper = lock_connection(self.using)
+        connection = lock_connection(self.using)
+        wrapper = connection.wrapper
         try:
-            if wrapper.connection is None:
+            if not connection.connected:
                 self._connect(wrapper)
-            # One cursor per connection, reused: lock statements are short and sequential.
-            raw, cursor = getattr(wrapper, "_django_locks_cursor", (None, None))
-            if raw is not wrapper.connection:
-                cursor = wrapper.connection.cursor()
-                wrapper._django_locks_cursor = (wrapper.connection, cursor)
+            cursor = connection.cursor()
             cursor.execute(sql, params)
             rows = cursor.fetchall() if fetch else []
             return rows, cursor.rowcount
         except (wrapper.Database.Error, DjangoDatabaseError) as e:
-            try:
-                wrapper.close()
-            except Exception:
-                wrapper.connection = None
-            wrapper._django_locks_cursor = (None, None)
+            connection.close()
             raise LockBackendError(
                 f"LOCKS[{self.alias!r}]: database {self.using!r} failed: {e}"
             ) from e

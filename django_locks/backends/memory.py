@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from django_locks.backends.base import Attempt, BaseLock, LockInfo
+from django_locks.backends.base import BaseLock
+from django_locks.values import Attempt, LockInfo
 
 
 @dataclass
@@ -124,6 +125,17 @@ class MemoryLock(BaseLock):
             for key in expired:
                 del store.entries[key]
             return len(expired)
+
+    def clear(self) -> None:
+        """Forget every lock and fencing counter of this alias, in every thread of the
+        process: a clean slate between a project's own tests."""
+        store = self._store
+        with store.condition:
+            store.entries.clear()
+            store.fencing.clear()
+            store.condition.notify_all()
+        with self._held_mutex:
+            self._held_tokens.clear()
 
     def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
         store = self._store

@@ -1,0 +1,76 @@
+"""What a CacheLock storage client does: the interface both clients implement.
+
+:class:`~django_locks.backends.cache.CacheLock` keeps the policy (validation, waiting,
+bookkeeping: all in :class:`~django_locks.backends.base.BaseLock`) and hands every
+storage operation to one client, chosen from the cache's class, the way django-redis's
+``RedisCache`` hands its work to ``CLIENT_CLASS``.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from typing import TYPE_CHECKING, NamedTuple
+
+from django.core.checks import CheckMessage
+
+from django_locks.values import Attempt, LockInfo
+
+if TYPE_CHECKING:
+    from django_locks.backends.cache import CacheLock
+
+
+class LockKeys(NamedTuple):
+    """The cache keys of one lock: its holder, its fencing counter, its wake-up list."""
+
+    lock: str
+    fence: str
+    wake: str
+
+
+class CacheLockClient(abc.ABC):
+    """Storage operations of a CacheLock on one kind of cache (see BaseLock's storage
+    operations for what each promises)."""
+
+    #: Whether :meth:`held` can list what is held.
+    supports_enumeration: bool = True
+
+    def __init__(self, backend: CacheLock) -> None:
+        self.backend = backend
+
+    @classmethod
+    def check(cls, backend: CacheLock) -> list[CheckMessage]:
+        """System check messages about using this client for ``backend``'s cache."""
+        return []
+
+    @abc.abstractmethod
+    def keys(self, key: str) -> LockKeys:
+        """The cache keys of lock ``key``."""
+
+    @abc.abstractmethod
+    def try_acquire(self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None) -> Attempt:
+        """One atomic attempt to take the lock for ``token`` if it is free or expired."""
+
+    @abc.abstractmethod
+    def release(self, keys: LockKeys, token: str) -> bool:
+        """Free the lock if ``token`` holds it. True if it did."""
+
+    @abc.abstractmethod
+    def extend(self, keys: LockKeys, token: str, ttl: int) -> int | None:
+        """Reset the lock's life to ``ttl`` ms if ``token`` holds it: the new expiry in µs."""
+
+    @abc.abstractmethod
+    def force_release(self, keys: LockKeys) -> bool:
+        """Free the lock whoever holds it. True if something was held."""
+
+    @abc.abstractmethod
+    def get(self, keys: LockKeys) -> LockInfo | None:
+        """The lock's holder, or None."""
+
+    @abc.abstractmethod
+    def held(self) -> list[LockInfo]:
+        """Every held lock of this cache (only if :attr:`supports_enumeration`)."""
+
+    def wait(self, keys: LockKeys, seconds: float, waits: int) -> None:
+        """Block at most ``seconds`` or until the lock may be free. Default: poll backoff."""
+        time.sleep(self.backend._poll_delay(seconds, waits))

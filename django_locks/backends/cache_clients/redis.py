@@ -1,0 +1,268 @@
+"""Redis used natively, through the raw redis-py client of django-redis or of Django's
+own ``RedisCache``.
+
+Acquire, release, extend and force release are one round trip each: one Lua script, each
+a named constant below with what it guarantees. A waiting acquirer blocks on a wake-up
+list that release pushes to (BLPOP), bounded by the holder's remaining life, so it is
+woken by a release at once and by an expiry on time. All keys of one lock share a Redis
+Cluster hash slot. Keys go through the cache's key function (KEY_PREFIX, VERSION).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
+
+from django_locks.backends.cache_clients.base import CacheLockClient, LockKeys
+from django_locks.exceptions import LockBackendError
+from django_locks.values import Attempt, LockInfo
+
+try:  # redis is an optional dependency (the "redis" extra); without it no cache is Redis
+    from redis.exceptions import NoScriptError, RedisError
+except ImportError:  # pragma: no cover
+    class RedisError(Exception):  # type: ignore[no-redef]
+        pass
+
+    class NoScriptError(RedisError):  # type: ignore[no-redef]
+        pass
+
+try:
+    from django_redis.cache import RedisCache as DjangoRedisPackageCache
+except ImportError:  # pragma: no cover - django-redis not installed
+    DjangoRedisPackageCache = None
+
+if TYPE_CHECKING:
+    from django_locks.backends.cache import CacheLock
+
+#: A fencing counter outlives its lock by this much (ms). After that the server clock
+#: (microseconds) is the floor of the next token, which is above every earlier one.
+FENCE_GRACE_MS = 60_000
+#: Life of an unconsumed wake-up (ms): covers a waiter between two attempts.
+WAKE_TTL_MS = 5_000
+#: Longest single block of a waiter (s), a bound for a lost wake-up.
+MAX_BLOCK_SECONDS = 0.5
+#: Redis ends a blocking command's timeout up to one server tick (1/hz, 100 ms by
+#: default) late; a block is kept this much shorter than the client's socket timeout.
+BLOCK_TIMEOUT_SLACK = 0.15
+
+# ----------------------------------------------------------------------------- Lua scripts
+
+# Takes the lock only if no one holds it (an expired lock's hash is gone), with a
+# millisecond expiry, and advances the key's fencing counter to max(last + 1, server
+# clock in µs) in the same step, so tokens rise across releases, expiries and restarts.
+# Clears stale wake-ups. Returns {fencing token, acquired µs} or {"0", holder's pttl}.
+ACQUIRE_SCRIPT = """
+local remaining = redis.call('PTTL', KEYS[1])
+if remaining ~= -2 then return {'0', tostring(remaining)} end
+local clock = redis.call('TIME')
+local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local fence = math.max(tonumber(redis.call('GET', KEYS[2]) or 0) + 1, now_us)
+local fence_s = string.format('%.0f', fence)
+local now_s = string.format('%.0f', now_us)
+local ttl = tonumber(ARGV[3])
+redis.call('SET', KEYS[2], fence_s, 'PX', ttl + tonumber(ARGV[5]))
+redis.call('HSET', KEYS[1], 'key', ARGV[1], 'token', ARGV[2], 'fence', fence_s,
+           'cid', ARGV[4], 'acquired', now_s,
+           'expires', string.format('%.0f', now_us + ttl * 1000))
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('DEL', KEYS[3])
+return {fence_s, now_s}
+"""
+
+# Deletes the lock only if ARGV[1] is its holder's token, then wakes one waiter.
+RELEASE_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2])
+redis.call('RPUSH', KEYS[2], '1')
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+# Resets the lock's life to ARGV[2] ms only if ARGV[1] still holds it (and keeps the
+# fencing counter alive as long). Returns the new expiry in µs, or 0 if not held.
+EXTEND_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return '0' end
+local ttl = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local expires = string.format('%.0f', tonumber(clock[1]) * 1000000 + tonumber(clock[2]) + ttl * 1000)
+redis.call('HSET', KEYS[1], 'expires', expires)
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl + tonumber(ARGV[3]))
+return expires
+"""
+
+# Deletes the lock whoever holds it and wakes one waiter. 1 if something was held.
+FORCE_RELEASE_SCRIPT = """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('RPUSH', KEYS[2], '1')
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 1
+"""
+
+#: The fields of a lock's hash, in the order LockInfo is read from them.
+LOCK_FIELDS = ("key", "token", "fence", "cid", "acquired", "expires")
+
+
+class _Script:
+    """A Lua script run by EVALSHA, loaded with EVAL when the server lacks it."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, client: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return client.eval(self.source, len(keys), *keys, *args)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def raw_client_getter(cache_class: type) -> Callable[[Any], Any] | None:
+    """How to get the raw redis-py client from a cache of this class; None if not Redis."""
+    if DjangoRedisPackageCache is not None and issubclass(cache_class, DjangoRedisPackageCache):
+        return lambda cache: cache.client.get_client(write=True)
+    if issubclass(cache_class, DjangoRedisCache):
+        return lambda cache: cache._cache.get_client(write=True)
+    return None
+
+
+class RedisLockClient(CacheLockClient):
+    """Redis used natively through the cache's raw redis-py client."""
+
+    acquire_script = _Script(ACQUIRE_SCRIPT)
+    release_script = _Script(RELEASE_SCRIPT)
+    extend_script = _Script(EXTEND_SCRIPT)
+    force_release_script = _Script(FORCE_RELEASE_SCRIPT)
+
+    def __init__(self, backend: CacheLock) -> None:
+        super().__init__(backend)
+        getter = raw_client_getter(backend.cache_backend_class)
+        if getter is None:
+            raise TypeError(f"{backend.cache_backend_class.__name__} is not a Redis cache")
+        self._get_client = getter
+        self._client: Any = None
+
+    @classmethod
+    def handles(cls, cache_class: type) -> bool:
+        return raw_client_getter(cache_class) is not None
+
+    def get_client(self) -> Any:
+        """The raw redis-py client (thread-safe; one per backend instance is enough)."""
+        if self._client is None:
+            self._client = self._get_client(self.backend.cache)
+        return self._client
+
+    def keys(self, key: str) -> LockKeys:
+        """Full Redis keys; ``{key}`` is a hash tag, so the three share a cluster slot."""
+        base = f"django_locks:{{{key}}}"
+        make_key = self.backend.cache.make_key
+        return LockKeys(make_key(base + ":lock"), make_key(base + ":fence"), make_key(base + ":wake"))
+
+    def _call(self, operation: Callable[[Any], Any]) -> Any:
+        try:
+            return operation(self.get_client())
+        except (RedisError, OSError) as e:
+            raise LockBackendError(
+                f"LOCKS[{self.backend.alias!r}]: Redis behind cache "
+                f"{self.backend.cache_alias!r} failed: {e}"
+            ) from e
+
+    def try_acquire(self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None) -> Attempt:
+        fence, second = self._call(
+            lambda c: self.acquire_script(
+                c, [keys.lock, keys.fence, keys.wake], [key, token, ttl, cid or "", FENCE_GRACE_MS]
+            )
+        )
+        if _text(fence) == "0":
+            return Attempt(None, max(int(_text(second)), 0))
+        acquired_us = int(_text(second))
+        return Attempt(
+            LockInfo(
+                key=key,
+                token=token,
+                fencing_token=int(_text(fence)),
+                correlation_id=cid,
+                acquired_at_us=acquired_us,
+                expires_at_us=acquired_us + ttl * 1000,
+            )
+        )
+
+    def release(self, keys: LockKeys, token: str) -> bool:
+        return self._call(
+            lambda c: self.release_script(c, [keys.lock, keys.wake], [token, WAKE_TTL_MS])
+        ) == 1
+
+    def extend(self, keys: LockKeys, token: str, ttl: int) -> int | None:
+        expires_us = int(_text(self._call(
+            lambda c: self.extend_script(c, [keys.lock, keys.fence], [token, ttl, FENCE_GRACE_MS])
+        )))
+        return expires_us or None
+
+    def force_release(self, keys: LockKeys) -> bool:
+        return self._call(
+            lambda c: self.force_release_script(c, [keys.lock, keys.wake], [WAKE_TTL_MS])
+        ) == 1
+
+    @staticmethod
+    def _info(fields: Any) -> LockInfo | None:
+        if not fields or fields[1] is None:
+            return None
+        key, token, fence, cid, acquired, expires = (
+            _text(f) if f is not None else None for f in fields
+        )
+        return LockInfo(
+            key=key,
+            token=token,
+            fencing_token=int(fence),
+            correlation_id=cid or None,
+            acquired_at_us=int(acquired),
+            expires_at_us=int(expires),
+        )
+
+    def get(self, keys: LockKeys) -> LockInfo | None:
+        return self._info(self._call(lambda c: c.hmget(keys.lock, LOCK_FIELDS)))
+
+    def held(self) -> list[LockInfo]:
+        sentinel = "\x00"  # cannot occur in a key or a prefix made by Django
+        pattern = _glob_escape(self.backend.cache.make_key(f"django_locks:{{{sentinel}}}:lock"))
+        pattern = pattern.replace(sentinel, "*")
+
+        def scan(client: Any) -> list[Any]:
+            found: list[Any] = []
+            # SCAN walks the keyspace in small steps, never blocking the server (no KEYS).
+            names = list(client.scan_iter(match=pattern, count=1000))
+            for start in range(0, len(names), 500):
+                pipe = client.pipeline(transaction=False)
+                for name in names[start:start + 500]:
+                    pipe.hmget(name, LOCK_FIELDS)
+                found.extend(pipe.execute())
+            return found
+
+        # A lock that expires between SCAN and HMGET reads as all None and is skipped.
+        return [info for info in map(self._info, self._call(scan)) if info is not None]
+
+    def wait(self, keys: LockKeys, seconds: float, waits: int) -> None:
+        client = self.get_client()
+        block = min(seconds, MAX_BLOCK_SECONDS)
+        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        if socket_timeout:
+            # A blocking read must end before the client's socket timeout does.
+            block = min(block, socket_timeout - BLOCK_TIMEOUT_SLACK, socket_timeout / 2)
+        if block < 0.001:  # too short to block on the server: a short sleep instead
+            time.sleep(min(max(block, 0.001), seconds, 0.01))
+            return
+        self._call(lambda c: c.blpop([keys.wake], timeout=round(block, 3)))

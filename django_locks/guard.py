@@ -1,0 +1,208 @@
+"""The one locking core: :class:`LockGuard` holds a lock around a block or a call.
+
+Every surface is a thin client of it, the way django-pglock's ``advisory`` serves every
+entry point: :func:`~django_locks.decorators.locked` *is* a ``LockGuard``,
+:func:`~django_locks.decorators.lock_view` takes and gives back its leases through one,
+and ``manage.py locks run`` holds its command's lock with one. A guard checks its
+arguments once, when it is made; each use resolves the alias's backend of the calling
+thread (``locks[alias]``), acquires (waiting up to ``timeout`` ms), starts the renewer if
+``auto_renew``, and releases with :class:`~django_locks.lease.Lease`'s rules on the way
+out. Sync and async uses share every step but the ``await``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+from collections.abc import Callable
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Any, TypeVar
+
+from asgiref.sync import iscoroutinefunction
+from django.core.exceptions import ImproperlyConfigured
+
+from django_locks.backends.base import BaseLock
+from django_locks.handler import DEFAULT_LOCK_ALIAS, locks
+from django_locks.lease import Lease
+from django_locks.values import (
+    CONTROL_CHARACTERS,
+    MAX_KEY_LENGTH,
+    validate_correlation_id,
+    validate_key,
+    validate_timeout,
+    validate_ttl,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+#: A lock key: a format string over the call's arguments, or a callable returning the key.
+KeySpec = str | Callable[..., str]
+
+
+def safe_key(key: str) -> str:
+    """``key`` if it is a valid lock key; else a readable prefix plus its SHA-256."""
+    try:
+        return validate_key(key)
+    except (TypeError, ValueError):
+        digest = hashlib.sha256(str(key).encode("utf-8", "surrogatepass")).hexdigest()
+        readable = CONTROL_CHARACTERS.sub("?", str(key))[: MAX_KEY_LENGTH - len(digest) - 1]
+        return f"{readable}#{digest}"
+
+
+def build_key(key: KeySpec, what: str, args: tuple, kwargs: dict[str, Any]) -> str:
+    """The lock key of one call: ``key`` formatted with (or called on) its arguments.
+
+    A built key that is not a valid lock key (too long, control characters) is hashed by
+    :func:`safe_key`, so no argument can make the call fail on its key.
+    """
+    if callable(key):
+        built = key(*args, **kwargs)
+        if not isinstance(built, str):
+            raise ImproperlyConfigured(
+                f"the key callable of {what} returned {type(built).__name__}, not str"
+            )
+        return safe_key(built)
+    try:
+        return safe_key(key.format(*args, **kwargs))
+    except (KeyError, IndexError) as e:
+        raise ImproperlyConfigured(
+            f"the lock key {key!r} of {what} needs {e.args[0]!r}, which the call does not "
+            f"provide (it has {sorted(kwargs)} and {len(args)} positional)"
+        ) from None
+
+
+class LockGuard:
+    """Hold ``key`` for ``ttl`` ms around a block or each call of a function.
+
+    * ``with LockGuard("nightly", ttl=60_000) as lease:`` (or ``async with``): the key is
+      used as given;
+    * ``@LockGuard("sync:{account_id}", ttl=60_000)`` on a function or coroutine function:
+      the key is a format string over the call's bound arguments (or a callable with the
+      function's signature), built per call.
+
+    ``timeout`` ms to wait (0: one attempt; :class:`~django_locks.exceptions.LockTimeoutError`
+    when it runs out), ``backend`` the LOCKS alias, ``auto_renew`` keeps the lease alive
+    while the block runs, ``correlation_id`` is stored with the lock. Leaving releases the
+    lease; a lease lost meanwhile is reported as :class:`~django_locks.lease.Lease` does.
+    """
+
+    def __init__(
+        self,
+        key: KeySpec,
+        *,
+        ttl: int,
+        timeout: int = 0,
+        backend: str = DEFAULT_LOCK_ALIAS,
+        auto_renew: bool = False,
+        correlation_id: str | None = None,
+    ) -> None:
+        if not (isinstance(key, str) or callable(key)):
+            raise TypeError(f"key must be a format string or a callable, not {type(key).__name__}")
+        if isinstance(key, str) and not key:
+            raise ValueError("key must not be empty")
+        if not isinstance(backend, str) or not backend:
+            raise TypeError(f"backend must be a LOCKS alias (str), not {backend!r}")
+        if not isinstance(auto_renew, bool):
+            raise TypeError(f"auto_renew must be True or False, not {auto_renew!r}")
+        self.key = key
+        self.ttl = validate_ttl(ttl)
+        self.timeout = validate_timeout(timeout)
+        self.backend = backend
+        self.auto_renew = auto_renew
+        self.correlation_id = validate_correlation_id(correlation_id)
+        # The leases of the blocks entered and not yet left, per thread and async task.
+        self._entered: ContextVar[tuple[Lease, ...]] = ContextVar(f"django_locks_guard_{id(self)}",
+                                                                  default=())
+
+    # ----------------------------------------------------------------------- the steps
+
+    def lock_backend(self) -> BaseLock:
+        """The calling thread's backend of this guard's alias."""
+        return locks[self.backend]
+
+    def acquire(self, key: str, correlation_id: str | None = None) -> Lease:
+        """Take ``key`` (waiting up to ``timeout``), renewing it if ``auto_renew``."""
+        lease = self.lock_backend().lock(key, self.ttl, self.timeout,
+                                         correlation_id or self.correlation_id)
+        return self._started(lease)
+
+    async def aacquire(self, key: str, correlation_id: str | None = None) -> Lease:
+        """:meth:`acquire` for async code (the wait holds no thread)."""
+        lease = await self.lock_backend().alock(key, self.ttl, self.timeout,
+                                                correlation_id or self.correlation_id)
+        return self._started(lease)
+
+    def _started(self, lease: Lease) -> Lease:
+        if self.auto_renew:
+            lease.start_renewing()
+        return lease
+
+    def _literal_key(self) -> str:
+        if not isinstance(self.key, str):
+            raise TypeError("a LockGuard used as a context manager needs a str key, not a callable")
+        return validate_key(self.key)
+
+    # ----------------------------------------------------------------------- with / async with
+
+    def __enter__(self) -> Lease:
+        lease = self.acquire(self._literal_key())
+        self._entered.set((*self._entered.get(), lease))
+        return lease
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._left().__exit__(exc_type, exc, tb)
+
+    async def __aenter__(self) -> Lease:
+        lease = await self.aacquire(self._literal_key())
+        self._entered.set((*self._entered.get(), lease))
+        return lease
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._left().__aexit__(exc_type, exc, tb)
+
+    def _left(self) -> Lease:
+        *outer, lease = self._entered.get()
+        self._entered.set(tuple(outer))
+        return lease
+
+    # ----------------------------------------------------------------------- as a decorator
+
+    def __call__(self, function: F) -> F:
+        name = f"function {getattr(function, '__qualname__', function)!r}"
+        signature = inspect.signature(function)
+        key = self.key
+
+        def call_key(args: tuple, kwargs: dict[str, Any]) -> str:
+            if callable(key):
+                return build_key(key, name, args, kwargs)
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return build_key(key, name, (), dict(bound.arguments))
+
+        if iscoroutinefunction(function):
+
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                async with await self.aacquire(call_key(args, kwargs)):
+                    return await function(*args, **kwargs)
+
+            return functools.wraps(function)(async_wrapper)  # type: ignore[return-value]
+
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self.acquire(call_key(args, kwargs)):
+                return function(*args, **kwargs)
+
+        return functools.wraps(function)(sync_wrapper)  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"<LockGuard {self.backend}:{self.key!r} ttl={self.ttl} timeout={self.timeout}>"

@@ -1,0 +1,230 @@
+"""A held lock: :class:`Lease`, the object ``lock()`` and ``alock()`` return.
+
+A lease talks to its backend only through the backend's storage operations
+(``_extend``, ``_release``) and bookkeeping, so it can be extended or released from
+any thread: a streaming response closed by the server, a renewal thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from django_locks import signals
+from django_locks.exceptions import LockBackendError, LockNotHeldError
+from django_locks.renewal import LeaseRenewer
+from django_locks.values import LockInfo, validate_ttl
+
+if TYPE_CHECKING:
+    from django_locks.backends.base import BaseLock
+
+logger = logging.getLogger("django_locks")
+
+
+class Lease:
+    """A lock held by this process. Also a context manager releasing it on exit.
+
+    Leaving the ``with`` block releases the lease. If the lease was lost meanwhile
+    (expired, taken over or force-released), the loss is logged at ERROR level on the
+    ``django_locks`` logger and the ``lock_lost`` signal is sent; then, if the block
+    ended normally, :class:`LockNotHeldError` is raised from the ``with`` statement.
+    If the block raised, its exception propagates unchanged and the loss is attached
+    to it as a note (``add_note``), never hiding it. A backend error on exit is
+    handled the same way (raised as :class:`LockBackendError`, or noted).
+    """
+
+    def __init__(self, backend: BaseLock, info: LockInfo, ttl: int) -> None:
+        self._backend = backend
+        self._info = info
+        self.ttl = ttl
+        self._released = False
+        self._renewer: LeaseRenewer | None = None
+
+    @property
+    def key(self) -> str:
+        return self._info.key
+
+    @property
+    def token(self) -> str:
+        """The owner token: what ``release_lock(..., owner=TOKEN)`` takes."""
+        return self._info.token
+
+    @property
+    def fencing_token(self) -> int:
+        """Greater than every earlier acquisition's of this key: pass it to the resource."""
+        return self._info.fencing_token
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self._info.correlation_id
+
+    @property
+    def acquired_at(self) -> datetime:
+        return self._info.acquired_at
+
+    @property
+    def expires_at(self) -> datetime:
+        """When the lease runs out unless extended (aware, UTC, by the backend's clock)."""
+        return self._info.expires_at
+
+    @property
+    def alias(self) -> str:
+        return self._backend.alias
+
+    @property
+    def backend(self) -> BaseLock:
+        """The backend instance that acquired this lease."""
+        return self._backend
+
+    @property
+    def released(self) -> bool:
+        """True once released, or once found lost (by an extend, a release or the renewer)."""
+        return self._released
+
+    @property
+    def renewing(self) -> bool:
+        """Whether a renewer keeps extending this lease (see :meth:`start_renewing`)."""
+        return self._renewer is not None and self._renewer.running
+
+    @property
+    def info(self) -> LockInfo:
+        return self._info
+
+    def extend(self, ttl: int | None = None) -> None:
+        """Reset the remaining life to ``ttl`` ms (default: the ttl it was acquired with).
+
+        Raises :class:`LockNotHeldError` if the lease was lost; the lock is then untouched.
+        """
+        ttl = self.ttl if ttl is None else validate_ttl(ttl)
+        if self._released:
+            raise LockNotHeldError(f"lease on {self.key!r} was already released")
+        expires_at_us = self._backend._extend(self.key, self.token, ttl)
+        if expires_at_us is None:
+            self._lost("extend")
+        self._info = replace(self._info, expires_at_us=expires_at_us)
+        logger.debug(
+            "lock %r extended by %d ms (alias=%s, correlation_id=%s)",
+            self.key, ttl, self.alias, self.correlation_id,
+        )
+
+    def start_renewing(self, interval: float | None = None) -> None:
+        """Keep extending this lease in a daemon thread until it is released or lost.
+
+        See :class:`django_locks.renewal.LeaseRenewer` (the one auto-renewal mechanism).
+        """
+        if self._renewer is None:
+            self._renewer = LeaseRenewer(self, interval)
+            self._renewer.start()
+
+    def stop_renewing(self) -> None:
+        if self._renewer is not None:
+            self._renewer.stop()
+            self._renewer = None
+
+    def release(self) -> None:
+        """Release the lease. Raises :class:`LockNotHeldError` if it was lost."""
+        self.stop_renewing()
+        if self._released:
+            raise LockNotHeldError(f"lease on {self.key!r} was already released")
+        released = self._backend._release(self.key, self.token)
+        self._released = True
+        self._backend._forget(self.key, self.token)
+        if not released:
+            self._lost("release")
+        self._backend._announce_release(
+            self.key, self.token, self.fencing_token, self.correlation_id
+        )
+
+    async def aextend(self, ttl: int | None = None) -> None:
+        """:meth:`extend` for async code."""
+        await self._backend._in_worker(self.extend)(ttl)
+
+    async def arelease(self) -> None:
+        """:meth:`release` for async code."""
+        await self._backend._in_worker(self.release)()
+
+    def _lost(self, operation: str) -> None:
+        self._released = True
+        self._backend._forget(self.key, self.token)
+        logger.error(
+            "lock %r was lost before %s: it expired, was taken over or was force-released "
+            "(alias=%s, correlation_id=%s, fencing_token=%s)",
+            self.key, operation, self.alias, self.correlation_id, self.fencing_token,
+        )
+        signals.lock_lost.send(sender=type(self._backend), **self._signal_kwargs())
+        raise LockNotHeldError(f"lock {self.key!r} is no longer held by this lease")
+
+    def _signal_kwargs(self) -> dict[str, Any]:
+        return {
+            "alias": self.alias,
+            "key": self.key,
+            "token": self.token,
+            "fencing_token": self.fencing_token,
+            "correlation_id": self.correlation_id,
+        }
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._released:
+            return
+        try:
+            self.release()
+        except (LockNotHeldError, LockBackendError) as problem:
+            if exc is None:
+                raise
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"django_locks: while leaving the lock block: {problem!r}")
+            if isinstance(problem, LockBackendError):
+                logger.error(
+                    "lock %r could not be released: %s (alias=%s, correlation_id=%s)",
+                    self.key, problem, self.alias, self.correlation_id,
+                )
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._backend._in_worker(self.__exit__)(exc_type, exc, tb)
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else f"expires {self.expires_at.isoformat()}"
+        return f"<Lease {self.alias}:{self.key!r} fencing_token={self.fencing_token} {state}>"
+
+
+class _AcquiringLease:
+    """What :meth:`BaseLock.alock` returns: ``async with`` acquires, then releases."""
+
+    def __init__(self, acquire: Any) -> None:
+        self._acquire = acquire
+        self._lease: Lease | None = None
+
+    def __await__(self) -> Any:
+        return self._acquire().__await__()
+
+    async def __aenter__(self) -> Lease:
+        self._lease = await self._acquire()
+        return self._lease
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._lease is not None
+        await self._lease.__aexit__(exc_type, exc, tb)

@@ -1,0 +1,146 @@
+"""The bottom of django_locks: limits, argument validation and the value types.
+
+Every other module may import this one; it imports nothing of django_locks. The
+contract these values serve is described in ``docs/contract.md`` and implemented by
+:class:`django_locks.backends.base.BaseLock`.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import NamedTuple
+
+#: Longest key, in characters, accepted by every backend.
+MAX_KEY_LENGTH = 255
+#: Longest correlation id, in characters.
+MAX_CORRELATION_ID_LENGTH = 255
+#: Largest ttl and timeout accepted, in milliseconds (ten years).
+MAX_MILLISECONDS = 10 * 365 * 24 * 3600 * 1000
+#: Owner tokens are this many lowercase hex characters (128 random bits).
+TOKEN_LENGTH = 32
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+_TOKEN = re.compile(rf"[0-9a-f]{{{TOKEN_LENGTH}}}")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_text(value: object, name: str, max_length: int) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must not be empty")
+    if len(value) > max_length:
+        raise ValueError(f"{name} must be at most {max_length} characters, got {len(value)}")
+    match = CONTROL_CHARACTERS.search(value)
+    if match:
+        raise ValueError(
+            f"{name} must not contain control characters "
+            f"(found U+{ord(match.group()):04X} at position {match.start()})"
+        )
+    return value
+
+
+def validate_key(key: object, name: str = "key") -> str:
+    """A key is a non-empty str of at most 255 characters without control characters."""
+    return _check_text(key, name, MAX_KEY_LENGTH)
+
+
+def validate_milliseconds(value: object, name: str, *, minimum: int) -> int:
+    """An int (not a bool) between ``minimum`` and ten years, in milliseconds."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int number of milliseconds, not {type(value).__name__}")
+    if value < minimum:
+        bound = "> 0" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{name} must be {bound} milliseconds, got {value}")
+    if value > MAX_MILLISECONDS:
+        raise ValueError(f"{name} must be at most {MAX_MILLISECONDS} milliseconds (ten years), got {value}")
+    return value
+
+
+def validate_ttl(ttl: object, name: str = "ttl") -> int:
+    return validate_milliseconds(ttl, name, minimum=1)
+
+
+def validate_timeout(timeout: object, name: str = "timeout") -> int:
+    return validate_milliseconds(timeout, name, minimum=0)
+
+
+def validate_correlation_id(correlation_id: object) -> str | None:
+    """``None``, or a str of at most 255 characters without control characters."""
+    if correlation_id is None or correlation_id == "":
+        return None
+    return _check_text(correlation_id, "correlation_id", MAX_CORRELATION_ID_LENGTH)
+
+
+def validate_owner(owner: object) -> str | None:
+    """``None``, or an owner token: 32 lowercase hex characters, as :func:`new_token` makes."""
+    if owner is None:
+        return None
+    _check_text(owner, "owner", TOKEN_LENGTH)
+    if not _TOKEN.fullmatch(owner):  # type: ignore[arg-type]
+        raise ValueError(f"owner must be an owner token ({TOKEN_LENGTH} lowercase hex characters)")
+    return owner  # type: ignore[return-value]
+
+
+def validate_acquire_arguments(
+    key: object, ttl: object, timeout: object, correlation_id: object
+) -> tuple[str, int, int, str | None]:
+    """The arguments of an acquisition, checked (timeout None: a single attempt)."""
+    return (
+        validate_key(key),
+        validate_ttl(ttl),
+        0 if timeout is None else validate_timeout(timeout),
+        validate_correlation_id(correlation_id),
+    )
+
+
+def new_token() -> str:
+    """A fresh random owner token (128 bits, hex)."""
+    return secrets.token_hex(TOKEN_LENGTH // 2)
+
+
+def datetime_from_us(epoch_us: int) -> datetime:
+    """An aware UTC datetime from microseconds since the Unix epoch."""
+    return _EPOCH + timedelta(microseconds=int(epoch_us))
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class LockInfo:
+    """What a backend knows of one held lock.
+
+    Times are kept as microseconds since the Unix epoch (by the backend's clock) and read
+    as aware UTC datetimes through ``acquired_at`` and ``expires_at``.
+    """
+
+    key: str
+    token: str
+    fencing_token: int
+    correlation_id: str | None
+    acquired_at_us: int
+    expires_at_us: int
+
+    @property
+    def acquired_at(self) -> datetime:
+        return datetime_from_us(self.acquired_at_us)
+
+    @property
+    def expires_at(self) -> datetime:
+        return datetime_from_us(self.expires_at_us)
+
+
+class Attempt(NamedTuple):
+    """The outcome of one acquisition attempt by a backend."""
+
+    #: The new lock on success, ``None`` when someone else holds the key.
+    info: LockInfo | None
+    #: When known, how long the current holder's lock has left, in ms.
+    holder_remaining_ms: int | None = None
