@@ -48,11 +48,14 @@ RUN_SUFFIX = os.environ.get("DJANGO_LOCKS_TEST_SUFFIX", "")
 # A file of its own per run, so that separate connections (and processes) share it.
 SQLITE_DIR = Path(os.environ.get("DJANGO_LOCKS_SQLITE_DIR", tempfile.gettempdir()))
 
+#: "unit": the hermetic tier (scripts/test --unit), which reaches no server at all.
+TIER = os.environ.get("DJANGO_LOCKS_TEST_TIER", "full")
+
 #: Which databases the DatabaseLock tests run on: sqlite, postgres, mysql.
 TEST_DATABASES = [
     name.strip()
     for name in os.environ.get("DJANGO_LOCKS_TEST_DATABASES", "sqlite,postgres,mysql").split(",")
-    if name.strip()
+    if name.strip() and TIER != "unit"
 ]
 
 DATABASES = {
@@ -134,6 +137,15 @@ for _alias in ("postgres", "mysql"):
             "BACKEND": "django_locks.backends.database.DatabaseLock",
             "OPTIONS": {"using": _alias},
         }
+
+if TIER == "unit":
+    # No server: the surfaces (decorators, command) and the contract run on MemoryLock and
+    # LocMemCache. The aliases the tests name keep their names; nothing else is configured.
+    LOCKS = {
+        alias: {"BACKEND": "django_locks.backends.memory.MemoryLock"}
+        for alias in ("default", "redis", "memory")
+    }
+    LOCKS["locmem"] = {"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "locmem"}}
 
 LOGGING = {
     "version": 1,

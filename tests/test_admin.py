@@ -12,7 +12,7 @@ from django.test import Client
 
 from django_locks import locks
 from django_locks.models import Lock
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 LIST = "/admin/django_locks/lock/"
 FORCE = "/admin/django_locks/lock/force-release/"

@@ -16,7 +16,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from django_locks import locks
-from tests.conftest import ROOT, free_port, subprocess_env, wait_until
+from tests.helpers import ROOT, free_port, subprocess_env, wait_until
 
 ARTIFACTS = Path(os.environ.get("DJANGO_LOCKS_ARTIFACTS", ROOT / "artifacts"))
 CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")

@@ -8,6 +8,9 @@ from django.test import override_settings
 
 from django_locks.checks import check_locks_setting
 
+#: Hermetic: also in the unit tier (scripts/test --unit), on MemoryLock and LocMemCache.
+pytestmark = pytest.mark.unit
+
 CACHES = {
     "redis": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
               "LOCATION": "redis://127.0.0.1:6379/0"},

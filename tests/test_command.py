@@ -12,7 +12,7 @@ import pytest
 
 from django_locks import locks
 from tests import proof
-from tests.conftest import ROOT, subprocess_env, wait_until
+from tests.helpers import ROOT, subprocess_env, wait_until
 
 COMMAND = [sys.executable, "-m", "django", "locks"]
 

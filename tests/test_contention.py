@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests import proof
-from tests.conftest import ROOT, subprocess_env
+from tests.helpers import ROOT, subprocess_env
 
 
 @pytest.fixture

@@ -11,7 +11,10 @@ import pytest
 from django_locks import locks, signals
 from django_locks.backends.base import Lease
 from django_locks.exceptions import LockNotHeldError, LockTimeoutError
-from tests.conftest import wait_until
+from tests.helpers import wait_until
+
+#: Hermetic: also in the unit tier (scripts/test --unit), on MemoryLock and LocMemCache.
+pytestmark = pytest.mark.unit
 
 
 def other_instance(alias: str):

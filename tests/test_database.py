@@ -16,7 +16,7 @@ from django_locks.backends.database import (
 )
 from django_locks.exceptions import LockBackendError
 from django_locks.models import Lock
-from tests.conftest import DATABASE_ALIASES, run_python
+from tests.helpers import DATABASE_ALIASES, run_python
 from tests.test_contract import in_thread
 
 
@@ -147,7 +147,7 @@ def test_killed_connection_gives_backend_error_then_reconnects(db_alias):
 def test_unreachable_database_is_a_backend_error(db_alias, port_variable):
     if db_alias not in DATABASE_ALIASES:
         pytest.fail(f"{db_alias} is not configured (DJANGO_LOCKS_TEST_DATABASES)")
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     result = run_python(
         "import django; django.setup()\n"

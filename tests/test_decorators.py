@@ -14,7 +14,10 @@ from django_locks import locks, signals
 from django_locks.decorators import lock_view, locked, safe_key
 from django_locks.exceptions import LockTimeoutError
 from tests import proof, views
-from tests.conftest import wait_until
+from tests.helpers import wait_until
+
+#: Hermetic: also in the unit tier (scripts/test --unit), on MemoryLock and LocMemCache.
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ from django_locks import locks
 from django_locks.exceptions import LockTimeoutError
 from django_locks.models import Lock
 from tests import proof
-from tests.conftest import DATABASE_ALIASES, ROOT, subprocess_env
+from tests.helpers import DATABASE_ALIASES, ROOT, subprocess_env
 
 
 def raw_state(alias: str):

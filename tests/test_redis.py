@@ -12,7 +12,7 @@ from redis.crc import key_slot
 
 from django_locks import locks
 from django_locks.exceptions import LockBackendError, LockTimeoutError
-from tests.conftest import free_port, wait_until
+from tests.helpers import free_port, wait_until
 
 CACHE_BACKENDS = {
     "django_redis": ("django_redis.cache.RedisCache", "SOCKET_TIMEOUT", "SOCKET_CONNECT_TIMEOUT"),

@@ -15,6 +15,9 @@ from django_locks import locks
 from django_locks.exceptions import LockNotHeldError, LockTimeoutError
 from tests import proof
 
+#: Hermetic: also in the unit tier (scripts/test --unit), on MemoryLock and LocMemCache.
+pytestmark = pytest.mark.unit
+
 KEYS = ["a", "b", "Ä c"]
 OWNERS = range(3)
 TTL = 120_000

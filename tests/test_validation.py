@@ -9,6 +9,9 @@ from django_locks import locks
 from django_locks.exceptions import InvalidLockBackendError
 from tests import proof
 
+#: Hermetic: also in the unit tier (scripts/test --unit), on MemoryLock and LocMemCache.
+pytestmark = pytest.mark.unit
+
 BAD_KEYS = [
     ("", ValueError, "key must not be empty"),
     ("a" * 256, ValueError, "at most 255"),
@@ -122,8 +125,11 @@ def test_bad_correlation_ids(held, correlation_id, error, message):
     assert state(held) == before
 
 
-@pytest.mark.parametrize(("owner", "error"), [("", ValueError), (123, TypeError), ("x" * 65, ValueError),
-                                              ("f" * 33, ValueError), ("t", ValueError), ("A" * 32, ValueError)])
+BAD_OWNERS = [("", ValueError), (123, TypeError), ("x" * 65, ValueError), ("f" * 33, ValueError),
+              ("t", ValueError), ("A" * 32, ValueError)]
+
+
+@pytest.mark.parametrize(("owner", "error"), BAD_OWNERS)
 def test_bad_owner(held, owner, error):
     before = state(held)
     with pytest.raises(error, match="owner"):
