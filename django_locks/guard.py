@@ -45,8 +45,11 @@ def safe_key(key: str) -> str:
     try:
         return validate_key(key)
     except (TypeError, ValueError):
-        digest = hashlib.sha256(str(key).encode("utf-8", "surrogatepass")).hexdigest()
-        readable = CONTROL_CHARACTERS.sub("?", str(key))[: MAX_KEY_LENGTH - len(digest) - 1]
+        text = str(key)
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        # Control characters and lone surrogates become "?": the result is always valid.
+        readable = CONTROL_CHARACTERS.sub("?", text).encode("utf-8", "replace").decode("utf-8")
+        readable = readable[: MAX_KEY_LENGTH - len(digest) - 1]
         return f"{readable}#{digest}"
 
 

@@ -43,11 +43,19 @@ def _check_text(value: object, name: str, max_length: int) -> str:
             f"{name} must not contain control characters "
             f"(found U+{ord(match.group()):04X} at position {match.start()})"
         )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate: no backend can store it
+        raise ValueError(
+            f"{name} must be encodable as UTF-8 (found the lone surrogate U+{ord(value[e.start]):04X} "
+            f"at position {e.start})"
+        ) from None
     return value
 
 
 def validate_key(key: object, name: str = "key") -> str:
-    """A key is a non-empty str of at most 255 characters without control characters."""
+    """A key is a non-empty str of at most 255 characters, without control characters,
+    encodable as UTF-8 (no lone surrogates)."""
     return _check_text(key, name, MAX_KEY_LENGTH)
 
 
@@ -91,11 +99,12 @@ def validate_owner(owner: object) -> str | None:
 def validate_acquire_arguments(
     key: object, ttl: object, timeout: object, correlation_id: object
 ) -> tuple[str, int, int, str | None]:
-    """The arguments of an acquisition, checked (timeout None: a single attempt)."""
+    """The arguments of an acquisition, checked (``timeout=0``: a single attempt; ``None``
+    is refused, since redis-py users read it as "wait forever")."""
     return (
         validate_key(key),
         validate_ttl(ttl),
-        0 if timeout is None else validate_timeout(timeout),
+        validate_timeout(timeout),
         validate_correlation_id(correlation_id),
     )
 

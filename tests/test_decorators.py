@@ -78,6 +78,10 @@ def test_long_or_weird_keys_from_user_input_are_hashed():
     assert len(key) <= 255 and key != safe_key(f"search:{long_query}y")
     assert safe_key("a\nb").startswith("a?b#")
     assert safe_key("plain:key") == "plain:key"
+    # A lone surrogate (from a JSON body, say) is hashed too, into a valid key.
+    weird = safe_key("order:\ud800")
+    assert weird.startswith("order:?#") and weird != safe_key("order:\udc00")
+    assert locks["default"].try_acquire_lock(None, weird, 1000)
 
 
 def test_streaming_response_holds_the_lock_until_closed():

@@ -19,6 +19,8 @@ BAD_KEYS = [
     ("line\nbreak", ValueError, "control characters"),
     ("tab\t", ValueError, "control characters"),
     ("del\x7f", ValueError, "control characters"),
+    ("\ud800", ValueError, "key must be encodable as UTF-8"),
+    ("ok\udcffok", ValueError, "key must be encodable as UTF-8"),
     (None, TypeError, "key must be a str"),
     (b"bytes", TypeError, "key must be a str"),
     (42, TypeError, "key must be a str"),
@@ -37,11 +39,13 @@ BAD_TIMEOUTS = [
     (0.5, TypeError, "timeout must be an int"),
     (False, TypeError, "timeout must be an int"),
     (10**18, ValueError, "timeout must be at most"),
+    (None, TypeError, "timeout must be an int"),  # not "wait forever", not "one attempt"
 ]
 BAD_CORRELATION_IDS = [
     (42, TypeError, "correlation_id must be a str"),
     ("x" * 256, ValueError, "correlation_id must be at most"),
     ("a\nb", ValueError, "correlation_id must not contain"),
+    ("\udc80", ValueError, "correlation_id must be encodable as UTF-8"),
 ]
 
 

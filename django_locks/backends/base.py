@@ -123,7 +123,7 @@ class BaseLock:
 
     def try_acquire_lock(self, correlation_id: str | None, key: str, ttl: int) -> bool:
         """One attempt, never waits. True: this instance now holds ``key`` for ``ttl`` ms."""
-        key, ttl, _, correlation_id = validate_acquire_arguments(key, ttl, None, correlation_id)
+        key, ttl, _, correlation_id = validate_acquire_arguments(key, ttl, 0, correlation_id)
         return self._attempt(key, ttl, correlation_id, new_token()).info is not None
 
     def acquire_lock(
@@ -211,7 +211,7 @@ class BaseLock:
     # attempts is an asyncio sleep, so a waiter holds no thread.
 
     async def atry_acquire_lock(self, correlation_id: str | None, key: str, ttl: int) -> bool:
-        key, ttl, _, correlation_id = validate_acquire_arguments(key, ttl, None, correlation_id)
+        key, ttl, _, correlation_id = validate_acquire_arguments(key, ttl, 0, correlation_id)
         attempt = await self._in_worker(self._attempt)(key, ttl, correlation_id, new_token())
         return attempt.info is not None
 
