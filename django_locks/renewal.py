@@ -7,12 +7,18 @@ logged at ERROR level with key and correlation id and the ``lock_lost`` signal i
 (by :meth:`Lease.extend <django_locks.lease.Lease.extend>`). A backend error is logged
 and retried at the next tick; it never ends the renewer silently. When the renewer
 ends, it gives back what its thread opened through ``BaseLock.close()``.
+
+The renewer holds its lease weakly (between ticks it holds no reference at all): a lease
+dropped without ``release()`` is collected, its renewer stops with a WARNING naming key
+and correlation id, and the lock expires by its ttl instead of living as long as the
+process.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from typing import TYPE_CHECKING
 
 from django_locks.exceptions import LockBackendError, LockNotHeldError
@@ -25,7 +31,9 @@ logger = logging.getLogger("django_locks")
 
 class LeaseRenewer:
     def __init__(self, lease: Lease, interval: float | None = None) -> None:
-        self.lease = lease
+        self._lease = weakref.ref(lease)
+        self.key, self.alias, self.correlation_id = lease.key, lease.alias, lease.correlation_id
+        self.backend = lease.backend
         self.interval = interval if interval is not None else lease.ttl / 3000
         #: Set when an extension found the lease lost.
         self.lost = threading.Event()
@@ -47,23 +55,36 @@ class LeaseRenewer:
             self._thread.join(timeout=max(self.interval, 1.0) + 5)
 
     def _run(self) -> None:
-        lease = self.lease
         try:
             while not self._stop.wait(self.interval):
-                try:
-                    lease.extend()
-                except LockNotHeldError:
-                    self.lost.set()  # extend() logged it and sent lock_lost
+                if not self._renew():
                     return
-                except LockBackendError as e:
-                    logger.error(
-                        "could not renew lock %r, retrying: %s (alias=%s, correlation_id=%s)",
-                        lease.key, e, lease.alias, lease.correlation_id,
-                    )
         except Exception:
             logger.exception(
                 "lock renewer for %r failed (alias=%s, correlation_id=%s)",
-                lease.key, lease.alias, lease.correlation_id,
+                self.key, self.alias, self.correlation_id,
             )
         finally:
-            lease.backend.close()
+            self.backend.close()
+
+    def _renew(self) -> bool:
+        """One tick: extend the lease if it still exists. False: stop renewing."""
+        lease = self._lease()
+        if lease is None:
+            logger.warning(
+                "lease on lock %r was dropped without release(): renewal stopped, the lock "
+                "expires with its ttl (alias=%s, correlation_id=%s)",
+                self.key, self.alias, self.correlation_id,
+            )
+            return False
+        try:
+            lease.extend()
+        except LockNotHeldError:
+            self.lost.set()  # extend() logged it and sent lock_lost
+            return False
+        except LockBackendError as e:
+            logger.error(
+                "could not renew lock %r, retrying: %s (alias=%s, correlation_id=%s)",
+                self.key, e, self.alias, self.correlation_id,
+            )
+        return True

@@ -277,3 +277,22 @@ def test_auto_renew_reports_a_lost_lease(alias):
     assert lost[0]["key"] == "renewed" and lost[0]["correlation_id"] == "cid-r"
     wait_until(lambda: not lease.renewing)
     assert lease.released
+
+
+def test_a_dropped_lease_stops_renewing_and_expires(alias, caplog):
+    import gc
+    import logging
+
+    backend = locks[alias]
+    lease = backend.lock("dropped", 600, correlation_id="cid-drop")
+    lease.start_renewing(interval=0.05)
+    token, first_expiry = lease.token, lease.expires_at
+    wait_until(lambda: backend.get_lock("dropped").expires_at > first_expiry)  # it renews
+    caplog.set_level(logging.WARNING, logger="django_locks")
+    del lease
+    gc.collect()
+    wait_until(lambda: any("dropped without release" in r.getMessage() and "cid-drop" in r.getMessage()
+                           for r in caplog.records))
+    holder = backend.get_lock("dropped")
+    assert holder is None or holder.token == token
+    wait_until(lambda: backend.get_lock("dropped") is None, timeout=5)  # expires by its ttl
