@@ -1,32 +1,51 @@
-"""``manage.py locks`` as a subprocess: output, exit codes, token capture, run."""
+"""``manage.py locks`` in-process, through ``call_command``: output, exit codes, run.
+
+(The command as a real process, ``manage.py``'s own option handling and signals, are in
+test_command_process.py.)
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
+from dataclasses import dataclass
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from django_locks import locks
+from django_locks.management.commands.locks import Command
 from tests import proof
-from tests.helpers import ROOT, subprocess_env, wait_until
+from tests.helpers import subprocess_env
 
-COMMAND = [sys.executable, "-m", "django", "locks"]
+#: Hermetic: also in the unit tier (on MemoryLock), except the tests marked servers.
+pytestmark = pytest.mark.unit
 
 
-def locks_cmd(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([*COMMAND, *args], cwd=ROOT, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=timeout)
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def locks_cmd(*args: str, **options) -> Result:
+    """call_command("locks", ...): its exit code (``CommandError.returncode``) and output."""
+    out, err = StringIO(), StringIO()
+    try:
+        call_command("locks", *args, stdout=out, stderr=err, **options)
+    except CommandError as e:
+        return Result(e.returncode, out.getvalue(), f"{err.getvalue()}CommandError: {e}\n")
+    return Result(0, out.getvalue(), err.getvalue())
 
 
 def snapshot():
-    return {alias: locks[alias].held_locks() for alias in ("default", "redis")}
+    return {alias: locks[alias].held_locks() for alias in ("default", "redis", "memory")}
 
 
-@pytest.fixture(params=["default", "redis"])
+@pytest.fixture(params=["default", "redis", "memory"])
 def backend_alias(request) -> str:
     return request.param
 
@@ -35,12 +54,14 @@ def test_try_prints_the_token_alone_and_release_uses_it(backend_alias):
     first = locks_cmd("try", "nightly", "--ttl", "60000", "--backend", backend_alias,
                       "--correlation-id", "cron-1")
     assert first.returncode == 0, first.stderr
-    token = first.stdout.splitlines()[0]
+    assert len(first.stdout.splitlines()) == 1
+    token = first.stdout.strip()
     info = locks[backend_alias].get_lock("nightly")
     assert token == info.token and info.correlation_id == "cron-1"
 
     busy = locks_cmd("try", "nightly", "--ttl", "60000", "--backend", backend_alias)
     assert busy.returncode == 1 and busy.stdout == "" and "busy" in busy.stderr
+    assert "within" not in busy.stderr  # try is one attempt
 
     wrong = locks_cmd("release", "nightly", "--owner", "f" * 32, "--backend", backend_alias)
     assert wrong.returncode == 1 and locks[backend_alias].get_lock("nightly").token == token
@@ -52,29 +73,25 @@ def test_try_prints_the_token_alone_and_release_uses_it(backend_alias):
     assert again.returncode == 1 and "not held" in again.stderr
 
 
-def test_token_capture_in_a_shell():
-    script = (
-        f"TOKEN=$({' '.join(COMMAND)} try nightly --ttl 60000) || exit 9\n"
-        f"{' '.join(COMMAND)} release nightly --owner \"$TOKEN\" || exit 8\n"
-        "echo released $TOKEN\n"
-    )
-    result = subprocess.run(["bash", "-c", script], cwd=ROOT, env=subprocess_env(),
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    last = result.stdout.splitlines()[-1].split()
-    assert last[0] == "released" and len(last[1]) == 32
-
-
 def test_acquire_waits_and_json_output():
     holder = locks["default"].lock("job", 300)
-    result = locks_cmd("acquire", "job", "--ttl", "60000", "--timeout", "10000", "--json")
+    result = locks_cmd("acquire", "job", "--ttl", "60000", "--timeout", "10000", "--json",
+                       "--correlation-id", "cid-j")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) >= {"key", "token", "fencing_token", "expires_at"}
+    assert set(data) == {"key", "token", "fencing_token", "expires_at", "correlation_id", "alias"}
     assert data["key"] == "job" and data["fencing_token"] > holder.fencing_token
+    assert (data["alias"], data["correlation_id"]) == ("default", "cid-j")
     assert locks["default"].get_lock("job").token == data["token"]
     timed_out = locks_cmd("acquire", "job", "--ttl", "60000", "--timeout", "200")
     assert timed_out.returncode == 1 and "within 200 ms" in timed_out.stderr
+    assert locks["default"].get_lock("job").token == data["token"]
+
+
+def test_try_json_output():
+    result = locks_cmd("try", "job", "--ttl", "60000", "--json", "--backend", "memory")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["token"] == locks["memory"].get_lock("job").token
 
 
 def test_force_release_list_and_purge():
@@ -88,6 +105,7 @@ def test_force_release_list_and_purge():
     assert locks_cmd("release", "a", "--force").returncode == 0
     assert locks["default"].get_lock("a") is None
     assert locks_cmd("release", "a", "--force").returncode == 1
+    assert "(no locks held)" in locks_cmd("list").stdout
     purged = locks_cmd("purge")
     assert purged.returncode == 0 and purged.stdout.startswith("purged ")
 
@@ -100,17 +118,27 @@ def test_force_release_list_and_purge():
         ["try", "k", "--ttl", "abc"],
         ["try", "k"],
         ["try", "--ttl", "1000"],
+        ["try", "k", "--ttl", "1000", "--timeout", "5"],  # try has no --timeout
         ["acquire", "k", "--ttl", "1000", "--timeout", "-1"],
         ["try", "k", "--ttl", "1000", "--backend", "nope"],
         ["try", "", "--ttl", "1000"],
         ["try", "x" * 256, "--ttl", "1000"],
         ["release", "held"],
         ["release", "held", "--owner", "t", "--force"],
+        ["release", "held", "--owner", "a\tb"],
         ["run", "k", "--ttl", "1000"],
-        ["run", "k", "--ttl", "1000", "--conflict-exit-code", "300", "--", "true"],
+        ["run", "k", "--ttl", "1000", "--"],
+        ["run", "--ttl", "1000", "--", "touch", "{marker}"],
+        ["run", "k", "--ttl", "1000", "--conflict-exit-code", "300", "--", "touch", "{marker}"],
+        ["run", "k", "--ttl", "1000", "--conflict-exit-code", "-1", "--", "touch", "{marker}"],
+        ["run", "k", "--ttl", "0", "--", "touch", "{marker}"],
+        ["run", "k", "--ttl", "1000", "--backend", "nope", "--", "touch", "{marker}"],
         ["list", "--backend", "nope"],
+        ["list", "--backend", "locmem"],  # a generic cache cannot enumerate
         ["purge", "--backend", ""],
         ["list", "--json", "extra-argument"],
+        ["list", "-v", "7"],
+        ["list", "--settings"],
         ["acquire", "k", "--ttl", "1000", "--correlation-id", "a\nb"],
         ["try", "k\x01", "--ttl", "1000"],  # (NUL cannot be in argv at all)
         ["try", "k", "--ttl", "1.5"],
@@ -119,50 +147,138 @@ def test_force_release_list_and_purge():
         [],
     ],
 )
-def test_bad_arguments_exit_2_and_touch_nothing(args):
+def test_bad_arguments_exit_2_and_touch_nothing(args, tmp_path):
+    marker = tmp_path / "ran"
     locks["default"].acquire_lock(None, "held", 60_000, 0)
+    locks["memory"].acquire_lock(None, "held", 60_000, 0)
     before = snapshot()
-    result = locks_cmd(*args)
+    result = locks_cmd(*(arg.replace("{marker}", str(marker)) for arg in args))
     proof.record_bad_inputs("manage.py locks")
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert result.returncode == 2, result
     assert result.stderr.strip()
     assert snapshot() == before
+    assert not marker.exists()
 
 
+@pytest.mark.servers  # a process of its own, or the unreachable Redis
 @pytest.mark.parametrize("args", [["try", "k", "--ttl", "1000"], ["list"], ["release", "k", "--force"],
-                                  ["run", "k", "--ttl", "1000", "--", "true"]])
-def test_backend_down_exits_3(args):
+                                  ["release", "k", "--owner", "f" * 32],
+                                  ["run", "k", "--ttl", "1000", "--", "touch", "{marker}"]])
+def test_backend_down_exits_3(args, tmp_path):
+    marker = tmp_path / "ran"
+    args = [arg.replace("{marker}", str(marker)) for arg in args]
     result = locks_cmd(args[0], "--backend", "unreachable", *args[1:])
-    assert result.returncode == 3, (result.returncode, result.stderr)
+    assert result.returncode == 3, result
     assert "backend error" in result.stderr
+    assert not marker.exists()
 
 
-def test_run_exits_with_the_command_status_and_holds_the_lock_meanwhile():
-    inner = f"{' '.join(COMMAND)} try job --ttl 1000; echo inner=$?; exit 7"
-    result = locks_cmd("run", "job", "--ttl", "60000", "--", "bash", "-c", inner)
-    assert result.returncode == 7, result.stderr
-    assert "inner=1" in result.stdout  # the lock was held while the command ran
-    assert locks["default"].get_lock("job") is None  # and released after
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--settings=tests.settings", "-v", "2", "--traceback", "--no-color", "--pythonpath", "/x",
+         "run", "k", "--ttl", "60000", "--", "true"],
+        ["run", "k", "--settings=tests.settings", "-v", "2", "--traceback", "--no-color", "--pythonpath",
+         "/x", "--ttl", "60000", "--", "true"],
+        ["run", "k", "--ttl", "60000", "--verbosity=2", "--no-color", "--settings", "tests.settings",
+         "--pythonpath=/x", "--traceback", "--", "true"],
+    ],
+)
+def test_django_common_options_before_or_after_the_subcommand(argv):
+    options = Command().create_parser("manage.py", "locks").parse_args(argv)
+    assert (options.settings, options.pythonpath, options.verbosity, options.traceback,
+            options.no_color) == ("tests.settings", "/x", 2, True, True)
+    assert (options.subcommand, options.key, options.ttl, options.command) == ("run", "k", 60000, ["true"])
 
 
-def test_run_conflict_exit_code():
-    with locks["default"].lock("job", 60_000):
-        assert locks_cmd("run", "job", "--ttl", "1000", "--", "true").returncode == 75
-        custom = locks_cmd("run", "job", "--ttl", "1000", "--conflict-exit-code", "9", "--", "true")
+def test_django_common_options_defaults_and_the_later_one_wins():
+    parser = Command().create_parser("manage.py", "locks")
+    plain = parser.parse_args(["list"])
+    assert (plain.settings, plain.pythonpath, plain.verbosity, plain.traceback, plain.no_color,
+            plain.force_color) == (None, None, 1, False, False, False)
+    assert parser.parse_args(["-v", "0", "list", "-v", "3"]).verbosity == 3
+    assert parser.parse_args(["-v", "0", "list"]).verbosity == 0
+    assert locks_cmd("list", "-v", "0", "--no-color", "--traceback").returncode == 0
+
+
+# ----------------------------------------------------------------------------------- run
+
+
+def test_run_returns_for_status_0_and_raises_the_status_otherwise(backend_alias):
+    ok = locks_cmd("run", "job", "--ttl", "60000", "--backend", backend_alias, "--", "true")
+    assert ok.returncode == 0, ok.stderr
+    assert locks[backend_alias].get_lock("job") is None
+    failed = locks_cmd("run", "job", "--ttl", "60000", "--backend", backend_alias, "--",
+                       "sh", "-c", "exit 7")
+    assert failed.returncode == 7, failed
+    assert locks[backend_alias].get_lock("job") is None
+
+
+def test_run_command_options_are_not_ours(tmp_path):
+    # Everything after the first "--" reaches COMMAND as it is, options and "--" too.
+    received = tmp_path / "argv"
+    rest = ["--backend", "nope", "--ttl", "x", "--", "-l", "--settings=y"]
+    result = locks_cmd("run", "k", "--ttl", "60000", "--", "sh", "-c", 'printf "%s\\n" "$@" > "$0"',
+                       str(received), *rest)
+    assert result.returncode == 0, result
+    assert received.read_text().splitlines() == rest
+    assert locks["default"].get_lock("k") is None
+
+
+def test_run_command_as_a_keyword_of_call_command():
+    result = locks_cmd("run", "k", "--ttl", "60000", command=["sh", "-c", "exit 6"])
+    assert result.returncode == 6, result
+
+
+@pytest.mark.servers  # a process of its own, or the unreachable Redis
+def test_run_holds_the_lock_while_the_command_runs(monkeypatch, capfd):
+    # The command is `manage.py locks try` in a process of its own: busy (1) while run holds.
+    for name, value in subprocess_env().items():
+        monkeypatch.setenv(name, value)
+    inner = [sys.executable, "-m", "django", "locks", "try", "job", "--ttl", "1000"]
+    result = locks_cmd("run", "job", "--ttl", "60000", "--", *inner)
+    assert result.returncode == 1, result
+    assert "busy" in capfd.readouterr().err
+    assert locks["default"].get_lock("job") is None
+
+
+def test_run_conflict_exit_code(tmp_path):
+    marker = tmp_path / "ran"
+    with locks["default"].lock("job", 60_000) as holder:
+        default = locks_cmd("run", "job", "--ttl", "1000", "--", "touch", str(marker))
+        assert default.returncode == 75 and "busy" in default.stderr
+        custom = locks_cmd("run", "job", "--ttl", "1000", "--conflict-exit-code", "9", "--",
+                           "touch", str(marker))
         assert custom.returncode == 9 and "busy" in custom.stderr
+        waited = locks_cmd("run", "job", "--ttl", "1000", "--timeout", "200", "--", "touch", str(marker))
+        assert waited.returncode == 75
+        zero = locks_cmd("run", "job", "--ttl", "1000", "--conflict-exit-code", "0", "--",
+                         "touch", str(marker))
+        assert zero.returncode == 0 and "busy" in zero.stderr
+        assert not marker.exists()
+        assert locks["default"].get_lock("job").token == holder.token
 
 
-def test_run_forwards_sigterm_and_releases_after(tmp_path):
-    marker = tmp_path / "got-term"
-    child = (
-        f"trap 'echo term > {marker}; exit 42' TERM; "
-        "echo ready; while true; do sleep 0.05; done"
-    )
-    process = subprocess.Popen([*COMMAND, "run", "job", "--ttl", "60000", "--", "bash", "-c", child],
-                               cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, text=True)
-    assert process.stdout.readline().strip() == "ready"
-    assert locks["default"].get_lock("job") is not None
-    os.kill(process.pid, signal.SIGTERM)
-    assert process.wait(30) == 42
-    assert marker.read_text().strip() == "term"
-    wait_until(lambda: locks["default"].get_lock("job") is None, timeout=5)
+def test_run_waits_for_the_lock_with_timeout():
+    locks["memory"].lock("job", 300)
+    result = locks_cmd("run", "job", "--ttl", "60000", "--timeout", "10000", "--backend", "memory",
+                       "--", "true")
+    assert result.returncode == 0, result  # not 75: it waited for the holder to expire
+    assert locks["memory"].get_lock("job") is None
+
+
+def test_run_a_command_that_cannot_start_exits_127():
+    result = locks_cmd("run", "job", "--ttl", "60000", "--", "/nonexistent/command")
+    assert result.returncode == 127 and "cannot run" in result.stderr
+    assert locks["default"].get_lock("job") is None
+
+
+@pytest.mark.servers  # a process of its own, or the unreachable Redis
+def test_run_warns_when_the_lock_was_lost(monkeypatch):
+    # The command force-releases the lock it runs under: run still exits with its status.
+    for name, value in subprocess_env().items():
+        monkeypatch.setenv(name, value)
+    steal = [sys.executable, "-m", "django", "locks", "release", "job", "--force"]
+    result = locks_cmd("run", "job", "--ttl", "60000", "--", "sh", "-c", '"$@" && exit 4', "sh", *steal)
+    assert result.returncode == 4, result
+    assert "lock 'job' was lost" in result.stderr

@@ -4,14 +4,22 @@ Exit codes, the same for every subcommand:
 0 done; 1 the lock is busy, not held, or held by another token; 2 bad arguments;
 3 the backend failed (unreachable, error). ``run`` exits with COMMAND's status, or with
 ``--conflict-exit-code`` (75, EX_TEMPFAIL) when the lock cannot be had.
+
+Every exit code is a ``CommandError(returncode=...)``: ``manage.py`` exits with it, and
+``call_command("locks", ...)`` raises it (``run`` with a zero status returns normally).
+Django's common options (``--settings``, ``-v``, ``--traceback``...) are accepted before
+or after the subcommand.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import subprocess
+import sys
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -19,7 +27,6 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django_locks import DEFAULT_LOCK_ALIAS, locks
 from django_locks.backends.base import (
     BaseLock,
-    Lease,
     LockInfo,
     validate_correlation_id,
     validate_key,
@@ -33,24 +40,48 @@ from django_locks.exceptions import (
     LockNotHeldError,
     LockTimeoutError,
 )
+from django_locks.guard import LockGuard
 
 EXIT_BUSY = 1
 EXIT_USAGE = 2
 EXIT_BACKEND = 3
 EX_TEMPFAIL = 75
 
+#: Django's options of every command that also work after the subcommand.
+COMMON_OPTIONS = {"--verbosity", "--settings", "--pythonpath", "--traceback", "--no-color", "--force-color"}
+
+
+def _usage_error(parser: CommandParser, message: str) -> None:
+    """Exit 2 on an argument error: argparse's usage message from the command line, a
+    ``CommandError(returncode=2)`` from ``call_command`` (Django's parser raises 1)."""
+    if parser.called_from_command_line:
+        CommandParser.error(parser, message)  # prints the usage, exits 2
+    raise CommandError(f"Error: {message}", returncode=EXIT_USAGE)
+
 
 class _SubcommandParser(CommandParser):
-    """Argument errors of a subcommand exit 2, as argparse does, on every Django."""
+    """A subcommand's parser. With ``takes_command`` (``run``), everything after the first
+    ``--`` is COMMAND, never read as our options: ``argparse.REMAINDER`` after the KEY
+    positional would swallow ``--ttl`` and the rest too."""
+
+    def __init__(self, *, takes_command: bool = False, **kwargs: Any) -> None:
+        self.takes_command = takes_command
+        super().__init__(**kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if not self.takes_command:
+            return super().parse_known_args(args, namespace)
+        args = sys.argv[1:] if args is None else list(args)
+        command: list[str] = []
+        if "--" in args:
+            split = args.index("--")
+            args, command = args[:split], args[split + 1:]
+        namespace, extras = super().parse_known_args(args, namespace)
+        namespace.command = command
+        return namespace, extras
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        if getattr(self, "called_from_command_line", False):
-            super().error(message)
-        raise CommandError(f"Error: {message}", returncode=EXIT_USAGE)
-
-
-def _exit(code: int, message: str) -> CommandError:
-    return CommandError(message, returncode=code)
+        _usage_error(self, message)
 
 
 def _iso(moment: datetime) -> str:
@@ -63,30 +94,47 @@ class Command(BaseCommand):
         "Exit codes: 0 done, 1 busy / not held, 2 bad arguments, 3 backend error."
     )
     requires_system_checks: list[str] = []
+    #: call_command("locks", "run", KEY, "--ttl", MS, command=[...]) as well as "--", ...
+    stealth_options = ("command",)
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        self._common_options: list[tuple[tuple[str, ...], dict[str, Any]]] = []
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parser.error = partial(_usage_error, parser)  # type: ignore[method-assign]
+        return parser
+
+    def add_base_argument(self, parser: CommandParser, *args: str, **kwargs: Any) -> None:
+        super().add_base_argument(parser, *args, **kwargs)
+        if COMMON_OPTIONS.intersection(args):
+            self._common_options.append((args, kwargs))
 
     def add_arguments(self, parser: CommandParser) -> None:
         subcommands = parser.add_subparsers(
             dest="subcommand", required=True, metavar="SUBCOMMAND", parser_class=_SubcommandParser
         )
 
-        def subcommand(name: str, help_text: str) -> CommandParser:
-            sub = subcommands.add_parser(name, help=help_text, description=help_text)
+        def subcommand(name: str, help_text: str, **kwargs: Any) -> CommandParser:
+            sub = subcommands.add_parser(name, help=help_text, description=help_text, **kwargs)
             sub.add_argument("--backend", default=DEFAULT_LOCK_ALIAS, metavar="ALIAS",
                              help='the LOCKS alias (default "default")')
             sub.add_argument("--correlation-id", default=None, metavar="ID",
                              help="a trace id, logged and stored with the lock")
+            # Django's options again, so that they work after the subcommand too; SUPPRESS
+            # keeps a value given before the subcommand (or the default) when absent here.
+            for names, base in self._common_options:
+                BaseCommand.add_base_argument(self, sub, *names, **{**base, "default": argparse.SUPPRESS})
             return sub
 
-        acquire = subcommand("acquire", "Wait up to --timeout ms for KEY and hold it for --ttl ms.")
-        acquire.add_argument("key", metavar="KEY")
-        acquire.add_argument("--ttl", type=int, required=True, metavar="MS")
-        acquire.add_argument("--timeout", type=int, default=0, metavar="MS")
-        acquire.add_argument("--json", action="store_true", help="print one JSON object")
-
-        attempt = subcommand("try", "One attempt to take KEY for --ttl ms.")
-        attempt.add_argument("key", metavar="KEY")
-        attempt.add_argument("--ttl", type=int, required=True, metavar="MS")
-        attempt.add_argument("--json", action="store_true", help="print one JSON object")
+        for name, help_text in (
+            ("acquire", "Wait up to --timeout ms for KEY and hold it for --ttl ms."),
+            ("try", "One attempt to take KEY for --ttl ms (acquire with --timeout 0)."),
+        ):
+            take = subcommand(name, help_text)
+            take.add_argument("key", metavar="KEY")
+            take.add_argument("--ttl", type=int, required=True, metavar="MS")
+            if name == "acquire":
+                take.add_argument("--timeout", type=int, default=0, metavar="MS")
+            take.add_argument("--json", action="store_true", help="print one JSON object")
 
         release = subcommand("release", "Release KEY held by --owner TOKEN, or whoever (--force).")
         release.add_argument("key", metavar="KEY")
@@ -100,22 +148,16 @@ class Command(BaseCommand):
         subcommand("purge", "Remove expired lock state, printing how many entries.")
 
         run = subcommand(
-            "run", "Run COMMAND (everything after --) while holding KEY, renewed, like flock(1)."
+            "run", "Run COMMAND (everything after --) while holding KEY, renewed, like flock(1).",
+            takes_command=True,
+            usage="%(prog)s KEY --ttl MS [--timeout MS] [--conflict-exit-code N] [options] "
+                  "-- COMMAND [ARG ...]",
         )
         run.add_argument("key", metavar="KEY")
         run.add_argument("--ttl", type=int, required=True, metavar="MS")
         run.add_argument("--timeout", type=int, default=0, metavar="MS")
         run.add_argument("--conflict-exit-code", type=int, default=EX_TEMPFAIL, metavar="N",
                          help="exit status when the lock cannot be had (default 75)")
-
-    def run_from_argv(self, argv: list[str]) -> None:
-        # ``run KEY ... -- COMMAND [ARGS...]``: everything after the first "--" is the
-        # command, kept away from argparse (which would read its options as ours).
-        self.run_command: list[str] = []
-        if len(argv) > 2 and argv[2] == "run" and "--" in argv:
-            split = argv.index("--")
-            argv, self.run_command = argv[:split], argv[split + 1:]
-        super().run_from_argv(argv)
 
     # ----------------------------------------------------------------------- dispatch
 
@@ -131,22 +173,40 @@ class Command(BaseCommand):
                 validate_timeout(options["timeout"], "--timeout")
             if options.get("owner") is not None:
                 validate_owner(options["owner"])
+            if subcommand == "run":
+                if not options.get("command"):
+                    raise ValueError("run needs a COMMAND after --")
+                if not 0 <= options["conflict_exit_code"] <= 255:
+                    raise ValueError(
+                        f"--conflict-exit-code must be 0-255, got {options['conflict_exit_code']}"
+                    )
         except (TypeError, ValueError) as e:
-            raise _exit(EXIT_USAGE, str(e)) from None
+            raise CommandError(str(e), returncode=EXIT_USAGE) from None
         try:
             backend = locks[options["backend"]]
         except InvalidLockBackendError as e:
-            raise _exit(EXIT_USAGE, str(e)) from None
-        handler = getattr(self, f"handle_{subcommand}")
+            raise CommandError(str(e), returncode=EXIT_USAGE) from None
+        handler = self.handle_acquire if subcommand == "try" else getattr(self, f"handle_{subcommand}")
         try:
             handler(backend, correlation_id, options)
         except LockBackendError as e:
-            raise _exit(EXIT_BACKEND, f"backend error: {e}") from None
+            raise CommandError(f"backend error: {e}", returncode=EXIT_BACKEND) from None
 
     # ----------------------------------------------------------------------- subcommands
 
-    def _print_lease(self, lease: Lease, as_json: bool) -> None:
-        if as_json:
+    def handle_acquire(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
+        """``acquire``, and ``try`` (which has no --timeout: one attempt)."""
+        key, timeout = options["key"], options.get("timeout", 0)
+        try:
+            lease = backend.lock(key, options["ttl"], timeout, correlation_id)
+        except LockTimeoutError:
+            holder = backend.get_lock(key)
+            until = f", held until {_iso(holder.expires_at)}" if holder else ""
+            wait = f" within {timeout} ms" if timeout else ""
+            raise CommandError(
+                f"lock {key!r} is busy: not acquired{wait}{until}", returncode=EXIT_BUSY
+            ) from None
+        if options["json"]:
             self.stdout.write(json.dumps({
                 "key": lease.key,
                 "token": lease.token,
@@ -158,46 +218,25 @@ class Command(BaseCommand):
         else:
             self.stdout.write(lease.token)
 
-    def _busy(self, backend: BaseLock, key: str, waited: int) -> CommandError:
-        holder = backend.get_lock(key)
-        until = f", held until {_iso(holder.expires_at)}" if holder else ""
-        wait = f" within {waited} ms" if waited else ""
-        return _exit(EXIT_BUSY, f"lock {key!r} is busy: not acquired{wait}{until}")
-
-    def handle_acquire(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
-        key, timeout = options["key"], options["timeout"]
-        try:
-            lease = backend.lock(key, options["ttl"], timeout, correlation_id)
-        except LockTimeoutError:
-            raise self._busy(backend, key, timeout) from None
-        self._print_lease(lease, options["json"])
-
-    def handle_try(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
-        try:
-            lease = backend.lock(options["key"], options["ttl"], 0, correlation_id)
-        except LockTimeoutError:
-            raise self._busy(backend, options["key"], 0) from None
-        self._print_lease(lease, options["json"])
-
     def handle_release(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
         key = options["key"]
         if options["force"]:
             if not backend.force_release(key):
-                raise _exit(EXIT_BUSY, f"lock {key!r} is not held")
+                raise CommandError(f"lock {key!r} is not held", returncode=EXIT_BUSY)
             self.stdout.write(f"force-released {key!r}")
             return
         try:
             backend.release_lock(correlation_id, key, owner=options["owner"])
         except LockNotHeldError:
-            raise _exit(
-                EXIT_BUSY, f"lock {key!r} is not held by that owner token (released, expired or "
-                "taken over)"
+            raise CommandError(
+                f"lock {key!r} is not held by that owner token (released, expired or taken over)",
+                returncode=EXIT_BUSY,
             ) from None
         self.stdout.write(f"released {key!r}")
 
     def handle_list(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
         if not backend.supports_enumeration:
-            raise _exit(EXIT_USAGE, f"{backend!r} cannot list its locks (a generic cache)")
+            raise CommandError(f"{backend!r} cannot list its locks (a generic cache)", returncode=EXIT_USAGE)
         held = backend.held_locks()
         if options["json"]:
             self.stdout.write(json.dumps([_info_json(info) for info in held], indent=2))
@@ -219,28 +258,25 @@ class Command(BaseCommand):
         self.stdout.write(f"purged {backend.purge()} expired lock entries")
 
     def handle_run(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
-        command = list(options.get("command") or getattr(self, "run_command", []))
-        if not command:
-            raise _exit(EXIT_USAGE, "run needs a COMMAND after --")
-        conflict = options["conflict_exit_code"]
-        if not 0 <= conflict <= 255:
-            raise _exit(EXIT_USAGE, f"--conflict-exit-code must be 0-255, got {conflict}")
-        key = options["key"]
+        command, key, conflict = list(options["command"]), options["key"], options["conflict_exit_code"]
+        status: int | None = None
         try:
-            lease = backend.lock(key, options["ttl"], options["timeout"], correlation_id)
+            # The one locking core, renewed while COMMAND runs (like flock(1), with a ttl).
+            with LockGuard(key, ttl=options["ttl"], timeout=options["timeout"], backend=backend.alias,
+                           auto_renew=True, correlation_id=correlation_id):
+                status = self._run_child(command)
         except LockTimeoutError:
-            self.stderr.write(f"lock {key!r} is busy: not running {command[0]!r}")
-            raise SystemExit(conflict) from None
-        lease.start_renewing()
-        try:
-            status = self._run_child(command)
-        finally:
-            try:
-                lease.release()
-            except LockNotHeldError:
-                self.stderr.write(f"warning: lock {key!r} was lost while {command[0]!r} ran")
+            busy = f"lock {key!r} is busy: not running {command[0]!r}"
+            if conflict == 0:
+                self.stderr.write(busy)
+                return
+            raise CommandError(busy, returncode=conflict) from None
+        except LockNotHeldError:
+            if status is None:  # only releasing on the way out raises it
+                raise
+            self.stderr.write(f"warning: lock {key!r} was lost while {command[0]!r} ran")
         if status:
-            raise SystemExit(status)
+            raise CommandError(f"{command[0]!r} exited with status {status}", returncode=status)
 
     def _run_child(self, command: list[str]) -> int:
         try:

@@ -1,0 +1,132 @@
+"""``manage.py locks`` as a real process: exit statuses, signals, token capture in a shell,
+and Django's own options (``--settings``...) before or after the subcommand."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from django_locks import locks
+from tests.helpers import ROOT, subprocess_env, wait_until
+
+COMMAND = [sys.executable, "-m", "django", "locks"]
+
+
+def locks_cmd(*args: str, env: dict[str, str] | None = None, cwd=ROOT, timeout: float = 60):
+    return subprocess.run([*COMMAND, *args], cwd=cwd, env=env or subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_token_capture_in_a_shell():
+    script = (
+        f"TOKEN=$({' '.join(COMMAND)} try nightly --ttl 60000) || exit 9\n"
+        "echo token=$TOKEN\n"
+        f"{' '.join(COMMAND)} release nightly --owner \"$TOKEN\" || exit 8\n"
+        "echo released\n"
+    )
+    result = subprocess.run(["bash", "-c", script], cwd=ROOT, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("token=") and len(lines[0]) == len("token=") + 32
+    assert lines[-1] == "released"
+    assert locks["default"].get_lock("nightly") is None
+
+
+def test_exit_codes_of_the_process():
+    with locks["default"].lock("job", 60_000):
+        busy = locks_cmd("try", "job", "--ttl", "1000")
+        assert busy.returncode == 1 and "busy" in busy.stderr
+        assert locks_cmd("run", "job", "--ttl", "1000", "--", "true").returncode == 75
+        custom = locks_cmd("run", "job", "--ttl", "1000", "--conflict-exit-code", "9", "--", "true")
+        assert custom.returncode == 9 and "busy" in custom.stderr
+    usage = locks_cmd("try", "job", "--ttl", "abc")
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+    down = locks_cmd("list", "--backend", "unreachable")
+    assert down.returncode == 3 and "backend error" in down.stderr
+
+
+def test_run_exits_with_the_command_status_and_holds_the_lock_meanwhile():
+    inner = f"{' '.join(COMMAND)} try job --ttl 1000; echo inner=$?; exit 7"
+    result = locks_cmd("run", "job", "--ttl", "60000", "--", "bash", "-c", inner)
+    assert result.returncode == 7, result.stderr
+    assert "inner=1" in result.stdout  # the lock was held while the command ran
+    assert locks["default"].get_lock("job") is None  # and released after
+
+
+def test_run_forwards_sigterm_and_releases_after(tmp_path):
+    marker = tmp_path / "got-term"
+    child = (
+        f"trap 'echo term > {marker}; exit 42' TERM; "
+        "echo ready; while true; do sleep 0.05; done"
+    )
+    process = subprocess.Popen([*COMMAND, "run", "job", "--ttl", "60000", "--", "bash", "-c", child],
+                               cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    assert locks["default"].get_lock("job") is not None
+    os.kill(process.pid, signal.SIGTERM)
+    assert process.wait(30) == 42
+    assert marker.read_text().strip() == "term"
+    wait_until(lambda: locks["default"].get_lock("job") is None, timeout=5)
+
+
+def test_run_killed_child_exits_128_plus_the_signal():
+    result = locks_cmd("run", "job", "--ttl", "60000", "--", "sh", "-c", "kill -KILL $$")
+    assert result.returncode == 128 + signal.SIGKILL, result.stderr
+    assert locks["default"].get_lock("job") is None
+
+
+def _without_settings_module() -> dict[str, str]:
+    env = subprocess_env()
+    del env["DJANGO_SETTINGS_MODULE"]
+    return env
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list", "--settings=tests.settings"],
+        ["list", "--settings", "tests.settings", "-v", "2", "--no-color"],
+        ["--settings=tests.settings", "list"],
+        ["--settings=tests.settings", "run", "k", "--ttl", "60000", "--", "true"],
+        ["--settings=tests.settings", "-v", "2", "run", "k", "--ttl", "60000", "--", "true"],
+        ["run", "k", "--ttl", "60000", "--settings=tests.settings", "-v", "2", "--", "true"],
+        ["-v", "2", "run", "k", "--settings=tests.settings", "--ttl", "60000", "--", "true"],
+    ],
+)
+def test_django_options_before_or_after_the_subcommand(args):
+    result = locks_cmd(*args, env=_without_settings_module())
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    assert locks["default"].get_lock("k") is None
+
+
+def test_without_settings_option_nor_variable_the_command_is_not_found():
+    # The control of the test above: the settings really come from --settings.
+    result = locks_cmd("list", env=_without_settings_module())
+    assert result.returncode != 0 and "locks" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--pythonpath", str(ROOT), "list", "--settings=tests.settings"],
+                                  ["list", "--settings=tests.settings", f"--pythonpath={ROOT}"]])
+def test_pythonpath_before_or_after_the_subcommand(args, tmp_path):
+    env = _without_settings_module()
+    del env["PYTHONPATH"]
+    control = locks_cmd("list", "--settings=tests.settings", env=env, cwd=tmp_path)
+    assert control.returncode != 0  # tests.settings is not importable from tmp_path alone
+    result = locks_cmd(*args, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "(no locks held)" in result.stdout
+
+
+@pytest.mark.parametrize("args", [["--traceback", "list", "--backend", "nope"],
+                                  ["list", "--backend", "nope", "--traceback"]])
+def test_traceback_before_or_after_the_subcommand(args):
+    plain = locks_cmd("list", "--backend", "nope")
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    result = locks_cmd(*args)
+    assert "Traceback (most recent call last)" in result.stderr and "CommandError" in result.stderr
+    assert result.returncode == 1  # an uncaught exception: --traceback re-raises the error
