@@ -164,8 +164,9 @@ def run_contended(quick: bool) -> list[dict]:
                 "handoff_max_ms": max(handoffs) if handoffs else None,
                 "overlaps": overlaps, "handoffs_ms": handoffs,
             })
+            p50 = results[-1]["handoff_p50_ms"]
             print(f"  contended {section_ms} ms {row}: {len(in_window) / seconds:.0f} sections/s, "
-                  f"handoff p50 {results[-1]['handoff_p50_ms']:.3f} ms", flush=True)
+                  f"handoff p50 {'n/a (no handoff)' if p50 is None else f'{p50:.3f} ms'}", flush=True)
     return results
 
 
