@@ -105,6 +105,7 @@ class Lease:
         if expires_at_us is None:
             self._lost("extend")
         self._info = replace(self._info, expires_at_us=expires_at_us)
+        self._backend._holdings.renewed(self.key, self.token, ttl)
         logger.debug(
             "lock %r extended by %d ms (alias=%s, correlation_id=%s)",
             self.key, ttl, self.alias, self.correlation_id,

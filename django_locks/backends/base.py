@@ -69,6 +69,58 @@ __all__ = [
 logger = logging.getLogger("django_locks")
 
 
+class HeldTokens:
+    """Which token this backend instance holds each key with, until its lease expires.
+
+    What ``release_lock(correlation_id, key)`` without ``owner`` releases. An entry lives
+    until it is released, or found lost, or its lease has expired (by this process's
+    monotonic clock, from the ttl it was taken or last extended with): expired entries are
+    pruned whenever the map has doubled since the last pruning, so keys taken with
+    ``try_acquire_lock`` and never released cannot make it grow without bound.
+    """
+
+    #: Pruning starts once this many entries are remembered.
+    PRUNE_FLOOR = 1024
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str, float]] = {}
+        self._mutex = threading.Lock()
+        self._prune_at = self.PRUNE_FLOOR
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def remember(self, key: str, token: str, ttl: int) -> None:
+        with self._mutex:
+            self._entries[key] = (token, time.monotonic() + ttl / 1000)
+            if len(self._entries) >= self._prune_at:
+                now = time.monotonic()
+                self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
+                self._prune_at = max(self.PRUNE_FLOOR, 2 * len(self._entries))
+
+    def renewed(self, key: str, token: str, ttl: int) -> None:
+        with self._mutex:
+            if self._entries.get(key, ("",))[0] == token:
+                self._entries[key] = (token, time.monotonic() + ttl / 1000)
+
+    def token_for(self, key: str) -> str | None:
+        """The token this instance holds ``key`` with, if its lease has not expired."""
+        with self._mutex:
+            token, deadline = self._entries.get(key, (None, 0.0))
+        return token if deadline > time.monotonic() else None
+
+    def forget(self, key: str, token: str | None = None) -> None:
+        """Drop ``key`` (only if held with ``token``, when given)."""
+        with self._mutex:
+            entry = self._entries.get(key)
+            if entry is not None and (token is None or entry[0] == token):
+                del self._entries[key]
+
+    def clear(self) -> None:
+        with self._mutex:
+            self._entries.clear()
+
+
 # --------------------------------------------------------------------------- base backend
 
 
@@ -103,8 +155,7 @@ class BaseLock:
                 f"{type(self).__name__} (accepted: {accepted})",
                 "django_locks.E002",
             )
-        self._held_tokens: dict[str, str] = {}
-        self._held_mutex = threading.Lock()
+        self._holdings = HeldTokens()
         self.configure(options)
 
     def configure(self, options: dict[str, Any]) -> None:
@@ -148,8 +199,7 @@ class BaseLock:
         key, owner = validate_key(key), validate_owner(owner)
         token = owner
         if token is None:
-            with self._held_mutex:
-                token = self._held_tokens.get(key)
+            token = self._holdings.token_for(key)
             if token is None:
                 raise LockNotHeldError(
                     f"lock {key!r} is not held by this instance of LOCKS[{self.alias!r}]"
@@ -175,8 +225,7 @@ class BaseLock:
     def force_release(self, key: str) -> bool:
         """Release whoever holds ``key``. True if something was held."""
         key = validate_key(key)
-        with self._held_mutex:
-            self._held_tokens.pop(key, None)
+        self._holdings.forget(key)
         released = self._force_release(key)
         if released:
             logger.warning("lock %r force-released (alias=%s)", key, self.alias)
@@ -258,8 +307,7 @@ class BaseLock:
     def _attempt(self, key: str, ttl: int, correlation_id: str | None, token: str) -> Attempt:
         attempt = self._try_acquire(key, token, ttl, correlation_id)
         if attempt.info is not None:
-            with self._held_mutex:
-                self._held_tokens[key] = token
+            self._holdings.remember(key, token, ttl)
             logger.debug(
                 "lock %r acquired for %d ms (alias=%s, correlation_id=%s, fencing_token=%s)",
                 key, ttl, self.alias, correlation_id, attempt.info.fencing_token,
@@ -362,9 +410,7 @@ class BaseLock:
 
     def _forget(self, key: str, token: str) -> None:
         """Drop ``key`` from this instance's bookkeeping if ``token`` is what it holds."""
-        with self._held_mutex:
-            if self._held_tokens.get(key) == token:
-                del self._held_tokens[key]
+        self._holdings.forget(key, token)
 
     def _announce_release(
         self, key: str, token: str, fencing_token: int | None, correlation_id: str | None

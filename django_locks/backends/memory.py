@@ -134,8 +134,7 @@ class MemoryLock(BaseLock):
             store.entries.clear()
             store.fencing.clear()
             store.condition.notify_all()
-        with self._held_mutex:
-            self._held_tokens.clear()
+        self._holdings.clear()
 
     def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
         store = self._store
