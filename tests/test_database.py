@@ -182,3 +182,44 @@ def test_durable_option_sets_the_commit_mode(db_alias, using, durable):
             assert level == (2 if durable else 1)  # FULL / NORMAL
         backend.release_lock(None, "job")
         close_thread_lock_connections()
+
+
+def test_culling_bounds_the_table_and_keeps_fencing(db_alias, using):
+    """Unique keys taken and released (as lock_view("report:{pk}") lets clients do) do not
+    grow the table without bound, and a culled key's fencing tokens still rise."""
+    from django.test import override_settings
+
+    from django_locks.models import Lock
+
+    options = {"using": using, "cull_frequency": 100, "cull_grace": 0}
+    with override_settings(LOCKS={"x": {"BACKEND": "django_locks.backends.database.DatabaseLock",
+                                        "OPTIONS": options}}):
+        backend = locks["x"]
+        first = backend.lock("kept:fencing", 60_000)
+        first.release()
+        for n in range(1_000):
+            with backend.lock(f"report:{n}", 60_000):
+                pass
+        rows = Lock.objects.using(using).count()
+        assert rows <= 101, rows  # at most one cull period's worth (without culling: 1,001)
+        assert not Lock.objects.using(using).filter(key="kept:fencing").exists()  # culled
+        with backend.lock("kept:fencing", 60_000) as again:
+            assert again.fencing_token > first.fencing_token  # the clock floor
+        held = backend.lock("held:through:culls", 60_000)
+        for n in range(200):
+            assert backend.try_acquire_lock(None, f"more:{n}", 1)
+        assert backend.get_lock("held:through:culls").token == held.token  # culling frees nothing held
+        held.release()
+
+
+@pytest.mark.parametrize("value", [-1, True, "100", 1.5, None])
+def test_bad_cull_options(value):
+    from django.test import override_settings
+
+    from django_locks.exceptions import InvalidLockBackendError
+
+    for name in ("cull_frequency", "cull_grace"):
+        with override_settings(LOCKS={"x": {"BACKEND": "django_locks.backends.database.DatabaseLock",
+                                            "OPTIONS": {name: value}}}):
+            with pytest.raises(InvalidLockBackendError, match=name):
+                locks["x"]

@@ -6,8 +6,6 @@ import gc
 import logging
 import tracemalloc
 
-import pytest
-
 from django_locks import locks
 from tests import proof
 from tests.helpers import wait_until

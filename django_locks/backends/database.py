@@ -36,7 +36,7 @@ from django.db import Error as DjangoDatabaseError
 from django.db import connections
 from django.db.utils import load_backend
 
-from django_locks.backends.base import BaseLock
+from django_locks.backends.base import BaseLock, logger
 from django_locks.exceptions import InvalidLockBackendError, LockBackendError
 from django_locks.values import Attempt, LockInfo
 
@@ -268,12 +268,30 @@ class DatabaseLock(BaseLock):
     fencing tokens still rise. ``durable: True`` keeps every change on disk before it
     returns. MariaDB/MySQL have no per-session setting: there the server's
     ``innodb_flush_log_at_trx_commit`` decides.
+
+    Culling, the way Django's ``DatabaseCache`` culls on ``set``: every
+    ``cull_frequency``-th acquisition attempt of a backend instance (default 1000; 0 turns
+    culling off) first deletes the rows released or expired more than ``cull_grace`` ms
+    ago (default 2000), so keys built from user input (``"report:{pk}"``) cannot grow the
+    table without bound: it keeps about the keys used within the grace period, plus one
+    cull period's worth. The fencing guarantee survives the deleted counters: a deleted
+    row's last token is at most its acquisition time in µs (plus the few acquisitions
+    within one µs), and the next acquisition of that key starts from the database clock
+    in µs, which has moved at least the grace period past it. Only a database clock
+    stepped back by more than the grace period could break that, as with ``purge``.
     """
 
-    option_names = frozenset({"using", "durable"})
+    option_names = frozenset({"using", "durable", "cull_frequency", "cull_grace"})
     keeps_expired_state = True
 
     def configure(self, options: dict[str, Any]) -> None:
+        for name, default in (("cull_frequency", 1000), ("cull_grace", 2000)):
+            value = options.get(name, default)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**9:
+                raise self._invalid(f"OPTIONS {name!r} must be an int >= 0, not {value!r}",
+                                    "django_locks.E002")
+            setattr(self, name, value)
+        self._attempts_until_cull = self.cull_frequency
         durable = options.get("durable", False)
         if not isinstance(durable, bool):
             raise self._invalid(f"OPTIONS 'durable' must be True or False, not {durable!r}",
@@ -369,9 +387,23 @@ class DatabaseLock(BaseLock):
 
     # ----------------------------------------------------------------------- storage operations
 
+    def _cull(self) -> None:
+        """Delete rows released or expired more than ``cull_grace`` ms ago (see the class)."""
+        try:
+            culled = self._run(self.sql.purge, (self.cull_grace * 1000,), fetch=False)[1]
+        except LockBackendError as e:  # the attempt that follows reports the failure
+            logger.warning("culling lock rows failed: %s (alias=%s)", e, self.alias)
+            return
+        logger.debug("culled %d lock rows (alias=%s)", culled, self.alias)
+
     def _try_acquire(
         self, key: str, token: str, ttl: int, correlation_id: str | None
     ) -> Attempt:
+        if self.cull_frequency:
+            self._attempts_until_cull -= 1
+            if self._attempts_until_cull <= 0:
+                self._attempts_until_cull = self.cull_frequency
+                self._cull()
         sql = self.sql
         params = (key, token, correlation_id, ttl * 1000)
         if sql.returning:
