@@ -141,3 +141,30 @@ def _answers(backend) -> bool:
         return True
     except LockBackendError:
         return False
+
+
+def test_an_acquisition_that_timed_out_but_won_is_released(redis_alias, redis_server):
+    """SIGSTOP the server: the attempt fails on the socket timeout, but the server runs it
+    after SIGCONT. That token must not keep the key for its ttl, held by nobody."""
+    import os
+    import signal
+
+    from tests import proof
+
+    with override_settings(CACHES={"own": own_cache(redis_alias, redis_server.url, socket_timeout=1.0)},
+                           LOCKS={"own": {"BACKEND": "django_locks.backends.cache.CacheLock",
+                                          "OPTIONS": {"cache": "own"}}}):
+        backend = locks["own"]
+        with backend.lock("warm-up", 1000):  # connected, and the scripts are loaded (EVALSHA)
+            pass
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(LockBackendError):
+                backend.try_acquire_lock("cid-stopped", "job", 60_000)
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        proof.record_fault("redis SIGSTOP during an acquisition")
+        # The server ran the script once it could; the settler releases that token.
+        wait_until(lambda: _answers(backend) and backend.get_lock("job") is None, timeout=10)
+        with backend.lock("job", 60_000) as lease:  # and the key is free for a real holder
+            assert backend.get_lock("job").token == lease.token

@@ -121,6 +121,82 @@ class HeldTokens:
             self._entries.clear()
 
 
+class UnsettledAcquisitions:
+    """Acquisitions whose outcome is unknown, released as soon as the backend answers.
+
+    An attempt that fails with a backend error (a socket timeout, a dropped connection)
+    may still have taken the lock: the server can run the command after the client gave
+    up. Such a token would hold the key for its whole ttl, for nobody. Every one is
+    handed here, and a daemon thread retries a compare-and-delete by that token
+    (``_release``, which touches nothing else) with a short backoff until the backend
+    answers, or until the ttl has run out anyway.
+    """
+
+    RETRY_MIN = 0.02
+    RETRY_MAX = 0.5
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[BaseLock, str, str, float]] = []
+        self._mutex = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, backend: BaseLock, key: str, token: str, ttl: int) -> None:
+        with self._mutex:
+            self._pending.append((backend, key, token, time.monotonic() + ttl / 1000))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="django_locks settler", daemon=True
+                )
+                self._thread.start()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def _run(self) -> None:
+        delay = self.RETRY_MIN
+        backends: set[BaseLock] = set()
+        try:
+            while True:
+                with self._mutex:
+                    if not self._pending:
+                        self._thread = None
+                        return
+                    pending = list(self._pending)
+                settled = [entry for entry in pending if self._settle(*entry, backends)]
+                with self._mutex:
+                    self._pending = [entry for entry in self._pending if entry not in settled]
+                    delay = self.RETRY_MIN if settled else min(delay * 2, self.RETRY_MAX)
+                time.sleep(delay)
+        finally:
+            for backend in backends:
+                backend.close()
+
+    @staticmethod
+    def _settle(backend: BaseLock, key: str, token: str, deadline: float,
+                backends: set[BaseLock]) -> bool:
+        """One try; True when nothing is left to do for this token."""
+        if time.monotonic() >= deadline:
+            return True  # expired by itself
+        backends.add(backend)
+        try:
+            won = backend._release(key, token)
+        except LockBackendError:
+            return False  # still unreachable: retry
+        except Exception:
+            logger.exception("could not settle lock %r (alias=%s)", key, backend.alias)
+            return True
+        if won:
+            logger.warning(
+                "an acquisition of lock %r that failed with a backend error had taken it after "
+                "all; released it (alias=%s)", key, backend.alias,
+            )
+        return True
+
+
+#: The process's one settler of acquisitions whose outcome is unknown.
+unsettled = UnsettledAcquisitions()
+
+
 # --------------------------------------------------------------------------- base backend
 
 
@@ -305,7 +381,13 @@ class BaseLock:
     # ----------------------------------------------------------------------- shared logic
 
     def _attempt(self, key: str, ttl: int, correlation_id: str | None, token: str) -> Attempt:
-        attempt = self._try_acquire(key, token, ttl, correlation_id)
+        try:
+            attempt = self._try_acquire(key, token, ttl, correlation_id)
+        except LockBackendError:
+            # The attempt may have won on the server all the same: release that token
+            # as soon as the backend answers again (see UnsettledAcquisitions).
+            unsettled.add(self, key, token, ttl)
+            raise
         if attempt.info is not None:
             self._holdings.remember(key, token, ttl)
             logger.debug(
