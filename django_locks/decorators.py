@@ -15,7 +15,6 @@ import logging
 import math
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
@@ -72,15 +71,15 @@ def _request_correlation_id(request: HttpRequest) -> str:
 
 
 def _retry_after(backend: BaseLock, key: str) -> int:
-    """Whole seconds (at least 1) until the current holder's lock expires."""
+    """Whole seconds (at least 1) until the current holder's lock expires, as the backend
+    measures it (this server's clock may be skewed against the backend's)."""
     try:
         info = backend.get_lock(key)
     except LockError:
         return 1
-    if info is None:
+    if info is None or info.remaining_ms is None:
         return 1
-    remaining = (info.expires_at - datetime.now(timezone.utc)).total_seconds()
-    return max(1, math.ceil(remaining))
+    return max(1, math.ceil(info.remaining_ms / 1000))
 
 
 def _release_quietly(lease: Lease) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
@@ -127,7 +127,10 @@ class LockInfo:
     """What a backend knows of one held lock.
 
     Times are kept as microseconds since the Unix epoch (by the backend's clock) and read
-    as aware UTC datetimes through ``acquired_at`` and ``expires_at``.
+    as aware UTC datetimes through ``acquired_at`` and ``expires_at``. ``remaining_ms`` is
+    the holder's remaining life as the backend measured it when it answered (its own clock
+    on both sides, so an application server's skewed clock cannot distort it); None where
+    not measured. It is not part of equality: the same holder read twice is equal.
     """
 
     key: str
@@ -136,6 +139,12 @@ class LockInfo:
     correlation_id: str | None
     acquired_at_us: int
     expires_at_us: int
+    remaining_ms: int | None = field(default=None, compare=False)
+
+    @property
+    def remaining(self) -> timedelta | None:
+        """``remaining_ms`` as a timedelta (None where not measured)."""
+        return None if self.remaining_ms is None else timedelta(milliseconds=self.remaining_ms)
 
     @property
     def acquired_at(self) -> datetime:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import time
 import tracemalloc
+
+import pytest
 
 from django_locks import locks
 from tests import proof
-from tests.helpers import wait_until
+from tests.helpers import run_python, wait_until
 
 
 def _allocated_by(action) -> int:
@@ -45,3 +49,35 @@ def test_bookkeeping_of_unreleased_expired_keys_stays_bounded(caplog):
     assert backend.try_acquire_lock(None, "kept", 60_000)
     backend.release_lock(None, "kept")
     assert backend.get_lock("kept") is None
+
+
+LIBFAKETIME = next(
+    (path for path in (f"/usr/lib/{arch}-linux-gnu/faketime/libfaketime.so.1"
+                       for arch in ("x86_64", "aarch64")) if os.path.exists(path)),
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+)
+
+
+@pytest.mark.parametrize("skew", ["+45s", "-1h"])
+# (Not SQLite: its clock is the calling process's own, skewed along with it.)
+@pytest.mark.parametrize(("path", "alias"), [("/postgres-report/7/", "postgres"),
+                                             ("/async-report/7/", "redis")])
+def test_retry_after_ignores_a_skewed_app_server_clock(skew, path, alias):
+    """The holder has 30 s left by the backend's clock; the view runs in a process whose
+    wall clock is skewed for real (libfaketime; the monotonic clock is left alone)."""
+    if not os.path.exists(LIBFAKETIME):
+        pytest.fail("libfaketime is not installed (scripts/setup-venv installs Debian's faketime)")
+    holder = locks[alias].lock("report:7", 30_000)
+    result = run_python(
+        "import django, time; django.setup()\n"
+        "from django.test import Client\n"
+        f"response = Client().get({path!r})\n"
+        "print(response.status_code, response['Retry-After'], int(time.time()))\n",
+        env={"LD_PRELOAD": LIBFAKETIME, "FAKETIME": skew, "DONT_FAKE_MONOTONIC": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    status, retry_after, app_now = map(int, result.stdout.split())
+    assert abs(app_now - time.time()) > 40  # the child's clock really was skewed
+    assert status == 423
+    assert 25 <= retry_after <= 30, retry_after  # before the fix: 1 (+45 s) or 3630 (-1 h)
+    holder.release()

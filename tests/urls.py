@@ -7,6 +7,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("report/<int:pk>/", views.report),
     path("async-report/<int:pk>/", views.async_report),
+    path("postgres-report/<int:pk>/", views.postgres_report),
     path("stream/", views.stream),
     path("boom/", views.boom),
     path("misconfigured/<int:pk>/", views.misconfigured),

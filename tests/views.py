@@ -39,6 +39,12 @@ def report(request, pk):
     return HttpResponse(f"report {pk}")
 
 
+@lock_view("report:{pk}", ttl=30_000, backend="postgres")
+def postgres_report(request, pk):
+    gate(f"report:{pk}").pass_through()
+    return HttpResponse(f"report {pk}")
+
+
 @lock_view("report:{pk}", ttl=30_000, backend="redis")
 async def async_report(request, pk):
     g = gate(f"async:{pk}")

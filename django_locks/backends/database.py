@@ -175,7 +175,8 @@ class LockSQL:
             f"WHERE {k} = {p} AND token = {p} AND expires_at_us > {now}"
             + (" RETURNING expires_at_us" if self.returning else "")
         )
-        self.held = f"SELECT {self.columns} FROM {t} WHERE expires_at_us > {now}"
+        # With the database clock's "now", for the holder's remaining life.
+        self.held = f"SELECT {self.columns}, {now} FROM {t} WHERE expires_at_us > {now}"
         self.get = f"{self.held} AND {k} = {p}"
         # Holders that expired without releasing: shown until purged.
         self.expired = (
@@ -245,6 +246,7 @@ _SQL_CLASSES: dict[str, type[LockSQL]] = {
 
 
 def _info(row: Any) -> LockInfo:
+    """A LockInfo from a row: the columns, then optionally the database's "now" (µs)."""
     key, token, fencing_token, correlation_id, acquired_us, expires_us = row[:6]
     return LockInfo(
         key=key,
@@ -253,6 +255,7 @@ def _info(row: Any) -> LockInfo:
         correlation_id=correlation_id,
         acquired_at_us=int(acquired_us),
         expires_at_us=int(expires_us),
+        remaining_ms=max(0, (int(expires_us) - int(row[6])) // 1000) if len(row) > 6 else None,
     )
 
 
@@ -419,7 +422,7 @@ class DatabaseLock(BaseLock):
                 return Attempt(None, max(remaining, 0) if remaining is not None else None)
             _, _, fencing_token, _, acquired_us, expires_us, _ = rows[0]
         return Attempt(
-            _info((key, token, fencing_token, correlation_id, acquired_us, expires_us))
+            _info((key, token, fencing_token, correlation_id, acquired_us, expires_us, acquired_us))
         )
 
     def _release(self, key: str, token: str) -> bool:

@@ -106,16 +106,21 @@ class MemoryLock(BaseLock):
             store.condition.notify_all()
             return holder is not None
 
+    @staticmethod
+    def _measured(entry: _Entry, now: float) -> LockInfo:
+        return replace(entry.info, remaining_ms=int((entry.deadline - now) * 1000))
+
     def _get(self, key: str) -> LockInfo | None:
         with self._store.condition:
-            holder = self._store.live(key, time.monotonic())
-            return holder.info if holder is not None else None
+            now = time.monotonic()
+            holder = self._store.live(key, now)
+            return self._measured(holder, now) if holder is not None else None
 
     def _held(self) -> list[LockInfo]:
         store = self._store
         with store.condition:
             now = time.monotonic()
-            return [entry.info for entry in store.entries.values() if entry.deadline > now]
+            return [self._measured(entry, now) for entry in store.entries.values() if entry.deadline > now]
 
     def _purge(self) -> int:
         store = self._store

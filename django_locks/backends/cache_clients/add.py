@@ -150,7 +150,7 @@ class CacheAddLockClient(CacheLockClient):
         return self._call(force_release)
 
     @staticmethod
-    def _info(state: dict[str, Any]) -> LockInfo:
+    def _info(state: dict[str, Any], now_us: int | None = None) -> LockInfo:
         return LockInfo(
             key=state["key"],
             token=state["token"],
@@ -158,13 +158,16 @@ class CacheAddLockClient(CacheLockClient):
             correlation_id=state["cid"],
             acquired_at_us=state["acquired"],
             expires_at_us=state["expires"],
+            # This client's times are all the application server's clock.
+            remaining_ms=None if now_us is None else (state["expires"] - now_us) // 1000,
         )
 
     def get(self, keys: LockKeys) -> LockInfo | None:
         holder = self._call(lambda cache: cache.get(keys.lock))
-        if not holder or holder["expires"] <= self._now_us():
+        now_us = self._now_us()
+        if not holder or holder["expires"] <= now_us:
             return None
-        return self._info(holder)
+        return self._info(holder, now_us)
 
     def held(self) -> list[LockInfo]:
         raise NotImplementedError(

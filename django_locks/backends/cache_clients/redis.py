@@ -218,7 +218,8 @@ class RedisLockClient(CacheLockClient):
         ) == 1
 
     @staticmethod
-    def _info(fields: Any) -> LockInfo | None:
+    def _info(fields: Any, pttl: Any) -> LockInfo | None:
+        """A LockInfo from the hash's fields and its PTTL (the server's remaining life)."""
         if not fields or fields[1] is None:
             return None
         key, token, fence, cid, acquired, expires = (
@@ -231,10 +232,21 @@ class RedisLockClient(CacheLockClient):
             correlation_id=cid or None,
             acquired_at_us=int(acquired),
             expires_at_us=int(expires),
+            remaining_ms=max(int(pttl), 0),
         )
 
+    @staticmethod
+    def _read(pipe: Any, name: str) -> None:
+        pipe.hmget(name, LOCK_FIELDS)
+        pipe.pttl(name)
+
     def get(self, keys: LockKeys) -> LockInfo | None:
-        return self._info(self._call(lambda c: c.hmget(keys.lock, LOCK_FIELDS)))
+        def read(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            self._read(pipe, keys.lock)
+            return pipe.execute()
+
+        return self._info(*self._call(read))
 
     def held(self) -> list[LockInfo]:
         sentinel = "\x00"  # cannot occur in a key or a prefix made by Django
@@ -248,12 +260,14 @@ class RedisLockClient(CacheLockClient):
             for start in range(0, len(names), 500):
                 pipe = client.pipeline(transaction=False)
                 for name in names[start:start + 500]:
-                    pipe.hmget(name, LOCK_FIELDS)
+                    self._read(pipe, name)
                 found.extend(pipe.execute())
             return found
 
         # A lock that expires between SCAN and HMGET reads as all None and is skipped.
-        return [info for info in map(self._info, self._call(scan)) if info is not None]
+        replies = self._call(scan)
+        infos = (self._info(fields, pttl) for fields, pttl in zip(replies[::2], replies[1::2], strict=True))
+        return [info for info in infos if info is not None]
 
     def wait(self, keys: LockKeys, seconds: float, waits: int) -> None:
         client = self.get_client()
