@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import re
+import string
 from collections.abc import Callable
 from contextvars import ContextVar
 from types import TracebackType
@@ -40,24 +42,60 @@ F = TypeVar("F", bound=Callable[..., Any])
 KeySpec = str | Callable[..., str]
 
 
+#: What a hashed key ends with: "#" and 64 hex digits (see safe_key).
+_HASHED = re.compile(r"#[0-9a-f]{64}\Z")
+#: Characters a substituted value keeps as they are; every other is percent-encoded.
+_KEPT_IN_VALUES = frozenset("-_.~")
+
+
 def safe_key(key: str) -> str:
-    """``key`` if it is a valid lock key; else a readable prefix plus its SHA-256."""
+    """``key`` if it is a valid lock key; else a readable prefix plus its SHA-256.
+
+    A valid key that looks like a hashed one (ends with "#" and 64 hex digits) is hashed
+    too, so no plain key can take the lock of a hashed key.
+    """
     try:
-        return validate_key(key)
+        validate_key(key)
+        if not _HASHED.search(key):
+            return key
     except (TypeError, ValueError):
-        text = str(key)
-        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-        # Control characters and lone surrogates become "?": the result is always valid.
-        readable = CONTROL_CHARACTERS.sub("?", text).encode("utf-8", "replace").decode("utf-8")
-        readable = readable[: MAX_KEY_LENGTH - len(digest) - 1]
-        return f"{readable}#{digest}"
+        pass
+    text = str(key)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    # Control characters and lone surrogates become "?": the result is always valid.
+    readable = CONTROL_CHARACTERS.sub("?", text).encode("utf-8", "replace").decode("utf-8")
+    readable = readable[: MAX_KEY_LENGTH - len(digest) - 1]
+    return f"{readable}#{digest}"
+
+
+def quote_key_part(text: str) -> str:
+    """``text`` with every character but letters, digits and ``-_.~`` percent-encoded
+    (as UTF-8 bytes), so a value put into a key cannot add a separator to it."""
+    return "".join(
+        c if c.isalnum() or c in _KEPT_IN_VALUES
+        else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+        for c in text
+    )
+
+
+class _KeyFormatter(string.Formatter):
+    """``str.format`` whose substituted fields are quoted (format specs still apply)."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        return quote_key_part(super().format_field(value, format_spec))
+
+
+_key_formatter = _KeyFormatter()
 
 
 def build_key(key: KeySpec, what: str, args: tuple, kwargs: dict[str, Any]) -> str:
     """The lock key of one call: ``key`` formatted with (or called on) its arguments.
 
-    A built key that is not a valid lock key (too long, control characters) is hashed by
-    :func:`safe_key`, so no argument can make the call fail on its key.
+    Values substituted into a format string are quoted (:func:`quote_key_part`): they
+    cannot change the key's structure, so ``"report:{pk}"`` with ``pk="5:pdf"`` is not
+    ``"report:{pk}:pdf"`` with ``pk=5``. A built key that is not a valid lock key (too long,
+    control characters) is hashed by :func:`safe_key`, so no argument can make the call
+    fail on its key.
     """
     if callable(key):
         built = key(*args, **kwargs)
@@ -67,7 +105,7 @@ def build_key(key: KeySpec, what: str, args: tuple, kwargs: dict[str, Any]) -> s
             )
         return safe_key(built)
     try:
-        return safe_key(key.format(*args, **kwargs))
+        return safe_key(_key_formatter.format(key, *args, **kwargs))
     except (KeyError, IndexError) as e:
         raise ImproperlyConfigured(
             f"the lock key {key!r} of {what} needs {e.args[0]!r}, which the call does not "

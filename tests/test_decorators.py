@@ -296,3 +296,26 @@ def test_a_dropped_lease_stops_renewing_and_expires(alias, caplog):
     holder = backend.get_lock("dropped")
     assert holder is None or holder.token == token
     wait_until(lambda: backend.get_lock("dropped") is None, timeout=5)  # expires by its ttl
+
+
+def test_values_in_a_key_format_cannot_change_its_structure():
+    from django_locks.guard import build_key
+
+    forged = build_key("report:{pk}", "view", (), {"pk": "5:pdf"})
+    real = build_key("report:{pk}:pdf", "view", (), {"pk": 5})
+    assert real == "report:5:pdf" and forged == "report:5%3Apdf" and forged != real
+    assert build_key("a:{x}", "f", (), {"x": "b#c d/é%"}) == "a:b%23c%20d%2Fé%25"
+    assert build_key("n:{n:04d}", "f", (), {"n": 7}) == "n:0007"  # format specs still apply
+    # Through a view: the client cannot reach another view's key.
+    lease = locks["default"].lock("search:a%2Fb", 10_000)
+    assert Client().get("/search/a/b").status_code == 423  # the same value, quoted alike
+    lease.release()
+    proof.record_bad_inputs("lock_view key format", 3)
+
+
+def test_a_plain_key_cannot_take_the_lock_of_a_hashed_key():
+    long_key = "search:" + "x" * 300
+    hashed = safe_key(long_key)
+    assert hashed != long_key and len(hashed) <= 255
+    assert safe_key(hashed) != hashed  # sent as a plain key, the hashed form is hashed again
+    assert safe_key("plain#" + "a" * 63) == "plain#" + "a" * 63  # not the hashed form: kept
