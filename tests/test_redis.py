@@ -168,3 +168,41 @@ def test_an_acquisition_that_timed_out_but_won_is_released(redis_alias, redis_se
         wait_until(lambda: _answers(backend) and backend.get_lock("job") is None, timeout=10)
         with backend.lock("job", 60_000) as lease:  # and the key is free for a real holder
             assert backend.get_lock("job").token == lease.token
+
+
+def test_waiters_share_the_connection_pool(redis_alias, redis_server):
+    """Three waves of 50 threads waiting on one key take about one connection per waiter,
+    on both clients (Django's RedisCache used to open a pool per thread: 100, then 148)."""
+    import redis
+
+    from tests import proof
+
+    waiters = 50
+    observer = redis.Redis.from_url(redis_server.url)
+    with override_settings(CACHES={"own": own_cache(redis_alias, redis_server.url)},
+                           LOCKS={"own": {"BACKEND": "django_locks.backends.cache.CacheLock",
+                                          "OPTIONS": {"cache": "own"}}}):
+        holder = locks["own"].lock("job", 60_000)
+        timed_out = []
+
+        def wait() -> None:
+            try:
+                locks["own"].acquire_lock(None, "job", 60_000, 2_000)
+            except LockTimeoutError:
+                timed_out.append(1)
+
+        peak = 0
+        for _wave in range(3):  # new threads each time, as a threaded server's would be
+            threads = [threading.Thread(target=wait) for _ in range(waiters)]
+            for thread in threads:
+                thread.start()
+            while any(thread.is_alive() for thread in threads):
+                peak = max(peak, observer.info("clients")["connected_clients"])
+                time.sleep(0.01)
+            for thread in threads:
+                thread.join()
+        holder.release()
+    proof.record_fault("50 waiters on one key", 3 * waiters)
+    assert len(timed_out) == 3 * waiters
+    # Each waiter blocks on one connection; +1 the holder's, +1 the observer, a few spare.
+    assert peak <= waiters + 6, peak

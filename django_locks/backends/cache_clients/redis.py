@@ -11,6 +11,8 @@ Cluster hash slot. Keys go through the cache's key function (KEY_PREFIX, VERSION
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -131,12 +133,34 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
+#: One raw client per Django RedisCache configuration and process (see _shared_client).
+_shared_clients: dict[tuple[Any, ...], Any] = {}
+_shared_clients_mutex = threading.Lock()
+
+
+def _shared_client(cache: Any) -> Any:
+    """The raw client of a Django ``RedisCache``, one per configuration and process.
+
+    Django's ``RedisCache`` makes its connection pool per cache instance, and there is a
+    cache instance per thread: N threads waiting for locks would open N pools. Locks share
+    one client (so one pool) per LOCATION and OPTIONS, as django-redis shares its pools:
+    N waiters then hold at most N connections, plus the pool's idle ones.
+    """
+    config = (type(cache), tuple(cache._servers), repr(sorted(cache._options.items())), os.getpid())
+    client = _shared_clients.get(config)
+    if client is None:
+        with _shared_clients_mutex:
+            client = _shared_clients.setdefault(config, cache._cache.get_client(write=True))
+    return client
+
+
 def raw_client_getter(cache_class: type) -> Callable[[Any], Any] | None:
     """How to get the raw redis-py client from a cache of this class; None if not Redis."""
     if DjangoRedisPackageCache is not None and issubclass(cache_class, DjangoRedisPackageCache):
+        # django-redis shares its connection pools between threads already.
         return lambda cache: cache.client.get_client(write=True)
     if issubclass(cache_class, DjangoRedisCache):
-        return lambda cache: cache._cache.get_client(write=True)
+        return _shared_client
     return None
 
 
