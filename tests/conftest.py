@@ -85,6 +85,7 @@ def django_db_setup(django_test_environment, django_db_blocker) -> Iterator[None
     transaction of the test framework, because lock state must really commit."""
     from django.test.utils import setup_databases, teardown_databases
 
+    _remove_sqlite_leftovers()
     with django_db_blocker.unblock():
         created = setup_databases(verbosity=0, interactive=False, aliases=set(connections))
     yield
@@ -93,6 +94,19 @@ def django_db_setup(django_test_environment, django_db_blocker) -> Iterator[None
     close_all_lock_connections()
     with django_db_blocker.unblock():
         teardown_databases(created, verbosity=0)
+    _remove_sqlite_leftovers()
+
+
+def _remove_sqlite_leftovers() -> None:
+    """Django drops a SQLite test database by deleting its file, not its WAL files: a new
+    file beside stale ones reads as "disk I/O error". Remove them around a run."""
+    for alias in connections:
+        settings_dict = connections[alias].settings_dict
+        name = (settings_dict.get("TEST") or {}).get("NAME")
+        if settings_dict["ENGINE"].endswith("sqlite3") and name and not os.path.exists(name):
+            for leftover in (f"{name}-wal", f"{name}-shm"):
+                if os.path.exists(leftover):
+                    os.remove(leftover)
 
 
 def _clean_lock_state() -> None:

@@ -130,3 +130,92 @@ def test_traceback_before_or_after_the_subcommand(args):
     result = locks_cmd(*args)
     assert "Traceback (most recent call last)" in result.stderr and "CommandError" in result.stderr
     assert result.returncode == 1  # an uncaught exception: --traceback re-raises the error
+
+
+# A COMMAND that prints its pid, then appends the time to a file every 20 ms.
+TICKER = (
+    "import os, sys, time\n"
+    "print(os.getpid(), flush=True)\n"
+    "while True:\n"
+    "    with open(sys.argv[1], 'a') as f: f.write(f'{time.time()}\\n')\n"
+    "    time.sleep(0.02)\n"
+)
+
+
+@pytest.fixture
+def spawned():
+    """Processes a test starts (by pid, with their process groups): all ended afterwards,
+    also when the test fails, so that nothing keeps running."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (dead, not yet reaped by its new parent) counts as gone.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("alias", ["default", "redis"])
+def test_command_never_outlives_a_killed_run(tmp_path, alias, spawned):
+    """SIGKILL the `locks run` process: COMMAND is gone within a second, and a second run
+    (once the lock expires) never overlaps the first (timestamps both write)."""
+    import time
+
+    from tests import proof
+
+    first_log, second_log = tmp_path / "first", tmp_path / "second"
+    first = subprocess.Popen(
+        [*COMMAND, "run", "job", "--ttl", "3000", "--backend", alias, "--",
+         sys.executable, "-c", TICKER, str(first_log)],
+        cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, text=True,
+    )
+    spawned.append(first.pid)
+    child_pid = int(first.stdout.readline())
+    spawned.append(child_pid)
+    wait_until(lambda: first_log.exists() and first_log.read_text().count("\n") >= 3)
+    os.kill(first.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    first.wait(10)
+    wait_until(lambda: not _pid_alive(child_pid), timeout=5)
+    assert time.monotonic() - killed_at < 1.0  # gone within a second
+    proof.record_fault("SIGKILL of locks run")
+    second = subprocess.Popen(
+        [*COMMAND, "run", "job", "--ttl", "3000", "--timeout", "20000", "--backend", alias, "--",
+         sys.executable, "-c", TICKER, str(second_log)],
+        cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, text=True,
+    )
+    spawned.append(second.pid)
+    second_child = int(second.stdout.readline())  # it got the lock (after the ttl ran out)
+    spawned.append(second_child)
+    wait_until(lambda: second_log.exists() and second_log.read_text().count("\n") >= 3)
+    os.kill(second.pid, signal.SIGTERM)
+    second.wait(30)
+    wait_until(lambda: not _pid_alive(second_child), timeout=5)
+    last_of_first = max(map(float, first_log.read_text().split()))
+    first_of_second = min(map(float, second_log.read_text().split()))
+    assert first_of_second > last_of_first  # never both at once
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGQUIT])
+def test_run_handles_sighup_and_sigquit_like_sigterm(tmp_path, sig, spawned):
+    # (Not bash: it ignores SIGQUIT.)
+    process = subprocess.Popen([*COMMAND, "run", "job", "--ttl", "60000", "--",
+                                sys.executable, "-c", TICKER, str(tmp_path / "ticks")],
+                               cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    spawned.append(process.pid)
+    spawned.append(int(process.stdout.readline()))
+    os.kill(process.pid, sig)
+    assert process.wait(30) == 128 + sig  # COMMAND got the signal; run exits with its status
+    wait_until(lambda: locks["default"].get_lock("job") is None, timeout=5)  # and released

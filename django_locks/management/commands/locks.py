@@ -14,7 +14,9 @@ or after the subcommand.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -279,19 +281,53 @@ class Command(BaseCommand):
             raise CommandError(f"{command[0]!r} exited with status {status}", returncode=status)
 
     def _run_child(self, command: list[str]) -> int:
+        """Run COMMAND in a process group of its own, tied to this process's life.
+
+        SIGTERM, SIGINT, SIGHUP and SIGQUIT sent to this process go to COMMAND's group
+        (and this process waits for COMMAND, then releases the lock). On Linux COMMAND
+        also gets ``PR_SET_PDEATHSIG`` = SIGKILL: if this process dies without a chance
+        to forward anything (SIGKILL, a crash), COMMAND is killed with it, so it never
+        runs on while nothing renews its lock. Other platforms get the process group and
+        the forwarded signals only (see the README).
+        """
         try:
-            child = subprocess.Popen(command)
+            child = subprocess.Popen(command, preexec_fn=partial(_tie_to_parent, os.getpid()))
         except OSError as e:
             self.stderr.write(f"cannot run {command[0]!r}: {e}")
             return 127
-        forwarded = (signal.SIGTERM, signal.SIGINT)
-        previous = {sig: signal.signal(sig, lambda sig, _: child.send_signal(sig)) for sig in forwarded}
+
+        def forward(sig: int, _frame: Any) -> None:
+            try:
+                os.killpg(child.pid, sig)
+            except ProcessLookupError:  # COMMAND's group is gone already
+                pass
+
+        previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
         try:
             status = child.wait()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 128 - status if status < 0 else status
+
+
+#: Signals that ``run`` passes on to COMMAND's process group.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+_PR_SET_PDEATHSIG = 1
+try:  # Linux: prctl(PR_SET_PDEATHSIG) ties the child's life to this process's
+    _LIBC: Any = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+except OSError:  # pragma: no cover
+    _LIBC = None
+
+
+def _tie_to_parent(parent_pid: int) -> None:
+    """Runs in COMMAND's process between fork and exec: its own process group, and on
+    Linux death with the parent (checked once more, in case the parent died already)."""
+    os.setpgid(0, 0)
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:
+            os._exit(1)
 
 
 def _info_json(info: LockInfo) -> dict[str, Any]:
