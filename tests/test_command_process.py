@@ -219,3 +219,15 @@ def test_run_handles_sighup_and_sigquit_like_sigterm(tmp_path, sig, spawned):
     os.kill(process.pid, sig)
     assert process.wait(30) == 128 + sig  # COMMAND got the signal; run exits with its status
     wait_until(lambda: locks["default"].get_lock("job") is None, timeout=5)  # and released
+
+
+def test_a_key_that_is_not_utf8_exits_2_and_touches_nothing():
+    from tests import proof
+
+    before = locks["default"].held_locks()
+    result = subprocess.run([*COMMAND, "try", b"job\xff", "--ttl", "1000"], cwd=ROOT,
+                            env=subprocess_env(), capture_output=True, timeout=60)
+    proof.record_bad_inputs("manage.py locks")
+    assert result.returncode == 2, result.stderr
+    assert b"key must be encodable as UTF-8" in result.stderr
+    assert locks["default"].held_locks() == before

@@ -319,3 +319,38 @@ def test_a_plain_key_cannot_take_the_lock_of_a_hashed_key():
     assert hashed != long_key and len(hashed) <= 255
     assert safe_key(hashed) != hashed  # sent as a plain key, the hashed form is hashed again
     assert safe_key("plain#" + "a" * 63) == "plain#" + "a" * 63  # not the hashed form: kept
+
+
+def test_a_callable_key_from_a_json_body_with_a_lone_surrogate_is_hashed():
+    import json
+
+    from django.http import HttpResponse
+
+    @lock_view(lambda request: "order:" + json.loads(request.body)["id"], ttl=10_000)
+    def pay(request):
+        return HttpResponse("paid")
+
+    request = RequestFactory().post("/pay/", data='{"id": "\\ud800"}', content_type="application/json")
+    response = pay(request)
+    proof.record_bad_inputs("lock_view key", 1)
+    assert response.status_code == 200 and response.content == b"paid"
+    assert locks["default"].held_locks() == []  # taken under its hashed key, and released
+
+
+def test_a_streaming_response_dropped_without_close_stops_renewing(caplog):
+    import gc
+    import logging
+
+    from django.http import StreamingHttpResponse
+
+    @lock_view("stream:dropped", ttl=600, auto_renew=True)
+    def stream(request):
+        return StreamingHttpResponse(iter([b"chunk"]))
+
+    caplog.set_level(logging.WARNING, logger="django_locks")
+    response = stream(RequestFactory().get("/"))
+    assert locks["default"].get_lock("stream:dropped") is not None  # held while streaming
+    del response  # the server drops it without calling close()
+    gc.collect()
+    wait_until(lambda: any("dropped without release" in r.getMessage() for r in caplog.records))
+    wait_until(lambda: locks["default"].get_lock("stream:dropped") is None, timeout=5)
