@@ -207,3 +207,51 @@ def test_waiters_share_the_connection_pool(redis_alias, redis_server):
     assert len(timed_out) == 3 * waiters
     # Each waiter blocks on one connection; +1 the holder's, +1 the observer, a few spare.
     assert peak <= waiters + 6, peak
+
+
+def _blocked_in_blpop(observer) -> int:
+    """Clients blocked in a blocking command right now (flag b) whose command is BLPOP."""
+    return sum(1 for client in observer.client_list()
+               if "b" in client.get("flags", "") and client.get("cmd") == "blpop")
+
+
+def test_async_waiters_block_on_the_wake_up_list(redis_alias, redis_server):
+    """Async waiters wait in BLPOP through redis.asyncio (not asyncio.sleep polling), are
+    woken by the release, and a cancelled one leaves nothing behind."""
+    import asyncio
+
+    import redis
+
+    observer = redis.Redis.from_url(redis_server.url)
+    with override_settings(CACHES={"own": own_cache(redis_alias, redis_server.url)},
+                           LOCKS={"own": {"BACKEND": "django_locks.backends.cache.CacheLock",
+                                          "OPTIONS": {"cache": "own"}}}):
+        backend = locks["own"]
+        holder = backend.lock("job", 60_000)
+        keys_before = set(observer.keys("*"))
+
+        async def take_and_release() -> bool:
+            lease = await backend.alock("job", 60_000, timeout=30_000)
+            await lease.arelease()
+            return True
+
+        async def scenario() -> tuple[int, int]:
+            waiters = [asyncio.ensure_future(take_and_release()) for _ in range(5)]
+            deadline = time.monotonic() + 10
+            while _blocked_in_blpop(observer) < 5:  # all five blocked on the server
+                assert time.monotonic() < deadline, "async waiters never blocked in BLPOP"
+                await asyncio.sleep(0.01)
+            waiters[0].cancel()  # cancelled while blocked
+            await asyncio.gather(waiters[0], return_exceptions=True)
+            assert waiters[0].cancelled()
+            await asyncio.get_running_loop().run_in_executor(None, holder.release)
+            # Each release wakes the next waiter: all four get the lock in turn.
+            won = sum(await asyncio.gather(*waiters[1:]))
+            return won, _blocked_in_blpop(observer)
+
+        won, still_blocked = asyncio.run(scenario())
+        assert won == 4 and still_blocked == 0
+        assert backend.get_lock("job") is None
+        # Nothing left behind but the fencing counter (and a wake-up that expires on its own).
+        left = {k for k in set(observer.keys("*")) - keys_before if not k.endswith(b":wake")}
+        assert all(k.endswith(b":fence") for k in left), left

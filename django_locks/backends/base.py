@@ -436,7 +436,7 @@ class BaseLock:
             if attempt.info is not None:
                 return attempt.info
             seconds = self._wait_budget(deadline, attempt, key, timeout, correlation_id, waits)
-            await asyncio.sleep(self._poll_delay(seconds, waits))
+            await self._await_release(key, seconds, waits)
             waits += 1
 
     async def _undo_attempt(self, running: asyncio.Future, key: str, token: str) -> None:
@@ -489,6 +489,11 @@ class BaseLock:
     def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
         """Block at most ``seconds`` or until ``key`` may be free. Default: polling backoff."""
         time.sleep(self._poll_delay(seconds, waits))
+
+    async def _await_release(self, key: str, seconds: float, waits: int) -> None:
+        """:meth:`_wait_for_release` for async waiters, holding no thread. Default: an
+        ``asyncio.sleep`` of the polling backoff (backends that can be woken override it)."""
+        await asyncio.sleep(self._poll_delay(seconds, waits))
 
     def _forget(self, key: str, token: str) -> None:
         """Drop ``key`` from this instance's bookkeeping if ``token`` is what it holds."""

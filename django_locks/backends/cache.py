@@ -117,3 +117,6 @@ class CacheLock(BaseLock):
 
     def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
         self.client.wait(self._keys(key), seconds, waits)
+
+    async def _await_release(self, key: str, seconds: float, waits: int) -> None:
+        await self.client.await_release(self._keys(key), seconds, waits)

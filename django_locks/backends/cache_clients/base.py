@@ -9,6 +9,7 @@ storage operation to one client, chosen from the cache's class, the way django-r
 from __future__ import annotations
 
 import abc
+import asyncio
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -74,3 +75,7 @@ class CacheLockClient(abc.ABC):
     def wait(self, keys: LockKeys, seconds: float, waits: int) -> None:
         """Block at most ``seconds`` or until the lock may be free. Default: poll backoff."""
         time.sleep(self.backend._poll_delay(seconds, waits))
+
+    async def await_release(self, keys: LockKeys, seconds: float, waits: int) -> None:
+        """:meth:`wait` for async waiters, holding no thread. Default: poll backoff."""
+        await asyncio.sleep(self.backend._poll_delay(seconds, waits))

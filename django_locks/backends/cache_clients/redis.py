@@ -10,10 +10,13 @@ Cluster hash slot. Keys go through the cache's key function (KEY_PREFIX, VERSION
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import inspect
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +27,10 @@ from django_locks.exceptions import LockBackendError
 from django_locks.values import Attempt, LockInfo
 
 try:  # redis is an optional dependency (the "redis" extra); without it no cache is Redis
+    import redis.asyncio as redis_asyncio
     from redis.exceptions import NoScriptError, RedisError
 except ImportError:  # pragma: no cover
+    redis_asyncio = None
     class RedisError(Exception):  # type: ignore[no-redef]
         pass
 
@@ -152,6 +157,30 @@ def _shared_client(cache: Any) -> Any:
         with _shared_clients_mutex:
             client = _shared_clients.setdefault(config, cache._cache.get_client(write=True))
     return client
+
+
+#: asyncio clients, per event loop (dropped with it) and sync pool.
+_async_clients: weakref.WeakKeyDictionary[Any, dict[tuple[int, int], Any]] = weakref.WeakKeyDictionary()
+
+
+def async_client_like(sync_pool: Any) -> Any:
+    """A ``redis.asyncio`` client connecting the way ``sync_pool``'s connections do
+    (host and port or socket path, database, credentials, timeouts, TLS)."""
+    connection_class = {
+        "UnixDomainSocketConnection": redis_asyncio.UnixDomainSocketConnection,
+        "SSLConnection": redis_asyncio.SSLConnection,
+    }.get(sync_pool.connection_class.__name__, redis_asyncio.Connection)
+    accepted = inspect.signature(connection_class.__init__).parameters
+    kwargs = {
+        name: value for name, value in sync_pool.connection_kwargs.items()
+        if name in accepted and name not in _NOT_COPIED
+    }
+    pool = redis_asyncio.ConnectionPool(connection_class=connection_class, **kwargs)
+    return redis_asyncio.Redis(connection_pool=pool)
+
+
+#: Connection settings of a sync pool that an asyncio connection must not take as they are.
+_NOT_COPIED = frozenset({"parser_class", "retry", "connection_pool", "event_dispatcher"})
 
 
 def raw_client_getter(cache_class: type) -> Callable[[Any], Any] | None:
@@ -293,14 +322,46 @@ class RedisLockClient(CacheLockClient):
         infos = (self._info(fields, pttl) for fields, pttl in zip(replies[::2], replies[1::2], strict=True))
         return [info for info in infos if info is not None]
 
-    def wait(self, keys: LockKeys, seconds: float, waits: int) -> None:
-        client = self.get_client()
+    def _block_seconds(self, seconds: float) -> float:
+        """How long one BLPOP may block: at most MAX_BLOCK_SECONDS and ``seconds``, and it
+        must end before the client's socket timeout does."""
         block = min(seconds, MAX_BLOCK_SECONDS)
-        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        socket_timeout = self.get_client().connection_pool.connection_kwargs.get("socket_timeout")
         if socket_timeout:
-            # A blocking read must end before the client's socket timeout does.
             block = min(block, socket_timeout - BLOCK_TIMEOUT_SLACK, socket_timeout / 2)
+        return block
+
+    def wait(self, keys: LockKeys, seconds: float, waits: int) -> None:
+        block = self._block_seconds(seconds)
         if block < 0.001:  # too short to block on the server: a short sleep instead
             time.sleep(min(max(block, 0.001), seconds, 0.01))
             return
         self._call(lambda c: c.blpop([keys.wake], timeout=round(block, 3)))
+
+    async def await_release(self, keys: LockKeys, seconds: float, waits: int) -> None:
+        """Block on the wake-up list through ``redis.asyncio``: woken by the release at
+        once, holding no thread (the event loop's own connection pool)."""
+        block = self._block_seconds(seconds)
+        if block < 0.001:
+            await asyncio.sleep(min(max(block, 0.001), seconds, 0.01))
+            return
+        client = self._async_client()
+        try:
+            await client.blpop([keys.wake], timeout=round(block, 3))
+        except (RedisError, OSError) as e:
+            raise LockBackendError(
+                f"LOCKS[{self.backend.alias!r}]: Redis behind cache "
+                f"{self.backend.cache_alias!r} failed: {e}"
+            ) from e
+
+    def _async_client(self) -> Any:
+        """An asyncio client with the cache client's connection settings, one per event
+        loop and process (asyncio connections belong to the loop that opened them)."""
+        loop = asyncio.get_running_loop()
+        sync_pool = self.get_client().connection_pool
+        config = (id(sync_pool), os.getpid())
+        per_loop = _async_clients.setdefault(loop, {})
+        client = per_loop.get(config)
+        if client is None:
+            client = per_loop[config] = async_client_like(sync_pool)
+        return client
