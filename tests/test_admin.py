@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import html
+import importlib
 import re
+from types import SimpleNamespace
 
 import pytest
+from django.apps import apps
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
+from django.contrib.contenttypes.models import ContentType
 from django.test import Client
 
 from django_locks import locks
@@ -175,6 +179,25 @@ def test_view_and_force_release_permissions():
     assert 'name="selected"' in client.get(LIST).content.decode()
     client.post(FORCE, {"selected": [selection], "confirm": "yes"})
     assert locks["default"].get_lock("job") is None
+
+
+def test_only_the_permissions_the_admin_uses():
+    lock_type = ContentType.objects.get_for_model(Lock)
+    assert set(Permission.objects.filter(content_type=lock_type).values_list("codename", flat=True)) == {
+        "view_lock", "force_release"}
+
+
+def test_migration_removes_the_unused_permissions():
+    migration = importlib.import_module("django_locks.migrations.0002_lock_permissions")
+    lock_type = ContentType.objects.get_for_model(Lock)
+    stale = [Permission.objects.create(content_type=lock_type, codename=codename, name=codename)
+             for codename in ("add_lock", "change_lock", "delete_lock")]
+    account = User.objects.create_user("granted")
+    account.user_permissions.add(*stale)
+    migration.remove_unused_permissions(apps, SimpleNamespace(connection=SimpleNamespace(alias="default")))
+    assert set(Permission.objects.filter(content_type=lock_type).values_list("codename", flat=True)) == {
+        "view_lock", "force_release"}
+    assert not account.user_permissions.exists()
 
 
 def test_nobody_can_add_or_change_locks(admin_client_):
