@@ -83,6 +83,17 @@ class LockRow:
         return self.info.token[:8] + "…"
 
     @property
+    def fencing_display(self) -> str:
+        """The fencing token in groups of three digits (thin spaces)."""
+        return f"{self.info.fencing_token:,}".replace(",", "\u2009")
+
+    @property
+    def fencing_short(self) -> str:
+        """Its last six digits, which tell successive holders apart, for a narrow column."""
+        token = str(self.info.fencing_token)
+        return self.fencing_display if len(token) <= 7 else f"…{token[-6:-3]}\u2009{token[-3:]}"
+
+    @property
     def remaining_display(self) -> str:
         if self.expired:
             return "expired"

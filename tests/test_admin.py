@@ -16,6 +16,7 @@ from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth.models import Permission, User
 from django.contrib.contenttypes.models import ContentType
 from django.test import Client
+from django.utils.timezone import localtime
 
 from django_locks import locks
 from django_locks.admin import detail_url
@@ -145,6 +146,21 @@ def test_lists_locks_of_every_alias_that_can_enumerate(admin_client_):
     # The generic cache is named with its reason, the dead Redis with its error.
     assert re.search(r"locmem</strong> \(CacheLock\):\s*not listed: this backend cannot list", page)
     assert re.search(r"unreachable</strong> \(CacheLock\):\s*backend error", page)
+
+
+def test_list_shows_every_field_of_a_holder(admin_client_):
+    lease = locks["default"].lock("job", 60_000, correlation_id="cid-1")
+    page = admin_client_.get(LIST).content.decode()
+    row = re.search(r'<tr [^>]*data-key="job".*?</tr>', page, re.S).group(0)
+    info = locks["default"].get_lock("job")
+    assert lease.token[:8] in row and f'title="{lease.token}"' in row
+    assert "cid-1" in row
+    assert f'title="{info.fencing_token}"' in row
+    assert f"{info.fencing_token:,}".replace(",", "\u2009") in row
+    for moment in (info.acquired_at, info.expires_at):  # shown in the current time zone
+        assert localtime(moment).strftime("%H:%M:%S") in row
+        assert f'datetime="{localtime(moment).isoformat()}"' in row
+    assert re.search(r"\d+ min \d\d s|\d+\.\d s", row)
 
 
 def test_app_index_links_to_the_lock_list(admin_client_):
