@@ -434,11 +434,12 @@ class LockAdmin(admin.ModelAdmin):
 
     # ----------------------------------------------------------------------- confirmation
 
-    def render_confirmation(self, request: HttpRequest, *, title: str, question: str,
+    def render_confirmation(self, request: HttpRequest, *, crumb: str, question: str,
                             rows: list[LockRow], hidden: list[tuple[str, str]]) -> HttpResponse:
         """The confirmation page of force release and purge (as delete_selected's): it
         posts ``hidden`` back to the same URL with ``post=yes``."""
-        context = self._context(request, title, question=question, rows=rows, hidden=hidden)
+        context = self._context(request, f"{crumb}: are you sure?", crumb=crumb, question=question,
+                                rows=rows, hidden=hidden)
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.confirmation_template, context)
 
@@ -466,7 +467,7 @@ class LockAdmin(admin.ModelAdmin):
         if not confirmed:
             return self.render_confirmation(
                 request,
-                title="Force release: are you sure?",
+                crumb="Force release",
                 question="Force-release these locks? Each is released only if it is still held by "
                          "the holder shown here; a lock that changed hands since is left alone.",
                 rows=rows,
@@ -527,7 +528,7 @@ class LockAdmin(admin.ModelAdmin):
         if request.POST.get("post") != "yes":
             return self.render_confirmation(
                 request,
-                title="Purge expired locks: are you sure?",
+                crumb="Purge expired locks",
                 question=f"Purge the expired lock state of {alias}? Holders whose lock expired "
                          "without a release are cleared, and rows expired for over a minute are "
                          "deleted (fencing tokens keep rising).",

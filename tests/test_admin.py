@@ -220,6 +220,7 @@ def test_expired_not_cleaned_rows_are_shown_and_purged(admin_client_):
     confirm = admin_client_.post(PURGE, {"alias": "default"})
     assert confirm.status_code == 200 and "stale" in confirm.content.decode()
     assert "dead-worker" in confirm.content.decode()
+    assert re.search(r"&rsaquo; Purge expired locks\s*</div>", confirm.content.decode())  # breadcrumbs
     assert Lock.objects.get(key="stale").token is not None  # nothing done before confirming
     done = submit(admin_client_, confirmation_form(confirm))
     assert "Purged 1 expired" in done.content.decode()
@@ -299,6 +300,7 @@ def test_force_release_with_confirmation_and_admin_log(admin_client_):
     assert '<option value="force_release">Force release selected locks</option>' in listing.content.decode()
     confirm = force_release(admin_client_, LIST, [selection(listing)])
     assert confirm.status_code == 200 and "Force-release these locks?" in confirm.content.decode()
+    assert re.search(r"&rsaquo; Force release\s*</div>", confirm.content.decode())  # breadcrumbs
     assert locks[alias].get_lock("job") is not None  # not before confirming
     form = confirmation_form(confirm)
     assert {f["name"]: f["value"] for f in form["inputs"] if f.get("type") == "hidden" and
