@@ -5,27 +5,41 @@ them (DatabaseLock, CacheLock on Redis, MemoryLock), plus DatabaseLock holders t
 expired without releasing ("expired, not cleaned"). A backend that cannot enumerate, or
 that is down, is named on the page with the reason. Nothing can be added or edited.
 
+The rows are not model instances, so the list is a small stand-in for the admin's
+ChangeList (:class:`LockChangeList`) rendered by the admin's own change-list template,
+list filters, search form and action form. Force release is an admin action with a
+confirmation page in the pattern of ``delete_selected``; purging an alias's expired state
+goes through the same confirmation page. Both are recorded with the admin's log helpers.
+
 Permissions: ``django_locks.view_lock`` to look; ``django_locks.force_release`` to force
 release a holder or purge expired state. A force release names the exact holder token
 that was shown: if the lock changed hands since, nothing is released.
+
+A lock's object id is ``"<alias>:<key>"``; its detail page is at
+``<admin-quoted object id>/``, a single path segment whatever the key holds (``/``, ``%``,
+``?``, ``#``, and never a bare ``.`` or ``..``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from django.contrib import admin, messages
-from django.contrib.admin.models import DELETION, LogEntry
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
-from django.contrib.contenttypes.models import ContentType
+from django.contrib.admin.views.main import ORDER_VAR, SEARCH_VAR
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.http import urlencode
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from django_locks import locks
 from django_locks.backends.base import LockInfo
@@ -35,11 +49,21 @@ from django_locks.models import Lock
 logger = logging.getLogger("django_locks")
 
 HELD, EXPIRED = "held", "expired"
+DESCENDING = "-expires"
+
+
+def object_id(alias: str, key: str) -> str:
+    """A lock's object id: in its detail URL (admin-quoted) and in the admin log."""
+    return f"{alias}:{key}"
+
+
+def detail_url(alias: str, key: str) -> str:
+    return reverse("admin:django_locks_lock_detail", args=[quote(object_id(alias, key))])
 
 
 @dataclass
 class LockRow:
-    """One lock as the admin shows it."""
+    """One holder of one lock, as the admin shows it."""
 
     alias: str
     info: LockInfo
@@ -50,18 +74,31 @@ class LockRow:
         return self.info.key
 
     @property
+    def pk(self) -> str:
+        """The action checkbox's value: exactly this holder of this key on this alias."""
+        return json.dumps([self.alias, self.info.key, self.info.token])
+
+    @property
     def short_token(self) -> str:
         return self.info.token[:8] + "…"
 
     @property
-    def remaining(self) -> timedelta:
-        return max(self.info.expires_at - datetime.now(timezone.utc), timedelta(0))
+    def fencing_display(self) -> str:
+        """The fencing token in groups of three digits (thin spaces)."""
+        return f"{self.info.fencing_token:,}".replace(",", "\u2009")
+
+    @property
+    def fencing_short(self) -> str:
+        """Its last six digits, which tell successive holders apart, for a narrow column."""
+        token = str(self.info.fencing_token)
+        return self.fencing_display if len(token) <= 7 else f"…{token[-6:-3]}\u2009{token[-3:]}"
 
     @property
     def remaining_display(self) -> str:
         if self.expired:
             return "expired"
-        seconds = self.remaining.total_seconds()
+        remaining = max(self.info.expires_at - datetime.now(timezone.utc), timedelta(0))
+        seconds = remaining.total_seconds()
         if seconds < 60:
             return f"{seconds:.1f} s"
         minutes, seconds = divmod(int(seconds), 60)
@@ -69,13 +106,57 @@ class LockRow:
         return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s"
 
     @property
-    def selection(self) -> str:
-        """The checkbox value: exactly this holder of this key on this alias."""
-        return json.dumps([self.alias, self.info.key, self.info.token])
-
-    @property
     def url(self) -> str:
-        return reverse("admin:django_locks_lock_detail", args=[self.alias, quote(self.info.key)])
+        return detail_url(self.alias, self.info.key)
+
+    def __str__(self) -> str:
+        return f"{self.alias}: {self.info.key}"
+
+
+class LogObject:
+    """What the admin's log helpers record: a lock (object id "alias:key") or an alias's
+    expired locks (object id "alias"). The log links them through the admin's change URL."""
+
+    _meta = Lock._meta  # the content type of the log entry
+
+    def __init__(self, pk: str, text: str) -> None:
+        self.pk = pk
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _parse_selected(value: str) -> tuple[str, str, str] | None:
+    try:
+        selected = json.loads(value)
+    except ValueError:
+        return None
+    if isinstance(selected, list) and len(selected) == 3 and all(isinstance(s, str) for s in selected):
+        return selected[0], selected[1], selected[2]
+    return None
+
+
+class LockRows(list):
+    """Rows where the admin's action machinery expects a queryset: ``response_action``
+    narrows them to the selected holders with ``filter(pk__in=...)``. A selected holder
+    that matches no row (it expired or the lock changed hands since the page was shown,
+    or the value was forged) is kept in ``missing`` as (alias, key)."""
+
+    def __init__(self, rows: Iterable[LockRow] = (), errors: dict[str, str] | None = None) -> None:
+        super().__init__(rows)
+        self.errors = errors or {}  # alias -> backend error: its rows could not be listed
+        self.missing: list[tuple[str, str]] = []
+
+    def filter(self, pk__in: Iterable[str]) -> LockRows:
+        by_holder = {(row.alias, row.key, row.info.token): row for row in self}
+        found = LockRows(errors=self.errors)
+        for selected in dict.fromkeys(filter(None, map(_parse_selected, pk__in))):
+            if selected in by_holder:
+                found.append(by_holder[selected])
+            else:
+                found.missing.append(selected[:2])
+        return found
 
 
 @dataclass
@@ -113,16 +194,95 @@ def _report(alias: str) -> AliasReport:
     return report
 
 
-def _parse_selection(values: list[str]) -> list[tuple[str, str, str]]:
-    selected = []
-    for value in values:
-        try:
-            alias, key, token = json.loads(value)
-        except (ValueError, TypeError):
-            continue
-        if all(isinstance(part, str) for part in (alias, key, token)):
-            selected.append((alias, key, token))
-    return selected
+def _all_rows(reports: list[AliasReport]) -> LockRows:
+    return LockRows(
+        (row for report in reports for row in report.rows),
+        errors={report.alias: report.error for report in reports if report.error},
+    )
+
+
+class LockListFilter(admin.SimpleListFilter):
+    """A list filter over rows (a list, not a queryset)."""
+
+    def value(self) -> str | None:
+        # Django 4.2 keeps the query string's list of values as given; 5.0+ its last item.
+        value = super().value()
+        return value[-1] if isinstance(value, list) else value
+
+
+class AliasFilter(LockListFilter):
+    title = "alias"
+    parameter_name = "alias"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(alias, alias) for alias in locks]
+
+    def queryset(self, request: HttpRequest, rows: list[LockRow]) -> list[LockRow]:
+        return [row for row in rows if row.alias == self.value()] if self.value() else rows
+
+
+class StatusFilter(LockListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(HELD, "Held"), (EXPIRED, "Expired, not cleaned")]
+
+    def queryset(self, request: HttpRequest, rows: list[LockRow]) -> list[LockRow]:
+        if self.value() in (HELD, EXPIRED):
+            return [row for row in rows if row.expired == (self.value() == EXPIRED)]
+        return rows
+
+
+class LockChangeList:
+    """What the admin's change-list template, list filters and search form read from a
+    ChangeList, over the rows of every alias: filtered, searched, sorted by expiry."""
+
+    formset = date_hierarchy = None
+    is_popup = add_facets = is_facets_optional = False
+    show_admin_actions = show_full_result_count = True
+
+    def __init__(self, request: HttpRequest, model_admin: LockAdmin, reports: list[AliasReport]) -> None:
+        self.model_admin = model_admin
+        self.model = model_admin.model
+        self.opts = model_admin.opts
+        self.params = dict(request.GET.items())
+        self.filter_params = dict(request.GET.lists())
+        self.query = request.GET.get(SEARCH_VAR, "").strip()
+        self.search_fields = model_admin.search_fields
+        self.search_help_text = model_admin.search_help_text
+        self.descending = request.GET.get(ORDER_VAR) == DESCENDING
+        self.filter_specs = [
+            list_filter(request, dict(request.GET.lists()), self.model, model_admin)
+            for list_filter in model_admin.list_filter
+        ]
+        self.has_filters = bool(self.filter_specs)
+        self.has_active_filters = any(spec.value() is not None for spec in self.filter_specs)
+        self.clear_all_filters_qs = self.get_query_string(
+            remove=[name for spec in self.filter_specs for name in spec.expected_parameters()]
+        )
+        self.all_rows = _all_rows(reports)
+        rows: list[LockRow] = list(self.all_rows)
+        for spec in self.filter_specs:
+            rows = spec.queryset(request, rows)
+        rows, _duplicates = model_admin.get_search_results(request, rows, self.query)
+        rows.sort(key=lambda row: (row.info.expires_at, row.alias, row.key), reverse=self.descending)
+        self.result_list = LockRows(rows, errors=self.all_rows.errors)
+        self.result_count = len(self.result_list)
+        self.full_result_count = len(self.all_rows)
+        self.order_query_string = self.get_query_string({ORDER_VAR: None if self.descending else DESCENDING})
+
+    def get_query_string(self, new_params: dict[str, Any] | None = None,
+                         remove: list[str] | None = None) -> str:
+        """As ChangeList.get_query_string: these parameters, changed and removed as told."""
+        params = {name: values for name, values in self.filter_params.items()
+                  if not any(name.startswith(prefix) for prefix in remove or ())}
+        for name, value in (new_params or {}).items():
+            if value is None:
+                params.pop(name, None)
+            else:
+                params[name] = value
+        return "?" + urlencode(sorted(params.items()), doseq=True)
 
 
 @admin.register(Lock)
@@ -130,6 +290,12 @@ class LockAdmin(admin.ModelAdmin):
     """The "Locks" page of the admin, for every LOCKS alias (not only the database table)."""
 
     change_list_template = "admin/django_locks/lock/change_list.html"
+    confirmation_template = "admin/django_locks/lock/confirmation.html"
+    detail_template = "admin/django_locks/lock/detail.html"
+    actions = ["force_release"]
+    list_filter = [AliasFilter, StatusFilter]
+    search_fields = ["key"]
+    search_help_text = "Search by key (any part of it, any case)."
 
     # Read-only: lock state never changes through forms.
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -141,27 +307,35 @@ class LockAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.has_perm("django_locks.view_lock")
-
     def has_force_release_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("django_locks.force_release")
+        return request.user.has_perm(f"{self.opts.app_label}.force_release")
 
     def get_urls(self) -> list[Any]:
         wrap = self.admin_site.admin_view
+        name = f"{self.opts.app_label}_{self.opts.model_name}"
         return [
-            path("", wrap(self.changelist_view), name="django_locks_lock_changelist"),
-            path("force-release/", wrap(self.force_release_view),
-                 name="django_locks_lock_force_release"),
-            path("purge/", wrap(self.purge_view), name="django_locks_lock_purge"),
-            path("<str:alias>/<path:key>/", wrap(self.detail_view), name="django_locks_lock_detail"),
+            path("force-release/", wrap(self.force_release_view), name=f"{name}_force_release"),
+            path("purge/", wrap(self.purge_view), name=f"{name}_purge"),
+            # One path segment, before the admin's own object URLs (.../change/ and the rest).
+            path("<str:object_id>/", wrap(self.detail_view), name=f"{name}_detail"),
+            *super().get_urls(),
         ]
+
+    def get_search_results(self, request: HttpRequest, rows: list[LockRow], search_term: str) -> Any:
+        """Rows whose key holds the search term, ignoring case (no duplicates possible)."""
+        term = search_term.casefold()
+        return [row for row in rows if term in row.key.casefold()], False
+
+    def _reports(self) -> list[AliasReport]:
+        return [_report(alias) for alias in locks]
 
     def _context(self, request: HttpRequest, title: str, **extra: Any) -> dict[str, Any]:
         return {
             **self.admin_site.each_context(request),
-            "opts": self.model._meta,
+            "opts": self.opts,
             "title": title,
+            "subtitle": None,
+            "media": self.media,
             "can_force_release": self.has_force_release_permission(request),
             **extra,
         }
@@ -171,138 +345,205 @@ class LockAdmin(admin.ModelAdmin):
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        reports = [_report(alias) for alias in locks]
-        alias_filter = request.GET.get("alias") or ""
-        status_filter = request.GET.get("status") or ""
-        query = (request.GET.get("q") or "").strip()
-        descending = request.GET.get("o") == "-expires"
-        rows = [
-            row
-            for report in reports
-            if not alias_filter or report.alias == alias_filter
-            for row in report.rows
-            if (status_filter != HELD or not row.expired)
-            and (status_filter != EXPIRED or row.expired)
-            and (not query or query.casefold() in row.key.casefold())
-        ]
-        rows.sort(key=lambda row: (row.info.expires_at, row.alias, row.key), reverse=descending)
+        reports = self._reports()
+        cl = LockChangeList(request, self, reports)
+        actions = self.get_actions(request)
+        # As ModelAdmin.changelist_view: an action chosen in the action form ("index"), or
+        # confirmed on its confirmation page (the selected holders and post=yes).
+        if actions and request.method == "POST" and (
+            "index" in request.POST or helpers.ACTION_CHECKBOX_NAME in request.POST
+        ):
+            if request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):
+                response = self.response_action(request, queryset=cl.result_list)
+                if response:
+                    return response
+            else:
+                self.message_user(request, _(
+                    "Items must be selected in order to perform actions on them. No items have "
+                    "been changed."), messages.WARNING)
+            return HttpResponseRedirect(request.get_full_path())
+
+        action_form = None
+        media = self.media
+        if actions:
+            action_form = self.action_form(auto_id=None)
+            action_form.fields["action"].choices = self.get_action_choices(request)
+            media += action_form.media
         context = self._context(
             request,
-            "Locks",
-            rows=rows,
-            reports=reports,
+            self.opts.verbose_name_plural.capitalize(),
+            cl=cl,
+            module_name=str(self.opts.verbose_name_plural),
+            media=media,
+            is_popup=False,
+            to_field=None,
+            has_add_permission=False,
+            action_form=action_form,
+            actions_on_top=self.actions_on_top,
+            actions_on_bottom=self.actions_on_bottom,
+            actions_selection_counter=self.actions_selection_counter,
+            selection_note=_("0 of %(cnt)s selected") % {"cnt": cl.result_count},
+            selection_note_all=ngettext(
+                "%(total_count)s selected", "All %(total_count)s selected", cl.result_count
+            ) % {"total_count": cl.result_count},
+            preserved_filters=self.get_preserved_filters(request),
             notices=[r for r in reports if r.error or r.cannot_enumerate],
             purgeable=[r for r in reports if r.can_purge and any(row.expired for row in r.rows)],
-            aliases=[r.alias for r in reports],
-            alias_filter=alias_filter,
-            status_filter=status_filter,
-            query=query,
-            descending=descending,
-            statuses=[("", "All"), (HELD, "Held"), (EXPIRED, "Expired, not cleaned")],
+            **(extra_context or {}),
         )
+        request.current_app = self.admin_site.name
         return TemplateResponse(request, self.change_list_template, context)
 
     # ----------------------------------------------------------------------- one lock
 
-    def detail_view(self, request: HttpRequest, alias: str, key: str) -> HttpResponse:
+    def _split_object_id(self, object_id: str) -> tuple[str, str]:
+        """(alias, key) of a lock's object id as its URL carries it: quote("alias:key"), or
+        quote(alias)/quote(key) in links of the first version of this page."""
+        if "/" in object_id:
+            alias, _slash, key = object_id.partition("/")
+            alias, key = unquote(alias), unquote(key)
+        else:
+            text = unquote(object_id)
+            # The longest matching alias: an alias may itself hold a colon.
+            alias = max((a for a in locks if text.startswith(f"{a}:")), key=len, default="")
+            key = text[len(alias) + 1:]
+        if alias not in list(locks):
+            raise Http404(f"no lock alias {alias!r}")
+        return alias, key
+
+    def detail_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        key = unquote(key)
-        report = _report(alias) if alias in locks.settings else None
-        if report is None:
-            raise Http404(f"no lock alias {alias!r}")
+        alias, key = self._split_object_id(object_id)
+        report = _report(alias)
         row = next((row for row in report.rows if row.key == key), None)
         context = self._context(request, f"Lock {key}", row=row, report=report, key=key)
-        return TemplateResponse(request, "admin/django_locks/lock/detail.html", context)
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.detail_template, context)
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: Any = None) -> HttpResponse:
+        """The admin's change URL, where the admin log links (and the first version's detail
+        links arrive): a lock's detail page, or an alias's list."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if unquote(object_id) in list(locks):
+            changelist = reverse("admin:django_locks_lock_changelist")
+            return HttpResponseRedirect(f"{changelist}?{urlencode({'alias': unquote(object_id)})}")
+        return HttpResponseRedirect(detail_url(*self._split_object_id(object_id)))
+
+    # ----------------------------------------------------------------------- confirmation
+
+    def render_confirmation(self, request: HttpRequest, *, crumb: str, question: str,
+                            rows: list[LockRow], hidden: list[tuple[str, str]]) -> HttpResponse:
+        """The confirmation page of force release and purge (as delete_selected's): it
+        posts ``hidden`` back to the same URL with ``post=yes``."""
+        context = self._context(request, f"{crumb}: are you sure?", crumb=crumb, question=question,
+                                rows=rows, hidden=hidden)
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.confirmation_template, context)
 
     # ----------------------------------------------------------------------- force release
 
-    def force_release_view(self, request: HttpRequest) -> HttpResponse:
-        if not (self.has_view_permission(request) and self.has_force_release_permission(request)):
-            raise PermissionDenied
-        if request.method != "POST":
-            return HttpResponseRedirect(reverse("admin:django_locks_lock_changelist"))
-        selected = _parse_selection(request.POST.getlist("selected"))
-        if not selected:
-            self.message_user(request, "No locks were selected.", messages.WARNING)
-            return HttpResponseRedirect(reverse("admin:django_locks_lock_changelist"))
-        if request.POST.get("confirm") != "yes":
-            context = self._context(
+    @admin.action(permissions=["force_release"], description="Force release selected %(verbose_name_plural)s")
+    def force_release(self, request: HttpRequest, rows: LockRows) -> HttpResponse | None:
+        """Release the selected holders, after a confirmation page."""
+        confirmed = request.POST.get("post") == "yes"
+        for alias, key in rows.missing:
+            if alias in rows.errors:
+                self.message_user(request, f"Could not release {key!r} on {alias}: {rows.errors[alias]}",
+                                  messages.ERROR)
+            else:
+                self.message_user(
+                    request,
+                    f"Nothing released on {alias}: lock {key!r} expired or changed hands since the "
+                    "page was shown (its holder is no longer the one you confirmed).",
+                    messages.WARNING,
+                )
+        if not rows:
+            if not rows.missing:
+                self.message_user(request, "No locks were selected.", messages.WARNING)
+            return None
+        if not confirmed:
+            return self.render_confirmation(
                 request,
-                "Force release: are you sure?",
-                selected=[
-                    {"alias": alias, "key": key, "token": token,
-                     "value": json.dumps([alias, key, token])}
-                    for alias, key, token in selected
-                ],
+                crumb="Force release",
+                question="Force-release these locks? Each is released only if it is still held by "
+                         "the holder shown here; a lock that changed hands since is left alone.",
+                rows=rows,
+                hidden=[("action", "force_release")]
+                + [(helpers.ACTION_CHECKBOX_NAME, row.pk) for row in rows],
             )
-            return TemplateResponse(
-                request, "admin/django_locks/lock/force_release_confirmation.html", context
-            )
-        for alias, key, token in selected:
-            self._force_release_one(request, alias, key, token)
-        return HttpResponseRedirect(reverse("admin:django_locks_lock_changelist"))
+        for row in rows:
+            self._force_release_one(request, row)
+        return None
 
-    def _force_release_one(self, request: HttpRequest, alias: str, key: str, token: str) -> None:
+    def _force_release_one(self, request: HttpRequest, row: LockRow) -> None:
         user = request.user.get_username()
         try:
-            backend = locks[alias]
             # Only the holder that was shown: release by its owner token.
-            backend.release_lock(f"admin:{user}", key, owner=token)
+            locks[row.alias].release_lock(f"admin:{user}", row.key, owner=row.info.token)
         except LockNotHeldError:
             self.message_user(
                 request,
-                f"Nothing released on {alias}: lock {key!r} expired or changed hands since the "
-                "page was shown (its holder is no longer the one you confirmed).",
+                f"Nothing released on {row.alias}: lock {row.key!r} expired or changed hands since "
+                "the page was shown (its holder is no longer the one you confirmed).",
                 messages.WARNING,
             )
             return
-        except (LockError, TypeError, ValueError) as e:  # a backend error, or a forged selection
-            self.message_user(request, f"Could not release {key!r} on {alias}: {e}", messages.ERROR)
+        except LockError as e:
+            self.message_user(request, f"Could not release {row.key!r} on {row.alias}: {e}",
+                              messages.ERROR)
             return
         logger.warning(
             "lock %r force-released from the admin by %s (alias=%s, holder token=%s)",
-            key, user, alias, token,
+            row.key, user, row.alias, row.info.token,
         )
-        self._log(request, alias, key, f"Force-released the lock held by token {token}.")
-        self.message_user(request, f"Released {key!r} on {alias}.", messages.SUCCESS)
+        self.log_change(request, LogObject(object_id(row.alias, row.key), str(row)),
+                        f"Force-released the lock held by token {row.info.token}.")
+        self.message_user(request, f"Released {row.key!r} on {row.alias}.", messages.SUCCESS)
 
-    def _log(self, request: HttpRequest, alias: str, key: str, message: str) -> None:
-        LogEntry.objects.create(
-            user_id=request.user.pk,
-            content_type_id=ContentType.objects.get_for_model(Lock).pk,
-            object_id=f"{alias}:{key}"[:255],
-            object_repr=f"{alias}: {key}"[:200],
-            action_flag=DELETION,
-            change_message=message,
-        )
+    def force_release_view(self, request: HttpRequest) -> HttpResponse:
+        """The force_release action at a URL of its own: the detail page's button posts here."""
+        if not (self.has_view_permission(request) and self.has_force_release_permission(request)):
+            raise PermissionDenied
+        changelist = reverse("admin:django_locks_lock_changelist")
+        if request.method != "POST":
+            return HttpResponseRedirect(changelist)
+        rows = _all_rows(self._reports()).filter(request.POST.getlist(helpers.ACTION_CHECKBOX_NAME))
+        return self.force_release(request, rows) or HttpResponseRedirect(changelist)
 
     # ----------------------------------------------------------------------- purge
 
     def purge_view(self, request: HttpRequest) -> HttpResponse:
+        """Purge one alias's expired lock state, after the same confirmation page."""
         if not (self.has_view_permission(request) and self.has_force_release_permission(request)):
             raise PermissionDenied
+        changelist = reverse("admin:django_locks_lock_changelist")
         if request.method != "POST":
-            return HttpResponseRedirect(reverse("admin:django_locks_lock_changelist"))
+            return HttpResponseRedirect(changelist)
         alias = request.POST.get("alias", "")
-        if alias not in locks.settings:
+        if alias not in list(locks):
             raise Http404(f"no lock alias {alias!r}")
-        if request.POST.get("confirm") != "yes":
-            report = _report(alias)
-            context = self._context(
-                request, "Purge expired locks: are you sure?", alias=alias,
-                expired=[row for row in report.rows if row.expired],
+        if request.POST.get("post") != "yes":
+            return self.render_confirmation(
+                request,
+                crumb="Purge expired locks",
+                question=f"Purge the expired lock state of {alias}? Holders whose lock expired "
+                         "without a release are cleared, and rows expired for over a minute are "
+                         "deleted (fencing tokens keep rising).",
+                rows=[row for row in _report(alias).rows if row.expired],
+                hidden=[("alias", alias)],
             )
-            return TemplateResponse(request, "admin/django_locks/lock/purge_confirmation.html", context)
         try:
             purged = locks[alias].purge()
         except LockError as e:
             self.message_user(request, f"Could not purge {alias}: {e}", messages.ERROR)
-            return HttpResponseRedirect(reverse("admin:django_locks_lock_changelist"))
+            return HttpResponseRedirect(changelist)
         user = request.user.get_username()
         logger.warning("expired locks purged from the admin by %s (alias=%s, entries=%d)",
                        user, alias, purged)
-        self._log(request, alias, "*", f"Purged {purged} expired lock entries.")
-        self.message_user(request, f"Purged {purged} expired lock entries on {alias}.",
-                          messages.SUCCESS)
-        return HttpResponseRedirect(reverse("admin:django_locks_lock_changelist"))
+        self.log_change(request, LogObject(alias, f"{alias}: expired locks"),
+                        f"Purged {purged} expired lock entries.")
+        self.message_user(request, f"Purged {purged} expired lock entries on {alias}.", messages.SUCCESS)
+        return HttpResponseRedirect(changelist)

@@ -44,6 +44,9 @@ class Lock(models.Model):
     class Meta:
         verbose_name = "lock"
         verbose_name_plural = "locks"
+        # Locks are never added, changed or deleted through the admin: only looked at
+        # (view_lock) and force-released or purged (force_release).
+        default_permissions = ("view",)
         permissions = [("force_release", "Can force-release locks held by others")]
 
     def __str__(self) -> str:

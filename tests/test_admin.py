@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import html
+import importlib
+import json
 import re
+from html.parser import HTMLParser
+from types import SimpleNamespace
+from urllib.parse import parse_qs, unquote, urljoin, urlsplit
 
 import pytest
-from django.contrib.admin.models import LogEntry
+from django.apps import apps
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth.models import Permission, User
+from django.contrib.contenttypes.models import ContentType
 from django.test import Client
+from django.utils.timezone import localtime
 
 from django_locks import locks
+from django_locks.admin import detail_url
 from django_locks.models import Lock
 from tests.helpers import wait_until
 
 LIST = "/admin/django_locks/lock/"
 FORCE = "/admin/django_locks/lock/force-release/"
 PURGE = "/admin/django_locks/lock/purge/"
+SELECTED = "_selected_action"  # django.contrib.admin.helpers.ACTION_CHECKBOX_NAME
+
+#: Keys a detail link must reach: dot segments, characters with a meaning in URLs, and
+#: the longest key (255 characters, mixing them all).
+TRICKY_KEYS = [".", "..", "a/b", "a%2Fb", "a?b", "a#b", "a b", "../x", "a:b", "_2E", "ключ/ü",
+               ("k/.?#%2F: " * 26)[:255]]
 
 
 def user(name: str, *perms: str, superuser: bool = False) -> Client:
@@ -42,8 +57,80 @@ def admin_client_() -> Client:
 
 
 def rows(response) -> list[tuple[str, str]]:
-    html = response.content.decode()
-    return re.findall(r'data-key="([^"]*)" data-alias="([^"]*)"', html)
+    page = response.content.decode()
+    return [(html.unescape(k), html.unescape(a))
+            for k, a in re.findall(r'data-key="([^"]*)" data-alias="([^"]*)"', page)]
+
+
+class Page(HTMLParser):
+    """The links (by row and by text) and forms of a page, as a browser would see them."""
+
+    def __init__(self, response, url: str) -> None:
+        super().__init__()
+        self.url = urljoin("http://testserver", url)
+        self.row_links: dict[tuple[str, str], str] = {}
+        self.links: list[tuple[str, str]] = []
+        self.forms: list[dict] = []
+        self._row: tuple[str, str] | None = None
+        self._href: str | None = None
+        self._text = ""
+        self.feed(response.content.decode())
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        attrs = dict(attrs)
+        if tag == "tr":
+            self._row = (attrs["data-key"], attrs["data-alias"]) if "data-key" in attrs else None
+        elif tag == "a" and "href" in attrs:
+            self._href, self._text = attrs["href"], ""
+            if self._row and self._row not in self.row_links:
+                self.row_links[self._row] = attrs["href"]
+        elif tag == "form":
+            self.forms.append({"action": urljoin(self.url, attrs.get("action") or self.url),
+                               "method": attrs.get("method", "get"), "inputs": []})
+        elif tag in ("input", "button", "select") and self.forms:
+            self.forms[-1]["inputs"].append(attrs)
+
+    def handle_data(self, data: str) -> None:
+        if self._href is not None:
+            self._text += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._href is not None:
+            self.links.append((self._text.strip(), self._href))
+            self._href = None
+
+    def link(self, text: str) -> str:
+        return next(href for label, href in self.links if label == text)
+
+
+def submit(client: Client, form: dict):
+    """Submit a form with its hidden fields, following the redirect, as a browser would."""
+    data: dict[str, list[str]] = {}
+    for field in form["inputs"]:
+        if field.get("type") == "hidden":
+            data.setdefault(field["name"], []).append(field.get("value", ""))
+    url = urlsplit(form["action"])
+    return client.post(url.path + (f"?{url.query}" if url.query else ""), data, follow=True)
+
+
+def path_of(page: Page, href: str) -> str:
+    """What a browser requests for a link: dot segments resolved, the fragment dropped."""
+    url = urlsplit(urljoin(page.url, href))
+    return url.path + (f"?{url.query}" if url.query else "")
+
+
+def confirmation_form(response) -> dict:
+    page = Page(response, response.wsgi_request.get_full_path())
+    return next(form for form in page.forms if any(f.get("name") == "post" for f in form["inputs"]))
+
+
+def force_release(client: Client, url: str, selected: list[str], **fields: str):
+    """The list's action form: the force_release action on the selected holders."""
+    return client.post(url, {"action": "force_release", "index": "0", SELECTED: selected, **fields})
+
+
+def selection(response) -> str:
+    return html.unescape(re.search(rf'name="{SELECTED}" value="([^"]+)"', response.content.decode()).group(1))
 
 
 def test_lists_locks_of_every_alias_that_can_enumerate(admin_client_):
@@ -61,6 +148,21 @@ def test_lists_locks_of_every_alias_that_can_enumerate(admin_client_):
     assert re.search(r"unreachable</strong> \(CacheLock\):\s*backend error", page)
 
 
+def test_list_shows_every_field_of_a_holder(admin_client_):
+    lease = locks["default"].lock("job", 60_000, correlation_id="cid-1")
+    page = admin_client_.get(LIST).content.decode()
+    row = re.search(r'<tr [^>]*data-key="job".*?</tr>', page, re.S).group(0)
+    info = locks["default"].get_lock("job")
+    assert lease.token[:8] in row and f'title="{lease.token}"' in row
+    assert "cid-1" in row
+    assert f'title="{info.fencing_token}"' in row
+    assert f"{info.fencing_token:,}".replace(",", "\u2009") in row
+    for moment in (info.acquired_at, info.expires_at):  # shown in the current time zone
+        assert localtime(moment).strftime("%H:%M:%S") in row
+        assert f'datetime="{localtime(moment).isoformat()}"' in row
+    assert re.search(r"\d+ min \d\d s|\d+\.\d s", row)
+
+
 def test_app_index_links_to_the_lock_list(admin_client_):
     response = admin_client_.get("/admin/django_locks/")
     assert response.status_code == 200 and LIST in response.content.decode()
@@ -73,6 +175,26 @@ def test_filter_by_alias_and_search_by_key(admin_client_):
     assert sorted(rows(admin_client_.get(LIST, {"alias": "redis"}))) == [("invoice:2", "redis")]
     assert sorted(rows(admin_client_.get(LIST, {"q": "INVOICE"}))) == [
         ("invoice:1", "default"), ("invoice:2", "redis")]
+    assert rows(admin_client_.get(LIST, {"q": "invoice", "alias": "default"})) == [("invoice:1", "default")]
+
+
+def test_filter_sort_and_search_links_keep_the_other_parameters(admin_client_):
+    locks["default"].acquire_lock(None, "invoice:1", 60_000, 0)
+    url = f"{LIST}?q=inv&o=-expires&alias=default"
+    response = admin_client_.get(url)
+    page = Page(response, url)
+
+    def params(href: str) -> dict[str, list[str]]:
+        return parse_qs(urlsplit(href).query)
+
+    assert params(page.link("Held")) == {"alias": ["default"], "o": ["-expires"], "q": ["inv"],
+                                         "status": ["held"]}
+    assert params(page.link("redis")) == {"alias": ["redis"], "o": ["-expires"], "q": ["inv"]}
+    assert params(page.link("Expires at")) == {"alias": ["default"], "q": ["inv"]}  # back to ascending
+    search = next(form for form in page.forms if form["method"] == "get")
+    hidden = {f["name"]: f["value"] for f in search["inputs"] if f.get("type") == "hidden"}
+    assert hidden == {"alias": "default", "o": "-expires"}
+    assert params(Page(admin_client_.get(LIST), LIST).link("Expires at")) == {"o": ["-expires"]}
 
 
 def test_sorted_by_expiry(admin_client_):
@@ -92,50 +214,149 @@ def test_expired_not_cleaned_rows_are_shown_and_purged(admin_client_):
     assert rows(response) == [("stale", "default")]
     assert "expired, not cleaned" in response.content.decode()
     assert rows(admin_client_.get(LIST, {"status": "held", "alias": "default"})) == [("alive", "default")]
+    # The list's purge button posts the alias to the purge URL.
+    listing = admin_client_.get(LIST).content.decode()
+    assert re.search(rf'formaction="{PURGE}" name="alias" value="default"', listing)
     confirm = admin_client_.post(PURGE, {"alias": "default"})
     assert confirm.status_code == 200 and "stale" in confirm.content.decode()
+    assert "dead-worker" in confirm.content.decode()
+    assert re.search(r"&rsaquo; Purge expired locks\s*</div>", confirm.content.decode())  # breadcrumbs
     assert Lock.objects.get(key="stale").token is not None  # nothing done before confirming
-    done = admin_client_.post(PURGE, {"alias": "default", "confirm": "yes"}, follow=True)
+    done = submit(admin_client_, confirmation_form(confirm))
     assert "Purged 1 expired" in done.content.decode()
     assert rows(admin_client_.get(LIST, {"status": "expired"})) == []
     assert backend.get_lock("alive") is not None
-    assert LogEntry.objects.filter(object_repr="default: *").exists()
+    entry = LogEntry.objects.get()
+    assert entry.object_repr == "default: expired locks" and "Purged 1" in entry.change_message
+    # The admin log links the purge to the alias's list.
+    followed = admin_client_.get(entry.get_admin_url(), follow=True)
+    assert followed.wsgi_request.get_full_path() == f"{LIST}?alias=default"
 
 
 def test_detail_view_shows_the_full_token(admin_client_):
     lease = locks["redis"].lock("a/b:c d?", 60_000, correlation_id="cid-7")
-    listing = admin_client_.get(LIST).content.decode()
-    url = re.search(r'<a href="([^"]+)">a/b:c d\?</a>', listing).group(1)
+    listing = admin_client_.get(LIST)
+    url = Page(listing, LIST).row_links[("a/b:c d?", "redis")]
     detail = admin_client_.get(url)
     assert detail.status_code == 200
     page = detail.content.decode()
     assert lease.token in page and "cid-7" in page and str(lease.fencing_token) in page
-    assert admin_client_.get("/admin/django_locks/lock/nope/x/").status_code == 404
+    assert admin_client_.get(detail_url("nope", "x")).status_code == 404
+    assert admin_client_.get(f"{LIST}no-alias-here/").status_code == 404
+
+
+def test_detail_of_a_lock_not_held(admin_client_):
+    response = admin_client_.get(detail_url("default", "gone"))
+    assert response.status_code == 200
+    assert "Lock gone is not held on default" in response.content.decode()
+    assert 'name="_selected_action"' not in response.content.decode()
+
+
+def test_links_of_the_first_version_reach_the_detail_page(admin_client_):
+    lease = locks["default"].lock("job", 60_000)
+    response = admin_client_.get(f"{LIST}default/job/", follow=True)
+    assert response.wsgi_request.path == detail_url("default", "job")
+    assert lease.token in response.content.decode()
+    legacy_quoted = admin_client_.get(f"{LIST}default/a_2Fb/", follow=True)
+    assert legacy_quoted.wsgi_request.path == detail_url("default", "a/b")
+    assert admin_client_.get(f"{LIST}nope/job/", follow=True).status_code == 404
+
+
+@pytest.mark.parametrize("key", TRICKY_KEYS, ids=lambda key: key if len(key) < 20 else "255 characters")
+def test_every_key_reaches_its_detail_page_and_force_release(admin_client_, key):
+    assert len(key) <= 255
+    lease = locks["default"].lock(key, 60_000, correlation_id="cid-tricky")
+    listing = Page(admin_client_.get(LIST), LIST)
+    href = listing.row_links[(key, "default")]
+    url = urlsplit(urljoin(listing.url, href))
+    assert not url.query and not url.fragment
+    assert not {".", ".."} & set(url.path.split("/")), url.path
+    detail = admin_client_.get(path_of(listing, href))
+    assert detail.status_code == 200
+    page = detail.content.decode()
+    assert lease.token in page and html.escape(key) in page and "cid-tricky" in page
+    # The detail page's button, then the confirmation page.
+    release = next(form for form in Page(detail, url.path).forms
+                   if any(f.get("value") == "Force release…" for f in form["inputs"]))
+    assert urlsplit(release["action"]).path == FORCE
+    confirm = submit(admin_client_, release)
+    assert "Force-release these locks?" in confirm.content.decode()
+    assert html.escape(key) in confirm.content.decode()
+    assert locks["default"].get_lock(key) is not None  # not before confirming
+    done = submit(admin_client_, confirmation_form(confirm))
+    assert done.wsgi_request.path == LIST
+    assert f"Released {html.escape(repr(key))} on default." in done.content.decode()
+    assert locks["default"].get_lock(key) is None
+    # The admin log links to the same detail page.
+    entry = LogEntry.objects.get()
+    followed = admin_client_.get(entry.get_admin_url(), follow=True)
+    assert followed.wsgi_request.path == unquote(url.path)
 
 
 def test_force_release_with_confirmation_and_admin_log(admin_client_):
     lease = locks["mysql" if "mysql" in locks.settings else "default"].lock("job", 60_000)
     alias = lease.alias
-    listing = admin_client_.get(LIST).content.decode()
-    selection = html.unescape(re.search(r'name="selected" value="([^"]+)"', listing).group(1))
-    confirm = admin_client_.post(FORCE, {"selected": [selection]})
+    listing = admin_client_.get(LIST)
+    assert '<option value="force_release">Force release selected locks</option>' in listing.content.decode()
+    confirm = force_release(admin_client_, LIST, [selection(listing)])
     assert confirm.status_code == 200 and "Force-release these locks?" in confirm.content.decode()
+    assert re.search(r"&rsaquo; Force release\s*</div>", confirm.content.decode())  # breadcrumbs
     assert locks[alias].get_lock("job") is not None  # not before confirming
-    done = admin_client_.post(FORCE, {"selected": [selection], "confirm": "yes"}, follow=True)
+    form = confirmation_form(confirm)
+    assert {f["name"]: f["value"] for f in form["inputs"] if f.get("type") == "hidden" and
+            f["name"] != "csrfmiddlewaretoken"} == {"action": "force_release", SELECTED: selection(listing),
+                                                    "post": "yes"}
+    done = submit(admin_client_, form)
     assert "Released &#x27;job&#x27;" in done.content.decode()
     assert locks[alias].get_lock("job") is None
     entry = LogEntry.objects.get()
     assert entry.user.username == "root" and lease.token in entry.change_message
+    assert entry.action_flag == CHANGE and entry.object_id == f"{alias}:job"
+    assert entry.content_type == ContentType.objects.get_for_model(Lock)
+
+
+def test_force_release_keeps_the_lists_filters(admin_client_):
+    locks["default"].lock("job", 60_000)
+    url = f"{LIST}?alias=default&q=jo"
+    listing = admin_client_.get(url)
+    confirm = force_release(admin_client_, url, [selection(listing)])
+    done = submit(admin_client_, confirmation_form(confirm))
+    assert done.wsgi_request.get_full_path() == url
+    assert locks["default"].get_lock("job") is None
+
+
+def test_several_locks_released_at_once(admin_client_):
+    for alias, key in [("default", "a"), ("redis", "b"), ("memory", "c")]:
+        locks[alias].lock(key, 60_000)
+    listing = admin_client_.get(LIST).content.decode()
+    selected = [html.unescape(v) for v in re.findall(rf'name="{SELECTED}" value="([^"]+)"', listing)]
+    assert len(selected) == 3
+    confirm = force_release(admin_client_, LIST, selected)
+    assert confirm.content.decode().count("holder token") == 3
+    submit(admin_client_, confirmation_form(confirm))
+    assert [locks[alias].get_lock(key) for alias, key in [("default", "a"), ("redis", "b"), ("memory", "c")]
+            ] == [None, None, None]
+    assert LogEntry.objects.count() == 3
+
+
+def test_an_action_without_a_selection_changes_nothing(admin_client_):
+    lease = locks["default"].lock("job", 60_000)
+    done = admin_client_.post(LIST, {"action": "force_release", "index": "0"}, follow=True)
+    assert "Items must be selected" in done.content.decode()
+    selected = json.dumps(["default", "job", lease.token])
+    no_action = admin_client_.post(LIST, {"action": "", "index": "0", SELECTED: [selected]}, follow=True)
+    assert "No action selected" in no_action.content.decode()
+    assert locks["default"].get_lock("job").token == lease.token
 
 
 def test_force_release_of_a_holder_that_changed_hands_releases_nothing(admin_client_):
     backend = locks["redis"]
     first = backend.lock("job", 60_000)
-    listing = admin_client_.get(LIST).content.decode()
-    selection = html.unescape(re.search(r'name="selected" value="([^"]+)"', listing).group(1))
+    listing = admin_client_.get(LIST)
+    confirm = force_release(admin_client_, LIST, [selection(listing)])
     first.release()
     second = backend.lock("job", 60_000)  # a new holder since the page was shown
-    done = admin_client_.post(FORCE, {"selected": [selection], "confirm": "yes"}, follow=True)
+    done = submit(admin_client_, confirmation_form(confirm))
     assert "changed hands" in done.content.decode()
     assert backend.get_lock("job").token == second.token
     assert not LogEntry.objects.exists()
@@ -144,16 +365,20 @@ def test_force_release_of_a_holder_that_changed_hands_releases_nothing(admin_cli
 def test_anonymous_users_go_to_the_login_page():
     response = Client().get(LIST)
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
-    assert Client().post(FORCE, {"selected": ["[]"], "confirm": "yes"}).status_code == 302
+    assert Client().post(FORCE, {SELECTED: ["[]"], "post": "yes"}).status_code == 302
+    assert force_release(Client(), LIST, ["[]"], post="yes").status_code == 302
 
 
 def test_staff_without_permission_see_nothing():
     client = user("staff")
-    locks["default"].acquire_lock(None, "job", 60_000, 0)
+    lease = locks["default"].lock("job", 60_000)
+    selected = json.dumps(["default", "job", lease.token])
     assert client.get(LIST).status_code == 403
-    assert client.get("/admin/django_locks/lock/default/job/").status_code == 403
+    assert client.get(detail_url("default", "job")).status_code == 403
     assert "django_locks" not in client.get("/admin/").content.decode()
-    assert client.post(FORCE, {"selected": ['["default", "job", "x"]'], "confirm": "yes"}).status_code == 403
+    assert client.post(FORCE, {SELECTED: [selected], "post": "yes"}).status_code == 403
+    assert force_release(client, LIST, [selected], post="yes").status_code == 403
+    assert locks["default"].get_lock("job").token == lease.token
 
 
 def test_view_permission_only_cannot_force_release():
@@ -161,28 +386,55 @@ def test_view_permission_only_cannot_force_release():
     lease = locks["default"].lock("job", 60_000)
     response = client.get(LIST)
     assert response.status_code == 200 and rows(response) == [("job", "default")]
-    assert 'name="selected"' not in response.content.decode()
-    selection = f'["default", "job", "{lease.token}"]'
-    assert client.post(FORCE, {"selected": [selection], "confirm": "yes"}).status_code == 403
-    assert client.post(PURGE, {"alias": "default", "confirm": "yes"}).status_code == 403
+    page = response.content.decode()
+    assert f'name="{SELECTED}"' not in page and 'name="action"' not in page and "Purge" not in page
+    assert "Force release" not in client.get(detail_url("default", "job")).content.decode()
+    selected = json.dumps(["default", "job", lease.token])
+    assert client.post(FORCE, {SELECTED: [selected], "post": "yes"}).status_code == 403
+    assert client.post(PURGE, {"alias": "default", "post": "yes"}).status_code == 403
+    # The list ignores an action it does not offer.
+    client.post(LIST, {"action": "force_release", "index": "0", SELECTED: [selected], "post": "yes"})
     assert locks["default"].get_lock("job").token == lease.token
 
 
 def test_view_and_force_release_permissions():
     client = user("operator", "view_lock", "force_release")
     lease = locks["default"].lock("job", 60_000)
-    selection = f'["default", "job", "{lease.token}"]'
-    assert 'name="selected"' in client.get(LIST).content.decode()
-    client.post(FORCE, {"selected": [selection], "confirm": "yes"})
+    selected = json.dumps(["default", "job", lease.token])
+    assert f'name="{SELECTED}"' in client.get(LIST).content.decode()
+    client.post(LIST, {"action": "force_release", SELECTED: [selected], "post": "yes"})
     assert locks["default"].get_lock("job") is None
 
 
+def test_only_the_permissions_the_admin_uses():
+    lock_type = ContentType.objects.get_for_model(Lock)
+    assert set(Permission.objects.filter(content_type=lock_type).values_list("codename", flat=True)) == {
+        "view_lock", "force_release"}
+
+
+def test_migration_removes_the_unused_permissions():
+    migration = importlib.import_module("django_locks.migrations.0002_lock_permissions")
+    lock_type = ContentType.objects.get_for_model(Lock)
+    stale = [Permission.objects.create(content_type=lock_type, codename=codename, name=codename)
+             for codename in ("add_lock", "change_lock", "delete_lock")]
+    account = User.objects.create_user("granted")
+    account.user_permissions.add(*stale)
+    migration.remove_unused_permissions(apps, SimpleNamespace(connection=SimpleNamespace(alias="default")))
+    assert set(Permission.objects.filter(content_type=lock_type).values_list("codename", flat=True)) == {
+        "view_lock", "force_release"}
+    assert not account.user_permissions.exists()
+
+
 def test_nobody_can_add_or_change_locks(admin_client_):
-    assert admin_client_.get("/admin/django_locks/lock/add/").status_code in (403, 404)
+    assert admin_client_.get(f"{LIST}add/").status_code in (403, 404)
+    locks["default"].lock("job", 60_000)
+    assert admin_client_.post(f"{LIST}default_3Ajob/delete/", {"post": "yes"}).status_code == 403
+    assert locks["default"].get_lock("job") is not None
 
 
+@pytest.mark.parametrize("url", [FORCE, LIST])
 @pytest.mark.parametrize(
-    "selection",
+    "selected",
     [
         "not json",
         "[]",
@@ -195,12 +447,13 @@ def test_nobody_can_add_or_change_locks(admin_client_):
         '["default", "job", "wrong-token"]',
     ],
 )
-def test_bad_force_release_selections_change_nothing(admin_client_, selection):
+def test_bad_force_release_selections_change_nothing(admin_client_, url, selected):
     from tests import proof
 
     lease = locks["default"].lock("job", 60_000)
     before = {alias: locks[alias].held_locks() for alias in ("default", "redis", "memory")}
-    response = admin_client_.post(FORCE, {"selected": [selection], "confirm": "yes"}, follow=True)
+    response = admin_client_.post(url, {"action": "force_release", SELECTED: [selected], "post": "yes"},
+                                  follow=True)
     proof.record_bad_inputs("admin force release")
     assert response.status_code == 200
     page = response.content.decode()
