@@ -97,8 +97,10 @@ class LockRow:
     def remaining_display(self) -> str:
         if self.expired:
             return "expired"
-        remaining = max(self.info.expires_at - datetime.now(timezone.utc), timedelta(0))
-        seconds = remaining.total_seconds()
+        remaining = self.info.remaining  # as the backend measured it, on its own clock
+        if remaining is None:
+            remaining = self.info.expires_at - datetime.now(timezone.utc)
+        seconds = max(remaining, timedelta(0)).total_seconds()
         if seconds < 60:
             return f"{seconds:.1f} s"
         minutes, seconds = divmod(int(seconds), 60)

@@ -81,3 +81,33 @@ def test_retry_after_ignores_a_skewed_app_server_clock(skew, path, alias):
     assert status == 423
     assert 25 <= retry_after <= 30, retry_after  # before the fix: 1 (+45 s) or 3630 (-1 h)
     holder.release()
+
+
+@pytest.mark.parametrize("skew", ["+45s", "-1h"])
+@pytest.mark.parametrize("alias", ["postgres", "redis"])
+def test_admin_time_remaining_ignores_a_skewed_app_server_clock(skew, alias):
+    import re
+
+    from django.contrib.auth.models import User
+
+    from django_locks.admin import detail_url
+
+    User.objects.create_superuser("skewed", "skewed@example.com", "pw")
+    holder = locks[alias].lock("report:7", 30_000)
+    try:
+        result = run_python(
+            "import django; django.setup()\n"
+            "from django.contrib.auth.models import User\n"
+            "from django.test import Client\n"
+            "client = Client(); client.force_login(User.objects.get(username='skewed'))\n"
+            f"print(client.get({detail_url(alias, 'report:7')!r}).content.decode())\n",
+            env={"LD_PRELOAD": LIBFAKETIME, "FAKETIME": skew, "DONT_FAKE_MONOTONIC": "1"},
+        )
+        assert result.returncode == 0, result.stderr
+        shown = re.search(r"Time remaining:</label><div class=\"readonly\">([^<]*)<", result.stdout)
+        assert shown, result.stdout[-2000:]
+        seconds = float(shown.group(1).removesuffix(" s"))  # "29.9 s" (not "1 h 00 min")
+        assert 25 <= seconds <= 30, shown.group(1)  # before the fix: 0.0 s / 1 h 00 min
+    finally:
+        holder.release()
+        User.objects.filter(username="skewed").delete()
