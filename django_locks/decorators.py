@@ -23,10 +23,10 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from django_locks.backends.base import BaseLock
 from django_locks.exceptions import LockError, LockTimeoutError
-from django_locks.guard import KeySpec, LockGuard, build_key, safe_key
+from django_locks.guard import KeySpec, LockGuard, build_key, safe_key, warn_if_short_ttl
 from django_locks.handler import DEFAULT_LOCK_ALIAS
 from django_locks.lease import Lease
-from django_locks.values import validate_correlation_id
+from django_locks.values import Milliseconds, validate_correlation_id
 
 logger = logging.getLogger("django_locks")
 
@@ -42,8 +42,8 @@ CORRELATION_ID_HEADERS = ("X-Correlation-ID", "X-Request-ID")
 def locked(
     key: KeySpec,
     *,
-    ttl: int,
-    timeout: int = 0,
+    ttl: Milliseconds,
+    timeout: Milliseconds = 0,
     backend: str = DEFAULT_LOCK_ALIAS,
     auto_renew: bool = False,
 ) -> LockGuard:
@@ -134,8 +134,8 @@ class _ViewLock:
 def lock_view(
     key: KeySpec,
     *,
-    ttl: int,
-    timeout: int = 0,
+    ttl: Milliseconds,
+    timeout: Milliseconds = 0,
     backend: str = DEFAULT_LOCK_ALIAS,
     status: int = 423,
     on_locked: Callable[..., Any] | None = None,
@@ -158,6 +158,7 @@ def lock_view(
 
     def decorator(view: F) -> F:
         step = _ViewLock(guard, view, status, on_locked)
+        warn_if_short_ttl(ttl, f"@lock_view({key!r}) on {step.name}")
 
         if iscoroutinefunction(view):
 
