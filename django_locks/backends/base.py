@@ -89,6 +89,9 @@ class BaseLock:
     does_io: bool = True
     #: Whether expired holders stay in storage until :meth:`purge` (see :meth:`expired_locks`).
     keeps_expired_state: bool = False
+    #: Whether locks live in this process only (MemoryLock, CacheLock on LocMemCache): no
+    #: other process sees them and they end with it, so ``manage.py locks`` refuses to take them.
+    process_local: bool = False
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         self.alias = alias
