@@ -239,8 +239,11 @@ def test_purge_says_what_it_counts_on_memory():
         locks["memory"].acquire_lock(None, key, 30, 0)
     time.sleep(0.1)
     result = locks_cmd("purge", "--backend", "memory")
-    assert result.stdout.strip() == ("purged LOCKS['memory'] (MemoryLock): 2 expired entries removed "
+    assert result.stdout.strip() == ("purged LOCKS['memory'] (MemoryLock): 2 entries removed "
                                      "(locks that expired without a release)")
+    locks["memory"].acquire_lock(None, "c", 30, 0)
+    time.sleep(0.1)
+    assert ": 1 entry removed" in locks_cmd("purge", "--backend", "memory").stdout
 
 
 @pytest.mark.servers  # DatabaseLock
@@ -278,3 +281,48 @@ def test_a_ttl_under_a_second_warns_on_the_command_line():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert locks_cmd("try", "long", "--ttl", "1000", "--backend", "memory").returncode == 0
+
+
+# ----------------------------------------------------------------------------- the example's pages
+
+
+@override_settings(ROOT_URLCONF="example_project.urls", LOCKS={"default": MEMORY, "cache": LOCMEM_LOCK})
+def test_the_example_home_page_links_every_page():
+    from django.test import Client
+
+    client = Client()
+    home = client.get("/").content.decode()
+    for url in ("/reports/1/", "/async-reports/1/", "/export/", "/job/", "/settings/",
+                "/api/reports/1/rebuild/", "/admin/"):
+        assert f'href="{url}' in home, url
+    assert "cannot list its locks" in home  # the LocMemCache alias
+    page = client.get("/settings/")
+    assert page.status_code == 200 and "<form method=post>" in page.content.decode()
+    with locks["default"].lock("settings:None", 60_000):  # another save of this (anonymous) user
+        assert client.post("/settings/").status_code == 423
+    locks["default"].clear()
+
+
+# ----------------------------------------------------------------------------- README corrections
+
+
+def test_run_example_reads_the_variables_the_readme_documents():
+    from tests.helpers import ROOT
+
+    script = (ROOT / "scripts" / "run-example").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for variable in ("ADDRESS", "RUNSERVER_ARGS", "EXAMPLE_DB", "REDIS_URL", "VENV"):
+        assert f"`{variable}`" in readme, variable
+    assert '"${ADDRESS:-127.0.0.1:8000}" ${RUNSERVER_ARGS:-}' in script
+
+
+def test_contention_sizes_come_from_the_environment(monkeypatch):
+    from tests.test_contention import _size_from_environment
+
+    monkeypatch.delenv("DJANGO_LOCKS_CONTENTION_PROCESSES", raising=False)
+    assert _size_from_environment("DJANGO_LOCKS_CONTENTION_PROCESSES", 8) == 8
+    monkeypatch.setenv("DJANGO_LOCKS_CONTENTION_PROCESSES", "3")
+    assert _size_from_environment("DJANGO_LOCKS_CONTENTION_PROCESSES", 8) == 3
+    monkeypatch.setenv("DJANGO_LOCKS_CONTENTION_PROCESSES", "0")
+    with pytest.raises(pytest.UsageError, match="DJANGO_LOCKS_CONTENTION_PROCESSES must be a whole number"):
+        _size_from_environment("DJANGO_LOCKS_CONTENTION_PROCESSES", 8)

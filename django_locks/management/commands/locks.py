@@ -228,8 +228,9 @@ class Command(BaseCommand):
                 validate_key(options["key"])
             if "ttl" in options:
                 validate_ttl(options["ttl"], "--ttl")
+                # No source line to show for a command line: Python prints it as "sys:1: ...".
                 warn_if_short_ttl(options["ttl"], f"manage.py locks {subcommand} {options['key']!r}",
-                                  option="--ttl")
+                                  option="--ttl", stacklevel=1000)
             if "timeout" in options:
                 validate_timeout(options["timeout"], "--timeout")
             if options.get("owner") is not None:
@@ -389,16 +390,16 @@ class Command(BaseCommand):
         """Says what the count is: purge() returns entries cleared or removed."""
         holders = len(backend.expired_locks()) if backend.keeps_expired_state else 0
         count = backend.purge()
+        entries = f"{count} {'entry' if count == 1 else 'entries'}"
         if backend.keeps_expired_state:
             self.stdout.write(
-                f"purged {_describe(backend)}: {count} entries: {holders} expired holders cleared, "
-                "and rows of locks released or expired over a minute ago deleted (a row keeps its "
-                "key's fencing counter until then)"
+                f"purged {_describe(backend)}: {entries}: {holders} expired "
+                f"{'holder' if holders == 1 else 'holders'} cleared, and rows of locks released or "
+                "expired over a minute ago deleted (a row keeps its key's fencing counter until then)"
             )
         else:
             self.stdout.write(
-                f"purged {_describe(backend)}: {count} expired entries removed (locks that expired "
-                "without a release)"
+                f"purged {_describe(backend)}: {entries} removed (locks that expired without a release)"
             )
 
     def handle_run(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
