@@ -53,6 +53,9 @@ def locked(
     or a callable with the function's signature. Raises :class:`LockTimeoutError` when the
     lock cannot be had within ``timeout`` ms. The lease is released when the call returns
     or raises. (The returned :class:`LockGuard` also works as ``with locked(...)``.)
+    ``ttl`` and ``timeout`` are milliseconds or ``datetime.timedelta``; an int ttl under
+    1000 raises a :class:`~django_locks.exceptions.ShortTTLWarning` when the function is
+    decorated.
     """
     return LockGuard(key, ttl=ttl, timeout=timeout, backend=backend, auto_renew=auto_renew)
 
@@ -142,6 +145,9 @@ def lock_view(
     auto_renew: bool = False,
 ) -> Callable[[F], F]:
     """Run the view while holding a lock; answer ``status`` (423) when it is busy.
+
+    ``ttl`` and ``timeout`` are milliseconds or ``datetime.timedelta``; an int ttl under
+    1000 raises a :class:`~django_locks.exceptions.ShortTTLWarning` when the view is decorated.
 
     ``key``: a format string over the view's URL arguments (``"report:{pk}"``) or a
     callable ``key(request, *args, **kwargs) -> str``. The response carries
