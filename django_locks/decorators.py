@@ -22,10 +22,10 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from django_locks.backends.base import BaseLock
 from django_locks.exceptions import LockError, LockTimeoutError
-from django_locks.guard import KeySpec, LockGuard, build_key, safe_key
+from django_locks.guard import KeySpec, LockGuard, build_key, safe_key, warn_if_short_ttl
 from django_locks.handler import DEFAULT_LOCK_ALIAS
 from django_locks.lease import Lease
-from django_locks.values import validate_correlation_id
+from django_locks.values import Milliseconds, validate_correlation_id
 
 logger = logging.getLogger("django_locks")
 
@@ -41,8 +41,8 @@ CORRELATION_ID_HEADERS = ("X-Correlation-ID", "X-Request-ID")
 def locked(
     key: KeySpec,
     *,
-    ttl: int,
-    timeout: int = 0,
+    ttl: Milliseconds,
+    timeout: Milliseconds = 0,
     backend: str = DEFAULT_LOCK_ALIAS,
     auto_renew: bool = False,
 ) -> LockGuard:
@@ -52,6 +52,9 @@ def locked(
     or a callable with the function's signature. Raises :class:`LockTimeoutError` when the
     lock cannot be had within ``timeout`` ms. The lease is released when the call returns
     or raises. (The returned :class:`LockGuard` also works as ``with locked(...)``.)
+    ``ttl`` and ``timeout`` are milliseconds or ``datetime.timedelta``; an int ttl under
+    1000 raises a :class:`~django_locks.exceptions.ShortTTLWarning` when the function is
+    decorated.
     """
     return LockGuard(key, ttl=ttl, timeout=timeout, backend=backend, auto_renew=auto_renew)
 
@@ -133,14 +136,17 @@ class _ViewLock:
 def lock_view(
     key: KeySpec,
     *,
-    ttl: int,
-    timeout: int = 0,
+    ttl: Milliseconds,
+    timeout: Milliseconds = 0,
     backend: str = DEFAULT_LOCK_ALIAS,
     status: int = 423,
     on_locked: Callable[..., Any] | None = None,
     auto_renew: bool = False,
 ) -> Callable[[F], F]:
     """Run the view while holding a lock; answer ``status`` (423) when it is busy.
+
+    ``ttl`` and ``timeout`` are milliseconds or ``datetime.timedelta``; an int ttl under
+    1000 raises a :class:`~django_locks.exceptions.ShortTTLWarning` when the view is decorated.
 
     ``key``: a format string over the view's URL arguments (``"report:{pk}"``) or a
     callable ``key(request, *args, **kwargs) -> str``. The response carries
@@ -157,6 +163,7 @@ def lock_view(
 
     def decorator(view: F) -> F:
         step = _ViewLock(guard, view, status, on_locked)
+        warn_if_short_ttl(ttl, f"@lock_view({key!r}) on {step.name}")
 
         if iscoroutinefunction(view):
 

@@ -35,3 +35,11 @@ class InvalidLockBackendError(LockError, ImproperlyConfigured):
     def __init__(self, message: str, check_id: str = "django_locks.E001") -> None:
         super().__init__(message)
         self.check_id = check_id
+
+
+class ShortTTLWarning(UserWarning):
+    """A decorator or ``manage.py locks`` was given a ttl under one second as an int.
+
+    ttl is in milliseconds: ``ttl=30`` is 30 ms, not 30 s. Pass the milliseconds you mean
+    (``ttl=30_000``), or a ``datetime.timedelta``, which never warns.
+    """

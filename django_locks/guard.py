@@ -17,6 +17,7 @@ import hashlib
 import inspect
 import re
 import string
+import warnings
 from collections.abc import Callable
 from contextvars import ContextVar
 from types import TracebackType
@@ -26,11 +27,13 @@ from asgiref.sync import iscoroutinefunction
 from django.core.exceptions import ImproperlyConfigured
 
 from django_locks.backends.base import BaseLock
+from django_locks.exceptions import ShortTTLWarning
 from django_locks.handler import DEFAULT_LOCK_ALIAS, locks
 from django_locks.lease import Lease
 from django_locks.values import (
     CONTROL_CHARACTERS,
     MAX_KEY_LENGTH,
+    Milliseconds,
     validate_correlation_id,
     validate_key,
     validate_timeout,
@@ -88,6 +91,31 @@ class _KeyFormatter(string.Formatter):
 _key_formatter = _KeyFormatter()
 
 
+#: A ttl given as an int below this many milliseconds is probably meant as seconds.
+SHORT_TTL_MS = 1000
+
+
+def warn_if_short_ttl(ttl: object, what: str, *, option: str = "ttl", stacklevel: int = 2) -> None:
+    """:class:`ShortTTLWarning` when ``ttl`` is an int under one second: ``ttl=30`` is 30 ms.
+
+    ``what`` names the function, view or key it was given for; ``option`` is ``"--ttl"``
+    for the command line. A ``timedelta`` never warns: it says its unit.
+    """
+    if not (isinstance(ttl, int) and not isinstance(ttl, bool) and 0 < ttl < SHORT_TTL_MS):
+        return
+    if option.startswith("--"):
+        advice = f"for {ttl} seconds pass {option} {ttl * 1000}"
+    else:
+        advice = (f"for {ttl} seconds pass {option}={ttl * 1000:_} or {option}=timedelta(seconds={ttl}); "
+                  f"{option}=timedelta(milliseconds={ttl}) keeps {ttl} ms without this warning")
+    warnings.warn(
+        f"{what}: {option} {ttl} is {ttl} milliseconds, under one second (ttl is in milliseconds): "
+        f"{advice}",
+        ShortTTLWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
 def build_key(key: KeySpec, what: str, args: tuple, kwargs: dict[str, Any]) -> str:
     """The lock key of one call: ``key`` formatted with (or called on) its arguments.
 
@@ -132,8 +160,8 @@ class LockGuard:
         self,
         key: KeySpec,
         *,
-        ttl: int,
-        timeout: int = 0,
+        ttl: Milliseconds,
+        timeout: Milliseconds = 0,
         backend: str = DEFAULT_LOCK_ALIAS,
         auto_renew: bool = False,
         correlation_id: str | None = None,
@@ -148,6 +176,8 @@ class LockGuard:
             raise TypeError(f"auto_renew must be True or False, not {auto_renew!r}")
         self.key = key
         self.ttl = validate_ttl(ttl)
+        #: The ttl as given: an int under a second warns when the guard decorates something.
+        self.given_ttl = ttl
         self.timeout = validate_timeout(timeout)
         self.backend = backend
         self.auto_renew = auto_renew
@@ -221,6 +251,7 @@ class LockGuard:
 
     def __call__(self, function: F) -> F:
         name = f"function {getattr(function, '__qualname__', function)!r}"
+        warn_if_short_ttl(self.given_ttl, f"@locked({self.key!r}) on {name}")
         signature = inspect.signature(function)
         key = self.key
 

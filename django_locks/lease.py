@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from django_locks import signals
 from django_locks.exceptions import LockBackendError, LockNotHeldError
 from django_locks.renewal import LeaseRenewer
-from django_locks.values import LockInfo, validate_ttl
+from django_locks.values import LockInfo, Milliseconds, validate_ttl
 
 if TYPE_CHECKING:
     from django_locks.backends.base import BaseLock
@@ -93,8 +93,9 @@ class Lease:
     def info(self) -> LockInfo:
         return self._info
 
-    def extend(self, ttl: int | None = None) -> None:
-        """Reset the remaining life to ``ttl`` ms (default: the ttl it was acquired with).
+    def extend(self, ttl: Milliseconds | None = None) -> None:
+        """Reset the remaining life to ``ttl`` ms or a ``timedelta`` (default: the ttl it was
+        acquired with).
 
         Raises :class:`LockNotHeldError` if the lease was lost; the lock is then untouched.
         """
@@ -139,7 +140,7 @@ class Lease:
             self.key, self.token, self.fencing_token, self.correlation_id
         )
 
-    async def aextend(self, ttl: int | None = None) -> None:
+    async def aextend(self, ttl: Milliseconds | None = None) -> None:
         """:meth:`extend` for async code."""
         await self._backend._in_worker(self.extend)(ttl)
 

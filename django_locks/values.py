@@ -59,10 +59,33 @@ def validate_key(key: object, name: str = "key") -> str:
     return _check_text(key, name, MAX_KEY_LENGTH)
 
 
+#: A duration argument: an int number of milliseconds, or a ``datetime.timedelta``.
+Milliseconds = int | timedelta
+
+_ONE_MS = timedelta(milliseconds=1)
+
+
+def timedelta_to_ms(value: timedelta, name: str) -> int:
+    """``value`` in whole milliseconds, rounded up (a lock lives, and a waiter waits, at
+    least as long as asked). Negative, or above zero but below one millisecond: ValueError."""
+    if value < timedelta(0):
+        raise ValueError(f"{name} must not be a negative timedelta, got {value!r}")
+    if timedelta(0) < value < _ONE_MS:
+        raise ValueError(f"{name} must be at least 1 millisecond, got {value!r}")
+    microseconds = value // timedelta(microseconds=1)
+    return -(-microseconds // 1000)
+
+
 def validate_milliseconds(value: object, name: str, *, minimum: int) -> int:
-    """An int (not a bool) between ``minimum`` and ten years, in milliseconds."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int number of milliseconds, not {type(value).__name__}")
+    """An int (not a bool) between ``minimum`` and ten years, in milliseconds, or a
+    ``datetime.timedelta`` in that range (converted to whole milliseconds, rounded up)."""
+    if isinstance(value, timedelta):
+        value = timedelta_to_ms(value, name)
+    elif isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{name} must be an int number of milliseconds or a datetime.timedelta, "
+            f"not {type(value).__name__}"
+        )
     if value < minimum:
         bound = "> 0" if minimum == 1 else f">= {minimum}"
         raise ValueError(f"{name} must be {bound} milliseconds, got {value}")

@@ -22,6 +22,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_locks",
+    "example_project",  # the Report model of the recipes
 ]
 
 MIDDLEWARE = [
@@ -57,6 +58,8 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("EXAMPLE_DB", str(BASE_DIR / "db.sqlite3")),
+        # DatabaseLock needs a file: an in-memory test database cannot be shared (check E007).
+        "TEST": {"NAME": str(BASE_DIR / "test_db.sqlite3")},
     }
 }
 

@@ -65,7 +65,12 @@ def export(request: HttpRequest) -> StreamingHttpResponse:
 @method_decorator(lock_view(lambda request: f"settings:{request.user.pk}", ttl=5_000), name="post")
 class SettingsView(View):
     def get(self, request: HttpRequest) -> HttpResponse:
-        return HttpResponse("POST here to change your settings (one change at a time)\n")
+        return HttpResponse(
+            "<!doctype html><title>Settings</title><p>Saving takes a second and holds the lock "
+            "<code>settings:&lt;your user id&gt;</code>: click twice quickly, the second save "
+            "gets <code>423 Locked</code>.</p><form method=post><button>Save settings</button></form>"
+            '<p><a href="/">Back</a></p>'
+        )
 
     def post(self, request: HttpRequest) -> HttpResponse:
         time.sleep(1)

@@ -8,6 +8,7 @@ collects the tests marked ``unit`` (the others are deselected, never skipped).
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,7 +91,9 @@ def django_db_setup(django_test_environment, django_db_blocker) -> Iterator[None
         created = setup_databases(verbosity=0, interactive=False, aliases=set(connections))
     yield
     # The lock connections are private to django_locks: close them before the test
-    # databases are dropped.
+    # databases are dropped. Those of worker threads that have ended (asyncio.run's
+    # executor) sit in reference cycles until collected: collect them first.
+    gc.collect()
     close_all_lock_connections()
     with django_db_blocker.unblock():
         teardown_databases(created, verbosity=0)

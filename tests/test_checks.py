@@ -24,6 +24,8 @@ CACHE = "django_locks.backends.cache.CacheLock"
 
 
 def ids(locks_setting, **overrides) -> list[str]:
+    """The check ids for these aliases, next to a "default" alias (its absence is E008)."""
+    locks_setting = {"default": {"BACKEND": "django_locks.backends.memory.MemoryLock"}, **locks_setting}
     with override_settings(LOCKS=locks_setting, CACHES=CACHES, **overrides):
         return sorted(message.id for message in check_locks_setting())
 
@@ -38,7 +40,7 @@ def ids(locks_setting, **overrides) -> list[str]:
         ({"BACKEND": CACHE, "OPTIONS": {"cache": "missing"}}, ["django_locks.E004"]),
         ({"BACKEND": CACHE, "OPTIONS": {"cache": "dummy"}}, ["django_locks.E005"]),
         ({"BACKEND": CACHE, "OPTIONS": {"cache": "locmem"}}, ["django_locks.W001", "django_locks.W002"]),
-        ({"BACKEND": CACHE, "OPTIONS": {"cache": "files"}}, ["django_locks.W002"]),
+        ({"BACKEND": CACHE, "OPTIONS": {"cache": "files"}}, ["django_locks.E009"]),
         ({"BACKEND": CACHE, "OPTIONS": {"cache": "redis"}}, []),
         ({"BACKEND": DB}, []),
         ({"BACKEND": "django_locks.backends.memory.MemoryLock"}, []),
@@ -76,7 +78,8 @@ def test_in_memory_sqlite(extra_database):
 
 
 def test_registered_with_the_check_framework():
-    with override_settings(LOCKS={"x": {"BACKEND": CACHE, "OPTIONS": {"cache": "dummy"}}}, CACHES=CACHES):
+    dummy = {"default": {"BACKEND": CACHE, "OPTIONS": {"cache": "dummy"}}}
+    with override_settings(LOCKS=dummy, CACHES=CACHES):
         found = checks.run_checks(tags=["django_locks"])
     assert [m.id for m in found] == ["django_locks.E005"]
     assert all(isinstance(m, checks.CheckMessage) for m in found)

@@ -96,18 +96,18 @@ def test_try_json_output():
 
 def test_force_release_list_and_purge():
     locks["default"].acquire_lock("cid-x", "a", 60_000, 0)
-    listed = locks_cmd("list", "--json")
+    listed = locks_cmd("list", "--json", "--backend", "default")
     assert listed.returncode == 0
     rows = json.loads(listed.stdout)
     assert [(r["key"], r["correlation_id"]) for r in rows] == [("a", "cid-x")]
-    table = locks_cmd("list")
+    table = locks_cmd("list", "--backend", "default")
     assert "cid-x" in table.stdout and "FENCING TOKEN" in table.stdout
     assert locks_cmd("release", "a", "--force").returncode == 0
     assert locks["default"].get_lock("a") is None
     assert locks_cmd("release", "a", "--force").returncode == 1
-    assert "(no locks held)" in locks_cmd("list").stdout
+    assert "(no locks held)" in locks_cmd("list", "--backend", "default").stdout
     purged = locks_cmd("purge")
-    assert purged.returncode == 0 and purged.stdout.startswith("purged ")
+    assert purged.returncode == 0 and purged.stdout.startswith("purged LOCKS['default']")
 
 
 @pytest.mark.parametrize(
@@ -198,7 +198,7 @@ def test_django_common_options_defaults_and_the_later_one_wins():
             plain.force_color) == (None, None, 1, False, False, False)
     assert parser.parse_args(["-v", "0", "list", "-v", "3"]).verbosity == 3
     assert parser.parse_args(["-v", "0", "list"]).verbosity == 0
-    assert locks_cmd("list", "-v", "0", "--no-color", "--traceback").returncode == 0
+    assert locks_cmd("list", "-v", "0", "--no-color", "--traceback", "--backend", "default").returncode == 0
 
 
 # ----------------------------------------------------------------------------------- run

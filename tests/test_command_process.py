@@ -89,9 +89,9 @@ def _without_settings_module() -> dict[str, str]:
 @pytest.mark.parametrize(
     "args",
     [
-        ["list", "--settings=tests.settings"],
-        ["list", "--settings", "tests.settings", "-v", "2", "--no-color"],
-        ["--settings=tests.settings", "list"],
+        ["list", "--backend", "default", "--settings=tests.settings"],
+        ["list", "--settings", "tests.settings", "-v", "2", "--no-color", "--backend", "default"],
+        ["--settings=tests.settings", "list", "--backend", "default"],
         ["--settings=tests.settings", "run", "k", "--ttl", "60000", "--", "true"],
         ["--settings=tests.settings", "-v", "2", "run", "k", "--ttl", "60000", "--", "true"],
         ["run", "k", "--ttl", "60000", "--settings=tests.settings", "-v", "2", "--", "true"],
@@ -110,8 +110,10 @@ def test_without_settings_option_nor_variable_the_command_is_not_found():
     assert result.returncode != 0 and "locks" in result.stderr
 
 
-@pytest.mark.parametrize("args", [["--pythonpath", str(ROOT), "list", "--settings=tests.settings"],
-                                  ["list", "--settings=tests.settings", f"--pythonpath={ROOT}"]])
+@pytest.mark.parametrize("args", [["--pythonpath", str(ROOT), "list", "--backend", "default",
+                                   "--settings=tests.settings"],
+                                  ["list", "--backend", "default", "--settings=tests.settings",
+                                   f"--pythonpath={ROOT}"]])
 def test_pythonpath_before_or_after_the_subcommand(args, tmp_path):
     env = _without_settings_module()
     del env["PYTHONPATH"]

@@ -6,6 +6,7 @@ critical-section order. ``--long`` runs the large sizes."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -20,11 +21,26 @@ from tests import proof
 from tests.helpers import ROOT, subprocess_env
 
 
+def _size_from_environment(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise pytest.UsageError(f"{name} must be a whole number >= 1, not {value!r}")
+    return int(value)
+
+
 @pytest.fixture
 def sizes(request) -> dict[str, int]:
+    """The default sizes, or --long's; DJANGO_LOCKS_CONTENTION_PROCESSES and
+    DJANGO_LOCKS_CONTENTION_ITERATIONS (per process, on one key) override either."""
     if request.config.getoption("--long"):
-        return {"processes": 16, "iterations": 200, "keys": 500, "many_iterations": 500}
-    return {"processes": 8, "iterations": 10, "keys": 300, "many_iterations": 40}
+        sizes = {"processes": 16, "iterations": 200, "keys": 500, "many_iterations": 500}
+    else:
+        sizes = {"processes": 8, "iterations": 10, "keys": 300, "many_iterations": 40}
+    sizes["processes"] = _size_from_environment("DJANGO_LOCKS_CONTENTION_PROCESSES", sizes["processes"])
+    sizes["iterations"] = _size_from_environment("DJANGO_LOCKS_CONTENTION_ITERATIONS", sizes["iterations"])
+    return sizes
 
 
 def overlaps_in(records: list[tuple[int, int, int]]) -> int:

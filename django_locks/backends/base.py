@@ -23,6 +23,7 @@ import logging
 import random
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -42,6 +43,8 @@ from django_locks.values import (
     MAX_MILLISECONDS,
     Attempt,
     LockInfo,
+    Milliseconds,
+    datetime_from_us,
     new_token,
     validate_acquire_arguments,
     validate_correlation_id,
@@ -214,6 +217,9 @@ class BaseLock:
     does_io: bool = True
     #: Whether expired holders stay in storage until :meth:`purge` (see :meth:`expired_locks`).
     keeps_expired_state: bool = False
+    #: Whether locks live in this process only (MemoryLock, CacheLock on LocMemCache): no
+    #: other process sees them and they end with it, so ``manage.py locks`` refuses to take them.
+    process_local: bool = False
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         self.alias = alias
@@ -248,13 +254,13 @@ class BaseLock:
 
     # ----------------------------------------------------------------------- the contract
 
-    def try_acquire_lock(self, correlation_id: str | None, key: str, ttl: int) -> bool:
+    def try_acquire_lock(self, correlation_id: str | None, key: str, ttl: Milliseconds) -> bool:
         """One attempt, never waits. True: this instance now holds ``key`` for ``ttl`` ms."""
         key, ttl, _, correlation_id = validate_acquire_arguments(key, ttl, 0, correlation_id)
         return self._attempt(key, ttl, correlation_id, new_token()).info is not None
 
     def acquire_lock(
-        self, correlation_id: str | None, key: str, ttl: int, timeout: int
+        self, correlation_id: str | None, key: str, ttl: Milliseconds, timeout: Milliseconds
     ) -> None:
         """Try until this instance holds ``key`` or ``timeout`` ms have passed.
 
@@ -290,8 +296,8 @@ class BaseLock:
     def lock(
         self,
         key: str,
-        ttl: int,
-        timeout: int = 0,
+        ttl: Milliseconds,
+        timeout: Milliseconds = 0,
         correlation_id: str | None = None,
     ) -> Lease:
         """Acquire ``key`` (waiting up to ``timeout`` ms) and return its :class:`Lease`."""
@@ -331,17 +337,50 @@ class BaseLock:
         """Locks that expired without a release and whose state is kept until purged."""
         return []
 
+    # ----------------------------------------------------------------------- extension by token
+
+    def extend_lock(
+        self, correlation_id: str | None, key: str, ttl: Milliseconds, *, owner: str | None = None
+    ) -> datetime:
+        """Reset the life of ``key`` to ``ttl`` ms from now, for the lock this instance holds
+        or, with ``owner=TOKEN``, the one that token holds (a lock taken by another process:
+        ``manage.py locks acquire`` printed its token). Returns the new expiry, an aware UTC
+        datetime by the backend's clock. The fencing token is kept.
+
+        Raises :class:`LockNotHeldError` (leaving the lock exactly as it was) when the lock
+        is not held by this instance / by ``owner``: never acquired, released, expired,
+        taken over or force-released.
+        """
+        key, ttl = validate_key(key), validate_ttl(ttl)
+        correlation_id, owner = validate_correlation_id(correlation_id), validate_owner(owner)
+        token = owner if owner is not None else self._holdings.token_for(key)
+        if token is None:
+            raise LockNotHeldError(
+                f"lock {key!r} is not held by this instance of LOCKS[{self.alias!r}]"
+            )
+        expires_at_us = self._extend(key, token, ttl)
+        if expires_at_us is None:
+            self._forget(key, token)
+            whose = "by that owner token" if owner else "by this instance any more"
+            raise LockNotHeldError(f"lock {key!r} is not held {whose} (expired or taken over)")
+        self._holdings.renewed(key, token, ttl)
+        logger.debug(
+            "lock %r extended by %d ms (alias=%s, correlation_id=%s)",
+            key, ttl, self.alias, correlation_id,
+        )
+        return datetime_from_us(expires_at_us)
+
     # ----------------------------------------------------------------------- async API
     # Same arguments and errors. Each attempt runs in a worker thread; waiting between
     # attempts is an asyncio sleep, so a waiter holds no thread.
 
-    async def atry_acquire_lock(self, correlation_id: str | None, key: str, ttl: int) -> bool:
+    async def atry_acquire_lock(self, correlation_id: str | None, key: str, ttl: Milliseconds) -> bool:
         key, ttl, _, correlation_id = validate_acquire_arguments(key, ttl, 0, correlation_id)
         attempt = await self._in_worker(self._attempt)(key, ttl, correlation_id, new_token())
         return attempt.info is not None
 
     async def aacquire_lock(
-        self, correlation_id: str | None, key: str, ttl: int, timeout: int
+        self, correlation_id: str | None, key: str, ttl: Milliseconds, timeout: Milliseconds
     ) -> None:
         arguments = validate_acquire_arguments(key, ttl, timeout, correlation_id)
         await self._aacquire(*arguments)
@@ -356,8 +395,8 @@ class BaseLock:
     def alock(
         self,
         key: str,
-        ttl: int,
-        timeout: int = 0,
+        ttl: Milliseconds,
+        timeout: Milliseconds = 0,
         correlation_id: str | None = None,
     ) -> _AcquiringLease:
         """``async with backend.alock(key, ttl) as lease:`` (or ``lease = await ...``)."""
@@ -367,6 +406,13 @@ class BaseLock:
             return Lease(self, await self._aacquire(*arguments), arguments[1])
 
         return _AcquiringLease(acquire)
+
+    async def aextend_lock(
+        self, correlation_id: str | None, key: str, ttl: Milliseconds, *, owner: str | None = None
+    ) -> datetime:
+        key, ttl = validate_key(key), validate_ttl(ttl)
+        correlation_id, owner = validate_correlation_id(correlation_id), validate_owner(owner)
+        return await self._in_worker(self.extend_lock)(correlation_id, key, ttl, owner=owner)
 
     def _in_worker(self, function: Any) -> Any:
         """``function`` as a coroutine function: in a worker thread if it does I/O."""

@@ -13,7 +13,7 @@ BACKEND:
 * :class:`~django_locks.backends.cache_clients.add.CacheAddLockClient` for any other
   cache, through ``cache.add``, with the weaker guarantees stated in the README.
 
-``DummyCache`` is refused.
+``DummyCache`` (stores nothing) and ``FileBasedCache`` (no atomic ``add``) are refused.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 from django.core.cache import caches
 from django.core.cache.backends.dummy import DummyCache
+from django.core.cache.backends.filebased import FileBasedCache
 from django.core.checks import CheckMessage
 from django.utils.module_loading import import_string
 
@@ -69,12 +70,20 @@ class CacheLock(BaseLock):
                 f"cache {cache_alias!r} is a DummyCache, which stores nothing: it cannot hold locks",
                 "django_locks.E005",
             )
+        if issubclass(backend_cls, FileBasedCache):
+            raise self._invalid(
+                f"cache {cache_alias!r} is a FileBasedCache, which gives no mutual exclusion: its add() "
+                "is a check then a write, so two processes can both take a lock (use Redis, "
+                "memcached, the database cache, or DatabaseLock)",
+                "django_locks.E009",
+            )
         self.cache_alias = cache_alias
         self.cache_backend_class = backend_cls
         self._cache: Any = None
         self._key_cache: dict[str, LockKeys] = {}
         self.client: CacheLockClient = client_class_for(backend_cls)(self)
         self.supports_enumeration = self.client.supports_enumeration
+        self.process_local = self.client.process_local
 
     @property
     def cache(self) -> Any:

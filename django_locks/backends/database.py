@@ -242,6 +242,24 @@ _SQL_CLASSES: dict[str, type[LockSQL]] = {
 }
 
 
+def _migrate_hint(error: BaseException, using: str) -> str:
+    """What to do, put before the database's message, when the lock table does not exist."""
+    for cause in (error, error.__cause__):
+        if cause is None:
+            continue
+        missing = (
+            getattr(cause, "sqlstate", None) == "42P01"  # PostgreSQL undefined_table (psycopg 3)
+            or getattr(cause, "pgcode", None) == "42P01"  # (psycopg2)
+            or (cause.args[:1] == (1146,))  # MariaDB/MySQL ER_NO_SUCH_TABLE
+            or "no such table" in str(cause)  # SQLite
+        )
+        if missing:
+            database = "" if using == "default" else f" --database {using}"
+            return (f"the lock table does not exist: run `python manage.py migrate{database}` "
+                    "(DatabaseLock keeps its locks in the django_locks app's table). The database said: ")
+    return ""
+
+
 # --------------------------------------------------------------------------- the backend
 
 
@@ -385,7 +403,7 @@ class DatabaseLock(BaseLock):
         except (wrapper.Database.Error, DjangoDatabaseError) as e:
             connection.close()
             raise LockBackendError(
-                f"LOCKS[{self.alias!r}]: database {self.using!r} failed: {e}"
+                f"LOCKS[{self.alias!r}]: database {self.using!r} failed: {_migrate_hint(e, self.using)}{e}"
             ) from e
 
     # ----------------------------------------------------------------------- storage operations

@@ -46,6 +46,7 @@ class MemoryLock(BaseLock):
     """Process-local locks. No OPTIONS."""
 
     does_io = False
+    process_local = True
 
     def configure(self, options: dict[str, Any]) -> None:
         self._store = _store(self.alias)

@@ -41,6 +41,7 @@ class CacheAddLockClient(CacheLockClient):
         super().__init__(backend)
         # memcached truncates timeouts to whole seconds: round up there.
         self.whole_seconds = issubclass(backend.cache_backend_class, BaseMemcachedCache)
+        self.process_local = issubclass(backend.cache_backend_class, LocMemCache)
 
     @classmethod
     def check(cls, backend: CacheLock) -> list[CheckMessage]:

@@ -35,6 +35,8 @@ class CacheLockClient(abc.ABC):
 
     #: Whether :meth:`held` can list what is held.
     supports_enumeration: bool = True
+    #: Whether the cache lives in this process only (LocMemCache).
+    process_local: bool = False
 
     def __init__(self, backend: CacheLock) -> None:
         self.backend = backend

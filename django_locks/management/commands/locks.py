@@ -1,4 +1,4 @@
-"""``manage.py locks``: acquire, try, release, list, purge and run under a lock.
+"""``manage.py locks``: acquire, try, extend, release, show, list, purge and run under a lock.
 
 Exit codes, the same for every subcommand:
 0 done; 1 the lock is busy, not held, or held by another token; 2 bad arguments;
@@ -9,6 +9,12 @@ Every exit code is a ``CommandError(returncode=...)``: ``manage.py`` exits with 
 ``call_command("locks", ...)`` raises it (``run`` with a zero status returns normally).
 Django's common options (``--settings``, ``-v``, ``--traceback``...) are accepted before
 or after the subcommand.
+
+From the command line, ``acquire``, ``try``, ``extend`` and ``run`` refuse a process-local
+alias (MemoryLock, CacheLock on LocMemCache; ``backend.process_local``) with exit 2: the
+lock would live in the command's own process, unseen by any other, and die with it.
+Through ``call_command`` in a process that lives on (a test, a shell session) they work.
+A ``--ttl`` under 1000 warns (``ShortTTLWarning``): it is milliseconds.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import ctypes
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -42,12 +49,15 @@ from django_locks.exceptions import (
     LockNotHeldError,
     LockTimeoutError,
 )
-from django_locks.guard import LockGuard
+from django_locks.guard import LockGuard, warn_if_short_ttl
 
 EXIT_BUSY = 1
 EXIT_USAGE = 2
 EXIT_BACKEND = 3
 EX_TEMPFAIL = 75
+
+#: Subcommands that take or keep a lock: refused on a process-local alias from the command line.
+TAKES_A_LOCK = frozenset({"acquire", "try", "extend", "run"})
 
 #: Django's options of every command that also work after the subcommand.
 COMMON_OPTIONS = {"--verbosity", "--settings", "--pythonpath", "--traceback", "--no-color", "--force-color"}
@@ -90,6 +100,41 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat()
 
 
+def _describe(backend: BaseLock) -> str:
+    """``LOCKS['cache'] (CacheLock on cache 'default', LocMemCache)``."""
+    cache_class = getattr(backend, "cache_backend_class", None)
+    if cache_class is not None:
+        what = f"{type(backend).__name__} on cache {backend.cache_alias!r}, {cache_class.__name__}"  # type: ignore[attr-defined]
+    else:
+        what = type(backend).__name__
+    return f"LOCKS[{backend.alias!r}] ({what})"
+
+
+def _process_local_refusal(backend: BaseLock) -> str:
+    return (
+        f"{_describe(backend)} is process-local: a lock taken by this command would live in "
+        "this command's process only, unseen by every other process, and be gone when it exits. "
+        "Use an alias whose backend is shared between processes (DatabaseLock, or CacheLock on "
+        "Redis) with --backend ALIAS."
+    )
+
+
+def _cannot_enumerate(backend: BaseLock) -> str:
+    if getattr(backend, "cache_backend_class", None) is not None:
+        why = ("it goes through the generic cache.add fallback, and that cache cannot list its keys "
+               "(only Redis caches can)")
+    else:
+        why = "its backend does not support enumeration"
+    return (f"{_describe(backend)} cannot list its locks: {why}. "
+            f"Show one known key with: locks show KEY --backend {backend.alias}")
+
+
+def _remaining_ms(info: LockInfo) -> int:
+    """What is left of the lock's life by this machine's clock (the backend's may differ)."""
+    now_us = datetime.now(timezone.utc).timestamp() * 1_000_000
+    return max(0, int(info.expires_at_us - now_us) // 1000)
+
+
 class Command(BaseCommand):
     help = (
         "Acquire, try, release, list and purge locks, or run a command under a lock. "
@@ -115,10 +160,10 @@ class Command(BaseCommand):
             dest="subcommand", required=True, metavar="SUBCOMMAND", parser_class=_SubcommandParser
         )
 
-        def subcommand(name: str, help_text: str, **kwargs: Any) -> CommandParser:
+        def subcommand(name: str, help_text: str, backend_help: str = 'the LOCKS alias (default "default")',
+                       **kwargs: Any) -> CommandParser:
             sub = subcommands.add_parser(name, help=help_text, description=help_text, **kwargs)
-            sub.add_argument("--backend", default=DEFAULT_LOCK_ALIAS, metavar="ALIAS",
-                             help='the LOCKS alias (default "default")')
+            sub.add_argument("--backend", default=DEFAULT_LOCK_ALIAS, metavar="ALIAS", help=backend_help)
             sub.add_argument("--correlation-id", default=None, metavar="ID",
                              help="a trace id, logged and stored with the lock")
             # Django's options again, so that they work after the subcommand too; SUPPRESS
@@ -138,13 +183,27 @@ class Command(BaseCommand):
                 take.add_argument("--timeout", type=int, default=0, metavar="MS")
             take.add_argument("--json", action="store_true", help="print one JSON object")
 
+        extend = subcommand("extend", "Reset the life of KEY, held by --owner TOKEN, to --ttl MS from now; "
+                                      "prints the new expiry.")
+        extend.add_argument("key", metavar="KEY")
+        extend.add_argument("--owner", required=True, metavar="TOKEN",
+                            help="the owner token acquire or try printed")
+        extend.add_argument("--ttl", type=int, required=True, metavar="MS")
+        extend.add_argument("--json", action="store_true", help="print one JSON object")
+
         release = subcommand("release", "Release KEY held by --owner TOKEN, or whoever (--force).")
         release.add_argument("key", metavar="KEY")
         who = release.add_mutually_exclusive_group(required=True)
         who.add_argument("--owner", metavar="TOKEN")
         who.add_argument("--force", action="store_true")
 
-        listing = subcommand("list", "The locks held now.")
+        show = subcommand("show", "The holder of KEY (exit 1 when it is free).")
+        show.add_argument("key", metavar="KEY")
+        show.add_argument("--json", action="store_true", help="print one JSON object")
+
+        listing = subcommand("list", "The locks held now on every alias that can list them.",
+                             backend_help="list this LOCKS alias only (default: every alias)")
+        listing.set_defaults(backend=None)
         listing.add_argument("--json", action="store_true", help="print a JSON array")
 
         subcommand("purge", "Remove expired lock state, printing how many entries.")
@@ -171,6 +230,9 @@ class Command(BaseCommand):
                 validate_key(options["key"])
             if "ttl" in options:
                 validate_ttl(options["ttl"], "--ttl")
+                # No source line to show for a command line: Python prints it as "sys:1: ...".
+                warn_if_short_ttl(options["ttl"], f"manage.py locks {subcommand} {options['key']!r}",
+                                  option="--ttl", stacklevel=1000)
             if "timeout" in options:
                 validate_timeout(options["timeout"], "--timeout")
             if options.get("owner") is not None:
@@ -185,9 +247,12 @@ class Command(BaseCommand):
         except (TypeError, ValueError) as e:
             raise CommandError(str(e), returncode=EXIT_USAGE) from None
         try:
-            backend = locks[options["backend"]]
+            backend = locks[options["backend"]] if options["backend"] is not None else None
         except InvalidLockBackendError as e:
             raise CommandError(str(e), returncode=EXIT_USAGE) from None
+        if (subcommand in TAKES_A_LOCK and backend is not None and backend.process_local
+                and self._called_from_command_line):
+            raise CommandError(_process_local_refusal(backend), returncode=EXIT_USAGE)
         handler = self.handle_acquire if subcommand == "try" else getattr(self, f"handle_{subcommand}")
         try:
             handler(backend, correlation_id, options)
@@ -236,28 +301,108 @@ class Command(BaseCommand):
             ) from None
         self.stdout.write(f"released {key!r}")
 
-    def handle_list(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
-        if not backend.supports_enumeration:
-            raise CommandError(f"{backend!r} cannot list its locks (a generic cache)", returncode=EXIT_USAGE)
-        held = backend.held_locks()
+    def handle_extend(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
+        key = options["key"]
+        try:
+            expires_at = backend.extend_lock(correlation_id, key, options["ttl"], owner=options["owner"])
+        except LockNotHeldError:
+            raise CommandError(
+                f"lock {key!r} is not held by that owner token (released, expired or taken over): "
+                "not extended",
+                returncode=EXIT_BUSY,
+            ) from None
         if options["json"]:
-            self.stdout.write(json.dumps([_info_json(info) for info in held], indent=2))
+            self.stdout.write(json.dumps({"key": key, "alias": backend.alias, "token": options["owner"],
+                                          "expires_at": _iso(expires_at)}))
+        else:
+            self.stdout.write(_iso(expires_at))
+
+    def handle_show(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
+        key = options["key"]
+        info = backend.get_lock(key)
+        if info is None:
+            why = ""
+            if backend.process_local and self._called_from_command_line:
+                why = (f" ({_describe(backend)} is process-local: this command's process holds none "
+                       "of its locks)")
+            raise CommandError(f"lock {key!r} is free on LOCKS[{backend.alias!r}]{why}",
+                               returncode=EXIT_BUSY)
+        remaining = _remaining_ms(info)
+        if options["json"]:
+            data = {"alias": backend.alias, **_info_json(info), "remaining_ms": remaining}
+            self.stdout.write(json.dumps(data))
             return
-        rows = [("KEY", "TOKEN", "CORRELATION ID", "ACQUIRED", "EXPIRES", "FENCING TOKEN")]
-        rows += [
-            (info.key, info.token, info.correlation_id or "-", _iso(info.acquired_at),
-             _iso(info.expires_at), str(info.fencing_token))
-            for info in held
+        rows = [
+            ("key", info.key),
+            ("alias", backend.alias),
+            ("token", info.token),
+            ("correlation id", info.correlation_id or "-"),
+            ("acquired", _iso(info.acquired_at)),
+            ("expires", _iso(info.expires_at)),
+            ("remaining", f"{remaining / 1000:.3f} s"),
+            ("fencing token", str(info.fencing_token)),
         ]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-            self.stdout.write("  ".join(cells).rstrip())
-        if not held:
-            self.stdout.write("(no locks held)")
+        for name, value in rows:
+            self.stdout.write(f"{name:<16}{value}")
+
+    def handle_list(self, backend: BaseLock | None, correlation_id: str | None, options: dict) -> None:
+        """Every alias that can enumerate (``--backend``: that alias only). An alias that
+        cannot, or whose backend is down, is named on stderr with the reason; a backend
+        error exits 3 after the others are shown."""
+        backends = [backend] if backend is not None else [locks[alias] for alias in locks]
+        held: list[tuple[str, LockInfo]] = []
+        failed: list[str] = []
+        for each in backends:
+            if not each.supports_enumeration:
+                if backend is not None:
+                    raise CommandError(_cannot_enumerate(each), returncode=EXIT_USAGE)
+                self.stderr.write(_cannot_enumerate(each))
+                continue
+            if each.process_local and self._called_from_command_line:
+                self.stderr.write(f"{_describe(each)} is process-local: this command's process "
+                                  "holds none of its locks, and no other process's show here")
+            try:
+                held += [(each.alias, info) for info in each.held_locks()]
+            except LockBackendError as e:
+                if backend is not None:
+                    raise
+                self.stderr.write(f"{_describe(each)}: backend error: {e}")
+                failed.append(each.alias)
+        if options["json"]:
+            self.stdout.write(json.dumps([{"alias": alias, **_info_json(info)} for alias, info in held],
+                                         indent=2))
+        else:
+            rows = [("ALIAS", "KEY", "TOKEN", "CORRELATION ID", "ACQUIRED", "EXPIRES", "FENCING TOKEN")]
+            rows += [
+                (alias, info.key, info.token, info.correlation_id or "-", _iso(info.acquired_at),
+                 _iso(info.expires_at), str(info.fencing_token))
+                for alias, info in held
+            ]
+            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+            for row in rows:
+                cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+                self.stdout.write("  ".join(cells).rstrip())
+            if not held:
+                self.stdout.write("(no locks held)")
+        if failed:
+            raise CommandError(f"backend error on {', '.join(f'LOCKS[{alias!r}]' for alias in failed)}",
+                               returncode=EXIT_BACKEND)
 
     def handle_purge(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
-        self.stdout.write(f"purged {backend.purge()} expired lock entries")
+        """Says what the count is: purge() returns entries cleared or removed."""
+        holders = len(backend.expired_locks()) if backend.keeps_expired_state else 0
+        count = backend.purge()
+        entries = f"{count} {'entry' if count == 1 else 'entries'}"
+        if backend.keeps_expired_state:
+            self.stdout.write(
+                f"purged {_describe(backend)}: {entries}: {holders} expired "
+                f"{'holder' if holders == 1 else 'holders'} cleared, and rows of locks released or "
+                "expired over a minute ago deleted (a row keeps its key's fencing counter until then)"
+            )
+        else:
+            self.stdout.write(
+                f"purged {_describe(backend)}: {entries} removed (locks that expired without a release)"
+            )
 
     def handle_run(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
         command, key, conflict = list(options["command"]), options["key"], options["conflict_exit_code"]
@@ -268,7 +413,7 @@ class Command(BaseCommand):
                            auto_renew=True, correlation_id=correlation_id):
                 status = self._run_child(command)
         except LockTimeoutError:
-            busy = f"lock {key!r} is busy: not running {command[0]!r}"
+            busy = f"lock {key!r} is busy: not running {shlex.join(command)}"
             if conflict == 0:
                 self.stderr.write(busy)
                 return

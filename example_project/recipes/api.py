@@ -1,0 +1,32 @@
+# A class-based JSON API view, the shape of a DRF APIView: one rebuild of a report at a time.
+import math
+from datetime import datetime, timedelta, timezone
+
+from django.http import JsonResponse
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+
+from django_locks import locks
+from django_locks.decorators import lock_view
+
+
+def rebuild_busy(request, pk):
+    """on_locked: the answer while another request rebuilds the report."""
+    holder = locks["default"].get_lock(f"report:{pk}")
+    left = (holder.expires_at - datetime.now(timezone.utc)).total_seconds() if holder else 1
+    response = JsonResponse({"detail": f"report {pk} is being rebuilt"}, status=409)
+    response["Retry-After"] = str(max(1, math.ceil(left)))
+    return response
+
+
+@method_decorator(csrf_exempt, name="dispatch")  # an API authenticated otherwise (tokens)
+@method_decorator(lock_view("report:{pk}", ttl=timedelta(seconds=30), on_locked=rebuild_busy),
+                  name="post")
+class RebuildReportView(View):
+    def get(self, request, pk):
+        return JsonResponse({"report": pk})
+
+    def post(self, request, pk):
+        # ... rebuild the report: held under "report:{pk}" until this returns ...
+        return JsonResponse({"report": pk, "rebuilt": True}, status=202)

@@ -1,0 +1,206 @@
+"""The README's recipes, run as written: each recipe's file (example_project/recipes/, the
+example project's own tests) is a code block of the README, character for character, and
+is exercised here."""
+
+from __future__ import annotations
+
+import io
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import unittest
+from pathlib import Path
+
+import pytest
+from django.db import transaction
+from django.test import Client, override_settings
+
+import example_project.tests as example_tests
+from django_locks import locks
+from example_project.models import Report
+from example_project.recipes import fencing, on_commit, tasks
+from tests.helpers import ROOT, subprocess_env, wait_until
+from tests.test_command import locks_cmd
+
+#: Hermetic: also in the unit tier (scripts/test --unit), except the tests marked servers.
+pytestmark = pytest.mark.unit
+
+RECIPES = ROOT / "example_project" / "recipes"
+
+
+def readme_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return [block.strip("\n") for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, re.S | re.M)]
+
+
+@pytest.mark.parametrize("path", ["tasks.py", "crontab", "api.py", "on_commit.py", "fencing.py",
+                                  "../tests.py"])
+def test_each_recipe_is_in_the_readme_as_it_is_run(path):
+    source = (RECIPES / path).read_text().strip("\n")
+    assert source in readme_blocks(), f"README has no code block equal to example_project/recipes/{path}"
+
+
+@pytest.fixture
+def reports():
+    yield
+    Report.objects.all().delete()
+
+
+# ----------------------------------------------------------------------------- a worker's task
+
+
+def test_a_background_task_runs_once_at_a_time():
+    other_worker = locks.create_connection("default")  # another worker process, holding the lock
+    lease = other_worker.lock("sync-account:7", 60_000)
+    assert tasks.sync_account_task(7) == "account 7 skipped"
+    assert tasks.sync_account_task(8) == "account 8 synced"  # other accounts run meanwhile
+    lease.release()
+    assert tasks.sync_account_task(7) == "account 7 synced"
+    assert locks["default"].get_lock("sync-account:7") is None
+
+
+# ----------------------------------------------------------------------------- cron under locks run
+
+
+def crontab_locks_arguments() -> list[str]:
+    """The ``locks run ...`` arguments of the recipe's crontab line, up to ``--``."""
+    line = next(line for line in (RECIPES / "crontab").read_text().splitlines() if not line.startswith("#"))
+    words = shlex.split(line)
+    start = words.index("manage.py") + 1
+    return words[start:words.index("--")]
+
+
+def test_a_cron_job_never_runs_twice_at_once(tmp_path):
+    arguments = crontab_locks_arguments()
+    assert arguments[:2] == ["locks", "run"]
+    started, release, second = tmp_path / "started", tmp_path / "release", tmp_path / "second"
+    job = ["sh", "-c", 'touch "$0"; while [ ! -e "$1" ]; do sleep 0.02; done', str(started), str(release)]
+    overlapping = []
+
+    def next_cron_tick() -> None:  # while the first run's job runs (run forwards signals: main thread)
+        try:
+            wait_until(started.exists)
+            overlapping.append(locks_cmd(*arguments[1:], "--", "touch", str(second)))
+        finally:
+            release.touch()
+
+    tick = threading.Thread(target=next_cron_tick)
+    tick.start()
+    first = locks_cmd(*arguments[1:], "--", *job)
+    tick.join(30)
+    assert first.returncode == 0, first
+    assert overlapping[0].returncode == 75 and "busy" in overlapping[0].stderr
+    assert not second.exists()
+    assert locks["default"].get_lock("send-reports") is None
+
+
+@pytest.mark.servers  # processes of their own on the shared DatabaseLock
+def test_a_cron_job_never_runs_twice_at_once_as_processes(tmp_path):
+    arguments = crontab_locks_arguments()
+    started, release = tmp_path / "started", tmp_path / "release"
+    job = ["sh", "-c", 'touch "$0"; while [ ! -e "$1" ]; do sleep 0.02; done', str(started), str(release)]
+    manage = [sys.executable, "-m", "django", *arguments, "--"]
+    first = subprocess.Popen([*manage, *job], env=subprocess_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(started.exists, timeout=30)
+        second = subprocess.run([*manage, "touch", str(tmp_path / "second")], env=subprocess_env(),
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 75, second.stderr
+        assert "not running touch" in second.stderr and not (tmp_path / "second").exists()
+    finally:
+        release.touch()
+        first.wait(30)
+    assert first.returncode == 0, first.stderr.read()
+
+
+# ----------------------------------------------------------------------------- an API view
+
+
+@override_settings(ROOT_URLCONF="example_project.urls")
+def test_a_class_based_api_view():
+    client = Client()
+    with locks.create_connection("default").lock("report:7", 20_000):
+        busy = client.post("/api/reports/7/rebuild/")
+    assert busy.status_code == 409 and busy.json() == {"detail": "report 7 is being rebuilt"}
+    assert 1 <= int(busy["Retry-After"]) <= 20
+    done = client.post("/api/reports/7/rebuild/")
+    assert (done.status_code, done.json()) == (202, {"report": 7, "rebuilt": True})
+    assert client.get("/api/reports/7/rebuild/").json() == {"report": 7}
+    assert locks["default"].get_lock("report:7") is None
+
+
+def test_the_example_projects_own_tests():
+    """example_project/tests.py, the README's "your own tests" example, run by unittest as
+    ``manage.py test example_project`` would (outside this suite's fixtures' LOCKS)."""
+    suite = unittest.defaultTestLoader.loadTestsFromTestCase(example_tests.ReportLockTests)
+    with override_settings(ROOT_URLCONF="example_project.urls"):
+        result = unittest.TextTestRunner(stream=io.StringIO(), verbosity=0).run(suite)
+    assert result.testsRun == 2
+    assert result.wasSuccessful(), result.failures + result.errors
+
+
+# ----------------------------------------------------------------------------- transaction.on_commit
+
+
+def test_publish_after_commit(reports):
+    report = Report(name="q3")
+    on_commit.save_and_publish(report)
+    report.refresh_from_db()
+    assert report.published
+    assert locks["default"].get_lock(f"publish:{report.pk}") is None
+
+
+def test_a_rolled_back_save_publishes_nothing(reports):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        on_commit.save_and_publish(Report(name="rolled back"))
+        raise RuntimeError("the outer transaction fails")
+    assert not Report.objects.exists()
+
+
+def test_publish_waits_for_another_publisher(reports):
+    report = Report.objects.create(name="busy")
+    other = locks.create_connection("default").lock(f"publish:{report.pk}", 60_000)
+    threading.Timer(0.3, other.release).start()
+    started = time.monotonic()
+    on_commit.save_and_publish(report)
+    assert time.monotonic() - started >= 0.25
+    report.refresh_from_db()
+    assert report.published
+
+
+# ----------------------------------------------------------------------------- fencing tokens
+
+
+def test_a_lost_lease_cannot_overwrite_a_newer_holder(reports, tmp_path):
+    report = Report.objects.create(name="fenced")
+    bucket = tmp_path / "bucket"
+    lost = locks.create_connection("default").lock(f"report:{report.pk}", 100)  # it will pause too long
+    time.sleep(0.25)  # ... past its ttl: someone else takes the lock
+    fencing.rebuild_report(bucket, report.pk, "new body")
+    report.refresh_from_db()
+    assert report.body == "new body" and report.fencing_token > lost.fencing_token
+
+    with pytest.raises(fencing.StaleWriteError):
+        fencing.save_report(lost, report.pk, "stale body")  # the database refuses it
+    report.refresh_from_db()
+    assert report.body == "new body"
+    fencing.store_report(lost, bucket, report.pk, "stale body")  # the object store takes it...
+    assert fencing.latest_report(bucket, report.pk)["body"] == "new body"  # ...but it is never read
+    assert len(list((bucket / f"reports/{report.pk}").iterdir())) == 2
+
+
+def test_the_same_lease_may_write_twice(reports):
+    report = Report.objects.create(name="twice")
+    with locks["default"].lock(f"report:{report.pk}", 30_000) as lease:
+        fencing.save_report(lease, report.pk, "one")
+        fencing.save_report(lease, report.pk, "two")
+    report.refresh_from_db()
+    assert (report.body, report.fencing_token) == ("two", lease.fencing_token)
+
+
+def test_recipes_have_no_short_ttl():
+    # Each recipe is imported by this module: none warns (timedeltas, or ms >= 1000).
+    assert Path(tasks.__file__).parent == RECIPES

@@ -1,0 +1,139 @@
+"""A new project's set-up: the checks that catch a LOCKS without "default" and a
+FileBasedCache, the error that says to run ``migrate``, and ``override_settings(LOCKS=...)``
+in a project's own tests."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from django.core import checks
+from django.test import override_settings
+
+from django_locks import locks
+from django_locks.backends.database import DatabaseLock
+from django_locks.checks import check_locks_setting
+from django_locks.decorators import locked
+from django_locks.exceptions import InvalidLockBackendError, LockBackendError
+from tests.test_command import locks_cmd
+
+#: Hermetic: also in the unit tier (scripts/test --unit), except the tests marked servers.
+pytestmark = pytest.mark.unit
+
+MEMORY = {"BACKEND": "django_locks.backends.memory.MemoryLock"}
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_ids(locks_setting) -> list[str]:
+    with override_settings(LOCKS=locks_setting):
+        return sorted(message.id for message in check_locks_setting())
+
+
+def test_locks_without_default_is_an_error_at_start_up():
+    assert check_ids({"main": MEMORY}) == ["django_locks.E008"]
+    assert check_ids({}) == ["django_locks.E008"]
+    assert check_ids({"default": MEMORY, "other": MEMORY}) == []
+    with override_settings(LOCKS={"main": MEMORY}):
+        [message] = checks.run_checks(tags=["django_locks"])
+    assert message.level == checks.ERROR and "no 'default' alias" in message.msg
+    assert "configured: 'main'" in message.msg and "lock_view" in message.msg
+
+
+def test_file_based_cache_behind_cachelock_is_an_error(tmp_path):
+    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+              "files": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                        "LOCATION": str(tmp_path)}}
+    setting = {"default": MEMORY, "x": {"BACKEND": "django_locks.backends.cache.CacheLock",
+                                        "OPTIONS": {"cache": "files"}}}
+    with override_settings(CACHES=caches, LOCKS=setting):
+        [message] = check_locks_setting()
+        assert (message.id, message.level) == ("django_locks.E009", checks.ERROR)
+        assert "FileBasedCache, which gives no mutual exclusion" in message.msg
+        with pytest.raises(InvalidLockBackendError, match="no mutual exclusion") as caught:
+            locks["x"]
+        assert caught.value.check_id == "django_locks.E009"
+
+
+@pytest.fixture
+def unmigrated_database(tmp_path, monkeypatch):
+    """A DATABASES alias on an SQLite file nobody ran migrate on."""
+    from django.db import connections
+
+    path = tmp_path / "fresh.sqlite3"
+    sqlite3.connect(path).close()
+    config = {**connections.settings["default"], "NAME": str(path), "TEST": {"NAME": str(path)}}
+    monkeypatch.setitem(connections.__dict__, "settings", {**connections.settings, "fresh": config})
+    yield "fresh"
+    del connections["fresh"]
+
+
+def test_a_missing_table_says_to_run_migrate(unmigrated_database):
+    backend = DatabaseLock("nomigrate", {"OPTIONS": {"using": unmigrated_database}})
+    with pytest.raises(LockBackendError) as caught:
+        backend.try_acquire_lock(None, "k", 1000)
+    message = str(caught.value)
+    assert "the lock table does not exist: run `python manage.py migrate --database fresh`" in message
+    assert "no such table" in message
+    with pytest.raises(LockBackendError, match=r"manage\.py migrate"):
+        backend.held_locks()
+
+
+def test_a_missing_table_from_the_command(unmigrated_database):
+    setting = {"default": {"BACKEND": "django_locks.backends.database.DatabaseLock",
+                           "OPTIONS": {"using": unmigrated_database}}}
+    with override_settings(LOCKS=setting):
+        result = locks_cmd("try", "k", "--ttl", "60000")
+    assert result.returncode == 3 and "run `python manage.py migrate --database fresh`" in result.stderr
+
+
+@pytest.mark.servers  # PostgreSQL and MariaDB say it their own way
+def test_a_missing_table_on_every_database(db_alias):
+    backend = locks.create_connection(db_alias)
+    sql_class = type(backend.sql)
+    backend._sql = sql_class("django_locks_not_migrated", "`key`" if backend.vendor == "mysql" else '"key"')
+    with pytest.raises(LockBackendError, match=r"the lock table does not exist: run `python manage\.py"):
+        backend.try_acquire_lock(None, "k", 1000)
+    with pytest.raises(LockBackendError, match=r"manage\.py migrate"):
+        backend.held_locks()
+    assert locks[db_alias].try_acquire_lock(None, "k", 1000)  # the real table is fine
+
+
+def test_other_database_errors_get_no_migrate_hint(unmigrated_database):
+    backend = DatabaseLock("fresh-lock", {"OPTIONS": {"using": unmigrated_database}})
+    backend._sql = type(backend.sql)('"t"', '"key"')
+    backend._sql.held = "SELECT nonsense FROM"
+    with pytest.raises(LockBackendError) as caught:
+        backend.held_locks()
+    assert "manage.py migrate" not in str(caught.value) and "incomplete input" in str(caught.value)
+
+
+# ----------------------------------------------------------------------------- settings in tests
+
+
+def test_override_settings_of_locks_takes_effect():
+    before = type(locks["default"])
+    other = {"default": MEMORY, "extra": MEMORY}
+    with override_settings(LOCKS=other):
+        assert type(locks["default"]).__name__ == "MemoryLock"
+        assert set(locks) == {"default", "extra"}
+
+        @locked("job", ttl=60_000, backend="extra")
+        def job():
+            return locks["extra"].get_lock("job")
+
+        assert job() is not None
+        assert locks_cmd("show", "nothing", "--backend", "extra").returncode == 1
+        locks["extra"].clear()
+    assert type(locks["default"]) is before
+    with pytest.raises(InvalidLockBackendError, match="'extra' doesn't exist"):
+        locks["extra"]
+
+
+@override_settings(LOCKS={"default": MEMORY})
+def test_override_settings_as_a_decorator():
+    assert type(locks["default"]).__name__ == "MemoryLock"
+    assert list(locks) == ["default"]
+    locks["default"].clear()
+
