@@ -178,7 +178,7 @@ def test_a_lost_lease_cannot_overwrite_a_newer_holder(reports, tmp_path):
     report = Report.objects.create(name="fenced")
     bucket = tmp_path / "bucket"
     lost = locks.create_connection("default").lock(f"report:{report.pk}", 100)  # it will pause too long
-    time.sleep(0.25)  # ... past its ttl: someone else takes the lock
+    wait_until(lambda: locks["default"].get_lock(f"report:{report.pk}") is None)  # past its ttl
     fencing.rebuild_report(bucket, report.pk, "new body")
     report.refresh_from_db()
     assert report.body == "new body" and report.fencing_token > lost.fencing_token

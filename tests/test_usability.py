@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import warnings
 from datetime import datetime, timezone
 from io import StringIO
@@ -19,7 +18,7 @@ from django_locks import locks
 from django_locks.exceptions import ShortTTLWarning
 from django_locks.management.commands.locks import Command
 from tests import proof
-from tests.helpers import subprocess_env
+from tests.helpers import subprocess_env, wait_until
 from tests.test_command import Result, locks_cmd
 
 #: Hermetic: also in the unit tier (scripts/test --unit), except the tests marked servers.
@@ -237,12 +236,12 @@ def test_process_local_refusal_as_a_process(monkeypatch):
 def test_purge_says_what_it_counts_on_memory():
     for key in ("a", "b"):
         locks["memory"].acquire_lock(None, key, 30, 0)
-    time.sleep(0.1)
+    wait_until(lambda: locks["memory"].held_locks() == [])  # both expired
     result = locks_cmd("purge", "--backend", "memory")
     assert result.stdout.strip() == ("purged LOCKS['memory'] (MemoryLock): 2 entries removed "
                                      "(locks that expired without a release)")
     locks["memory"].acquire_lock(None, "c", 30, 0)
-    time.sleep(0.1)
+    wait_until(lambda: locks["memory"].held_locks() == [])
     assert ": 1 entry removed" in locks_cmd("purge", "--backend", "memory").stdout
 
 
@@ -252,7 +251,7 @@ def test_purge_says_what_it_counts_on_a_database(db_alias):
     for key in ("a", "b"):
         backend.acquire_lock(None, key, 30, 0)
     backend.lock("c", 60_000).release()  # a released row: kept for its fencing counter
-    time.sleep(0.2)
+    wait_until(lambda: backend.get_lock("a") is None and backend.get_lock("b") is None)
     result = locks_cmd("purge", "--backend", db_alias)
     assert result.returncode == 0, result
     assert result.stdout.startswith(f"purged LOCKS['{db_alias}'] (DatabaseLock): ")
