@@ -202,7 +202,7 @@ def test_waiters_share_the_connection_pool(redis_alias, redis_server):
             for thread in threads:
                 thread.join()
         holder.release()
-    proof.record_fault("50 waiters on one key", 3 * waiters)
+    proof.record_fault("three waves of 50 waiters on one key")
     print(f"peak connections with {waiters} waiters through {redis_alias}: {peak}")
     assert len(timed_out) == 3 * waiters
     # Each waiter blocks on one connection; +1 the holder's, +1 the observer, a few spare.
