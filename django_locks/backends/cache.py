@@ -29,6 +29,7 @@ from django_locks.backends.base import BaseLock
 from django_locks.backends.cache_clients.add import CacheAddLockClient
 from django_locks.backends.cache_clients.base import CacheLockClient, LockKeys
 from django_locks.backends.cache_clients.redis import RedisLockClient
+from django_locks.exceptions import LockBackendError
 from django_locks.values import Attempt, LockInfo
 
 
@@ -117,3 +118,6 @@ class CacheLock(BaseLock):
 
     def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
         self.client.wait(self._keys(key), seconds, waits)
+
+    def _retryable(self, error: LockBackendError) -> bool:
+        return self.client.retryable(error)

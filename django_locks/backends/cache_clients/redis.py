@@ -5,7 +5,13 @@ Acquire, release, extend and force release are one round trip each: one Lua scri
 a named constant below with what it guarantees. A waiting acquirer blocks on a wake-up
 list that release pushes to (BLPOP), bounded by the holder's remaining life, so it is
 woken by a release at once and by an expiry on time. All keys of one lock share a Redis
-Cluster hash slot. Keys go through the cache's key function (KEY_PREFIX, VERSION).
+Cluster hash slot, whatever the key (see :func:`hash_tag`). Keys go through the cache's
+key function (KEY_PREFIX, VERSION).
+
+The raw client may be a ``redis.Redis`` (one server, or a Sentinel-managed master) or a
+``redis.cluster.RedisCluster`` (:mod:`django_locks.cluster`): only commands both have are
+used, each on the keys of one lock, so a cluster sends each to the node of that lock's
+slot.
 """
 
 from __future__ import annotations
@@ -22,13 +28,30 @@ from django_locks.exceptions import LockBackendError
 from django_locks.values import Attempt, LockInfo
 
 try:  # redis is an optional dependency (the "redis" extra); without it no cache is Redis
-    from redis.exceptions import NoScriptError, RedisError
+    from redis.exceptions import (
+        BusyLoadingError,
+        ClusterDownError,
+        NoScriptError,
+        ReadOnlyError,
+        RedisClusterException,
+        RedisError,
+        SlotNotCoveredError,
+        TryAgainError,
+    )
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError:  # pragma: no cover
     class RedisError(Exception):  # type: ignore[no-redef]
         pass
 
     class NoScriptError(RedisError):  # type: ignore[no-redef]
         pass
+
+    class RedisClusterException(Exception):  # type: ignore[no-redef]
+        pass
+
+    RedisConnectionError = RedisTimeoutError = BusyLoadingError = ClusterDownError = RedisError
+    ReadOnlyError = TryAgainError = SlotNotCoveredError = RedisError
 
 try:
     from django_redis.cache import RedisCache as DjangoRedisPackageCache
@@ -49,15 +72,39 @@ MAX_BLOCK_SECONDS = 0.5
 #: default) late; a block is kept this much shorter than the client's socket timeout.
 BLOCK_TIMEOUT_SLACK = 0.15
 
+#: Failures that a failover or a restart causes and that end by themselves: a waiter
+#: retries its attempts through them until its own deadline (BaseLock._retryable). The
+#: unreachable node (connection refused or reset, socket timeout), a cluster without a
+#: master for a slot (CLUSTERDOWN, an uncovered slot, TRYAGAIN during resharding), a
+#: server still loading its data, and a demoted master refusing writes (READONLY).
+#: Everything else (a script error, a bad configuration) fails the call at once.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    ClusterDownError,
+    SlotNotCoveredError,
+    TryAgainError,
+    ReadOnlyError,
+    OSError,
+)
+
 # ----------------------------------------------------------------------------- Lua scripts
 
 # Takes the lock only if no one holds it (an expired lock's hash is gone), with a
 # millisecond expiry, and advances the key's fencing counter to max(last + 1, server
 # clock in µs) in the same step, so tokens rise across releases, expiries and restarts.
 # Clears stale wake-ups. Returns {fencing token, acquired µs} or {"0", holder's pttl}.
+# If ARGV[2], this attempt's owner token, already holds the lock, an earlier attempt of
+# the same call won but its reply was lost (a failover, a socket timeout): that
+# acquisition is returned as it is, so a retried attempt is not blocked by itself.
 ACQUIRE_SCRIPT = """
 local remaining = redis.call('PTTL', KEYS[1])
-if remaining ~= -2 then return {'0', tostring(remaining)} end
+if remaining ~= -2 then
+  local mine = redis.call('HMGET', KEYS[1], 'token', 'fence', 'acquired')
+  if mine[1] == ARGV[2] then return {mine[2], mine[3]} end
+  return {'0', tostring(remaining)}
+end
 local clock = redis.call('TIME')
 local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local fence = math.max(tonumber(redis.call('GET', KEYS[2]) or 0) + 1, now_us)
@@ -131,6 +178,32 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
+_TAG_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
+
+
+def hash_tag(key: str) -> str:
+    """The Redis Cluster hash tag of lock ``key``: the key with ``%``, ``{`` and ``}``
+    percent-encoded.
+
+    Redis hashes a name by the text between its first ``{`` and the first ``}`` after it,
+    if that text is not empty. Inside ``django_locks:{TAG}:...`` a tag without braces is
+    exactly that text, and it is never empty (keys are), so a lock's three names always
+    share one slot, for any key (``}x``, ``{}``, ``a{b}c``...). The encoding is one-to-one
+    (``%`` is encoded too), so two keys never share names, and a key without ``%``, ``{``
+    or ``}`` is its own tag, readable as it always was.
+    """
+    return key.translate(_TAG_ESCAPES)
+
+
+def socket_timeout_of(client: Any) -> float | None:
+    """The socket timeout of a raw client's connections (``redis.Redis``, Sentinel or
+    ``RedisCluster``: all have ``get_connection_kwargs``), or None."""
+    get_kwargs = getattr(client, "get_connection_kwargs", None)
+    if get_kwargs is None:
+        return None
+    return get_kwargs().get("socket_timeout")
+
+
 def raw_client_getter(cache_class: type) -> Callable[[Any], Any] | None:
     """How to get the raw redis-py client from a cache of this class; None if not Redis."""
     if DjangoRedisPackageCache is not None and issubclass(cache_class, DjangoRedisPackageCache):
@@ -167,15 +240,15 @@ class RedisLockClient(CacheLockClient):
         return self._client
 
     def keys(self, key: str) -> LockKeys:
-        """Full Redis keys; ``{key}`` is a hash tag, so the three share a cluster slot."""
-        base = f"django_locks:{{{key}}}"
+        """Full Redis keys; ``{TAG}`` (:func:`hash_tag`) puts the three in one cluster slot."""
+        base = f"django_locks:{{{hash_tag(key)}}}"
         make_key = self.backend.cache.make_key
         return LockKeys(make_key(base + ":lock"), make_key(base + ":fence"), make_key(base + ":wake"))
 
     def _call(self, operation: Callable[[Any], Any]) -> Any:
         try:
             return operation(self.get_client())
-        except (RedisError, OSError) as e:
+        except (RedisError, RedisClusterException, OSError) as e:
             raise LockBackendError(
                 f"LOCKS[{self.backend.alias!r}]: Redis behind cache "
                 f"{self.backend.cache_alias!r} failed: {e}"
@@ -255,10 +328,13 @@ class RedisLockClient(CacheLockClient):
         # A lock that expires between SCAN and HMGET reads as all None and is skipped.
         return [info for info in map(self._info, self._call(scan)) if info is not None]
 
+    def retryable(self, error: LockBackendError) -> bool:
+        return isinstance(error.__cause__, TRANSIENT_ERRORS)
+
     def wait(self, keys: LockKeys, seconds: float, waits: int) -> None:
-        client = self.get_client()
+        client = self._call(lambda c: c)
         block = min(seconds, MAX_BLOCK_SECONDS)
-        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        socket_timeout = socket_timeout_of(client)
         if socket_timeout:
             # A blocking read must end before the client's socket timeout does.
             block = min(block, socket_timeout - BLOCK_TIMEOUT_SLACK, socket_timeout / 2)
