@@ -21,6 +21,12 @@ How it keeps the contract:
   (purge only deletes rows expired for over a minute, so the clock floor is above them).
 * **Reconnects.** A failing statement raises ``LockBackendError`` and drops the private
   connection; the next call opens a new one.
+* **Poolers.** The private connection never leaves session state behind, so it can share
+  a pooler such as PgBouncer in transaction mode with other clients: no session-level
+  ``SET`` (``durable: False`` sets ``synchronous_commit`` for each statement's own
+  transaction only), no server-side prepared statements (psycopg's ``prepare_threshold``
+  is forced off on it, whatever the alias's OPTIONS say), and not a connection of
+  Django's own pool (``OPTIONS["pool"]``).
 """
 
 from __future__ import annotations
@@ -58,14 +64,26 @@ class LockConnection:
 
     def __init__(self, using: str) -> None:
         settings_dict = copy.deepcopy(connections[using].settings_dict)
-        if settings_dict["ENGINE"].endswith("mysql"):
+        wrapper_class = load_backend(settings_dict["ENGINE"]).DatabaseWrapper
+        options = settings_dict.setdefault("OPTIONS", {})
+        if wrapper_class.vendor == "mysql":
             # Keys may hold any Unicode character, emoji included.
-            settings_dict.setdefault("OPTIONS", {})["charset"] = "utf8mb4"
+            options["charset"] = "utf8mb4"
+        elif wrapper_class.vendor == "postgresql":
+            # A private connection, not one of Django's pool (Django 5.1+), so nothing of
+            # it goes back to a pool that Django's own connections share.
+            options.pop("pool", None)
+            if getattr(wrapper_class.Database, "__name__", "") == "psycopg":
+                # Never server-side prepared statements: behind PgBouncer in transaction
+                # mode the next statement may run on another server connection, where a
+                # prepared statement is missing or clashes ("_pg3_0 already exists").
+                options["prepare_threshold"] = None
         settings_dict["AUTOCOMMIT"] = True
         self.using = using
-        self.wrapper = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, using)
+        self.wrapper = wrapper_class(settings_dict, using)
         self._cursor: Any = None
         self._cursor_of: Any = None  # the raw connection ``_cursor`` belongs to
+        self._synchronous: tuple[Any, str] | None = None  # (raw connection, SQLite mode)
 
     @property
     def connected(self) -> bool:
@@ -77,6 +95,14 @@ class LockConnection:
         if self._cursor_of is not raw:
             self._cursor, self._cursor_of = raw.cursor(), raw
         return self._cursor
+
+    def sqlite_synchronous(self, mode: str) -> None:
+        """SQLite: ``PRAGMA synchronous`` of the open connection, set when it changes (a
+        private connection: nothing else sees it)."""
+        raw = self.wrapper.connection
+        if self._synchronous != (raw, mode):
+            raw.execute(f"PRAGMA synchronous={mode}")
+            self._synchronous = (raw, mode)
 
     def close(self) -> None:
         """Close it now; a broken connection is just dropped. The next use reconnects."""
@@ -144,6 +170,9 @@ class LockSQL:
 
     Subclasses set ``now_us``, the database clock in microseconds since the Unix epoch
     (UTC), constant within one statement, and what differs in their dialect.
+
+    ``durable=False`` asks the writes not to wait for the disk where the vendor can say
+    so for one statement's own transaction (:attr:`nosync`): never as session state.
     """
 
     now_us = ""
@@ -152,27 +181,36 @@ class LockSQL:
     placeholder = "%s"
     #: Whether the upsert and the extend return the row they wrote (else it is read back).
     returning = True
+    #: A ``WITH`` clause defining ``_lock_nosync``, a one-row relation whose evaluation
+    #: makes the statement's transaction commit without waiting for the disk; write
+    #: statements join it. Empty: this vendor has no such transaction-local switch.
+    nosync = ""
 
-    def __init__(self, table: str, key: str) -> None:
+    def __init__(self, table: str, key: str, durable: bool = True) -> None:
         t, k, now, p = table, key, self.now_us, self.placeholder
+        # Writes of a non-durable alias read _lock_nosync: INSERT ... SELECT ... FROM it,
+        # UPDATE ... FROM it, DELETE ... USING it (one row, so nothing else changes).
+        w = "" if durable or not self.nosync else self.nosync + " "
+        join = "FROM _lock_nosync " if w else ""
         self.columns = f"{k}, token, fencing_token, correlation_id, acquired_at_us, expires_at_us"
+        values = f"{p}, {p}, {p}, {now}, {now}, {now} + {p}"
         self.insert = (
-            f"INSERT INTO {t} ({k}, token, correlation_id, fencing_token, acquired_at_us, "
-            f"expires_at_us) VALUES ({p}, {p}, {p}, {now}, {now}, {now} + {p})"
+            f"{w}INSERT INTO {t} ({k}, token, correlation_id, fencing_token, acquired_at_us, "
+            f"expires_at_us) " + (f"SELECT {values} FROM _lock_nosync" if w else f"VALUES ({values})")
         )
         self.acquire = self.upsert(t, k)
         # Frees the row only for its holder's token, and only while it is unexpired.
         self.release = (
-            f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now} "
-            f"WHERE {k} = {p} AND token = {p} AND expires_at_us > {now}"
+            f"{w}UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now} "
+            f"{join}WHERE {k} = {p} AND token = {p} AND expires_at_us > {now}"
         )
         self.force_release = (
-            f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now} "
-            f"WHERE {k} = {p} AND expires_at_us > {now}"
+            f"{w}UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now} "
+            f"{join}WHERE {k} = {p} AND expires_at_us > {now}"
         )
         self.extend = (
-            f"UPDATE {t} SET expires_at_us = {now} + {p} "
-            f"WHERE {k} = {p} AND token = {p} AND expires_at_us > {now}"
+            f"{w}UPDATE {t} SET expires_at_us = {now} + {p} "
+            f"{join}WHERE {k} = {p} AND token = {p} AND expires_at_us > {now}"
             + (" RETURNING expires_at_us" if self.returning else "")
         )
         self.held = f"SELECT {self.columns} FROM {t} WHERE expires_at_us > {now}"
@@ -184,10 +222,13 @@ class LockSQL:
         self.read_row = f"SELECT {self.columns}, {now} FROM {t} WHERE {k} = {p}"
         # Rows expired long ago go; recently expired holders are cleared (the row, and its
         # fencing counter, stays a while: see PURGE_AFTER_US).
-        self.purge = f"DELETE FROM {t} WHERE expires_at_us < {now} - {p}"
+        self.purge = (
+            f"{w}DELETE FROM {t} {'USING _lock_nosync ' if w else ''}"
+            f"WHERE expires_at_us < {now} - {p}"
+        )
         self.clear_expired = (
-            f"UPDATE {t} SET token = NULL, correlation_id = NULL "
-            f"WHERE token IS NOT NULL AND expires_at_us <= {now}"
+            f"{w}UPDATE {t} SET token = NULL, correlation_id = NULL "
+            f"{join}WHERE token IS NOT NULL AND expires_at_us <= {now}"
         )
 
     def upsert(self, t: str, k: str) -> str:
@@ -204,6 +245,13 @@ class LockSQL:
 
 class PostgreSQLLockSQL(LockSQL):
     now_us = "(EXTRACT(EPOCH FROM statement_timestamp()) * 1000000)::bigint"
+    # set_config(..., is_local => true) lasts until the end of the statement's own
+    # (autocommit) transaction, and the commit reads it: no SET survives the statement,
+    # so a pooled server connection keeps synchronous_commit as it was.
+    nosync = (
+        "WITH _lock_nosync AS MATERIALIZED "
+        "(SELECT set_config('synchronous_commit', 'off', true) AS synchronous_commit)"
+    )
 
 
 class SQLiteLockSQL(LockSQL):
@@ -259,14 +307,16 @@ def _info(row: Any) -> LockInfo:
 class DatabaseLock(BaseLock):
     """Locks as rows of ``django_locks_lock``.
 
-    OPTIONS: ``using`` (database alias, default "default"); ``durable`` (default False):
-    whether each lock change waits for the disk. By default the private connection
-    commits lock changes without waiting for the WAL flush (PostgreSQL
-    ``synchronous_commit = off``; SQLite ``synchronous = NORMAL`` in WAL mode), which
-    halves their cost: a crash of the database server (not of a client, nor a clean
-    restart) may forget the lock changes of its last moments, as a Redis restart does;
-    fencing tokens still rise. ``durable: True`` keeps every change on disk before it
-    returns. MariaDB/MySQL have no per-session setting: there the server's
+    OPTIONS: ``using`` (database alias, default "default"); ``durable`` (default True):
+    whether each lock change waits for the disk before it returns. A lock is a promise
+    that must survive a database crash as the application's own rows do, so it does by
+    default. ``durable: False`` commits lock changes without waiting for the WAL flush
+    (PostgreSQL: ``synchronous_commit`` off for each lock statement's own transaction,
+    never as session state; SQLite: ``synchronous = NORMAL`` in WAL mode on the private
+    connection, which nothing else shares), several times cheaper where a flush is slow:
+    a crash of the database server (not of a client, nor a clean restart) may then forget
+    the lock changes of its last moments, as a Redis restart does; fencing tokens still
+    rise. MariaDB/MySQL have no such switch: there the server's
     ``innodb_flush_log_at_trx_commit`` decides.
     """
 
@@ -274,7 +324,7 @@ class DatabaseLock(BaseLock):
     keeps_expired_state = True
 
     def configure(self, options: dict[str, Any]) -> None:
-        durable = options.get("durable", False)
+        durable = options.get("durable", True)
         if not isinstance(durable, bool):
             raise self._invalid(f"OPTIONS 'durable' must be True or False, not {durable!r}",
                                 "django_locks.E002")
@@ -312,7 +362,9 @@ class DatabaseLock(BaseLock):
         if self._sql is None:
             ops = connections[self.using].ops
             table = apps.get_model("django_locks", "Lock")._meta.db_table
-            self._sql = _SQL_CLASSES[self.vendor](ops.quote_name(table), ops.quote_name("key"))
+            self._sql = _SQL_CLASSES[self.vendor](
+                ops.quote_name(table), ops.quote_name("key"), durable=self.durable
+            )
         return self._sql
 
     def _in_memory_error(self) -> InvalidLockBackendError:
@@ -344,11 +396,6 @@ class DatabaseLock(BaseLock):
         if self.vendor == "sqlite":
             # A second connection to the file can write while others read.
             raw.execute("PRAGMA journal_mode=WAL").fetchall()
-            if not self.durable:
-                raw.execute("PRAGMA synchronous=NORMAL")
-        elif self.vendor == "postgresql" and not self.durable:
-            with raw.cursor() as cursor:
-                cursor.execute("SET synchronous_commit = off")
 
     def _run(self, sql: str, params: tuple[Any, ...], *, fetch: bool = True) -> tuple[list[Any], int]:
         """Run one statement on this thread's private connection: (rows, rowcount)."""
@@ -357,6 +404,9 @@ class DatabaseLock(BaseLock):
         try:
             if not connection.connected:
                 self._connect(wrapper)
+            if self.vendor == "sqlite":
+                # Per alias: aliases of one database share this thread's connection.
+                connection.sqlite_synchronous("FULL" if self.durable else "NORMAL")
             cursor = connection.cursor()
             cursor.execute(sql, params)
             rows = cursor.fetchall() if fetch else []
