@@ -494,12 +494,13 @@ class Topology:
         self.sentinel.start()
         return self.sentinel
 
-    def start_pgbouncer(self, pool_mode: str) -> PgBouncer:
+    def start_pgbouncer(self, pool_mode: str, pool_size: int | None = None) -> PgBouncer:
         """``transaction`` (pool of 1 server connection: every client shares it, so a leak
         of session state would show) or ``session`` (pool of 4; a client waits at most
-        2 s for a server connection)."""
+        2 s for a server connection); ``pool_size`` overrides the size."""
         if pool_mode not in self.pgbouncers:
             index, size = {"transaction": (0, 1), "session": (1, 4)}[pool_mode]
+            size = pool_size or size
             host, port, user = self.postgres
             bouncer = PgBouncer(self.ports["pgbouncer"][index], pool_mode,
                                 self.directory / f"pgbouncer-{pool_mode}", pool_size=size,

@@ -66,7 +66,7 @@ def test_locks_waits_and_the_cache_through_sentinel(sentinel_set, sentinel_alias
 
 
 def test_processes_contend_through_sentinel(sentinel_set, tmp_path):
-    contend("sentinel", tmp_path, processes=6, iterations=10)
+    contend("sentinel", tmp_path, processes=4, iterations=15)
 
 
 def test_the_master_killed_with_locks_held(sentinel_set):
