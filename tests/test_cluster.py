@@ -11,6 +11,7 @@ from collections import defaultdict
 import pytest
 from django.core.cache import caches
 from django.test import override_settings
+from redis.exceptions import RedisClusterException
 
 from django_locks import locks
 from django_locks.exceptions import LockBackendError, LockNotHeldError
@@ -120,6 +121,8 @@ def test_cache_operations_on_the_cluster(redis_cluster, cluster_alias):
         assert len(cache.keys("k*")) == 28 and len(list(cache.iter_keys("k*"))) == 28
         assert cache.ttl("k3") > 0
         assert cache.delete_pattern("k1*") == 10
+        cache.client.do_close_clients()  # CLOSE_CONNECTION: the factory's disconnect
+        assert cache.get("k3") == 3  # and it reconnects
     cache.clear()
     assert cache.get_many(list(data)) == {}
 
@@ -149,7 +152,8 @@ def test_an_unreachable_cluster_is_a_backend_error(redis_cluster):
             for call in calls:
                 with pytest.raises(LockBackendError) as caught:
                     call(locks[alias])
-                assert caught.value.__cause__ is not None  # the cluster client's own error
+                # Not a RedisError: the cluster client's own "cannot be connected".
+                assert isinstance(caught.value.__cause__, RedisClusterException)
 
 
 def test_processes_contend_for_keys_on_every_master(redis_cluster, tmp_path):
