@@ -181,36 +181,34 @@ class LockSQL:
     placeholder = "%s"
     #: Whether the upsert and the extend return the row they wrote (else it is read back).
     returning = True
-    #: A ``WITH`` clause defining ``_lock_nosync``, a one-row relation whose evaluation
-    #: makes the statement's transaction commit without waiting for the disk; write
-    #: statements join it. Empty: this vendor has no such transaction-local switch.
+    #: An integer expression worth 0 whose evaluation makes the statement's transaction
+    #: commit without waiting for the disk. Each write statement of a non-durable alias
+    #: adds it to a value it writes (or to the condition that picks the rows it deletes),
+    #: so it is evaluated before anything is written. Empty: this vendor has no such
+    #: transaction-local switch.
     nosync = ""
 
     def __init__(self, table: str, key: str, durable: bool = True) -> None:
         t, k, now, p = table, key, self.now_us, self.placeholder
-        # Writes of a non-durable alias read _lock_nosync: INSERT ... SELECT ... FROM it,
-        # UPDATE ... FROM it, DELETE ... USING it (one row, so nothing else changes).
-        w = "" if durable or not self.nosync else self.nosync + " "
-        join = "FROM _lock_nosync " if w else ""
+        z = "" if durable or not self.nosync else f" + {self.nosync}"
         self.columns = f"{k}, token, fencing_token, correlation_id, acquired_at_us, expires_at_us"
-        values = f"{p}, {p}, {p}, {now}, {now}, {now} + {p}"
         self.insert = (
-            f"{w}INSERT INTO {t} ({k}, token, correlation_id, fencing_token, acquired_at_us, "
-            f"expires_at_us) " + (f"SELECT {values} FROM _lock_nosync" if w else f"VALUES ({values})")
+            f"INSERT INTO {t} ({k}, token, correlation_id, fencing_token, acquired_at_us, "
+            f"expires_at_us) VALUES ({p}, {p}, {p}, {now}, {now}, {now} + {p}{z})"
         )
         self.acquire = self.upsert(t, k)
         # Frees the row only for its holder's token, and only while it is unexpired.
         self.release = (
-            f"{w}UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now} "
-            f"{join}WHERE {k} = {p} AND token = {p} AND expires_at_us > {now}"
+            f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now}{z} "
+            f"WHERE {k} = {p} AND token = {p} AND expires_at_us > {now}"
         )
         self.force_release = (
-            f"{w}UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now} "
-            f"{join}WHERE {k} = {p} AND expires_at_us > {now}"
+            f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now}{z} "
+            f"WHERE {k} = {p} AND expires_at_us > {now}"
         )
         self.extend = (
-            f"{w}UPDATE {t} SET expires_at_us = {now} + {p} "
-            f"{join}WHERE {k} = {p} AND token = {p} AND expires_at_us > {now}"
+            f"UPDATE {t} SET expires_at_us = {now} + {p}{z} "
+            f"WHERE {k} = {p} AND token = {p} AND expires_at_us > {now}"
             + (" RETURNING expires_at_us" if self.returning else "")
         )
         self.held = f"SELECT {self.columns} FROM {t} WHERE expires_at_us > {now}"
@@ -222,13 +220,11 @@ class LockSQL:
         self.read_row = f"SELECT {self.columns}, {now} FROM {t} WHERE {k} = {p}"
         # Rows expired long ago go; recently expired holders are cleared (the row, and its
         # fencing counter, stays a while: see PURGE_AFTER_US).
-        self.purge = (
-            f"{w}DELETE FROM {t} {'USING _lock_nosync ' if w else ''}"
-            f"WHERE expires_at_us < {now} - {p}"
-        )
+        self.purge = f"DELETE FROM {t} WHERE expires_at_us < {now} - {p}{z}"
         self.clear_expired = (
-            f"{w}UPDATE {t} SET token = NULL, correlation_id = NULL "
-            f"{join}WHERE token IS NOT NULL AND expires_at_us <= {now}"
+            f"UPDATE {t} SET token = NULL, correlation_id = NULL"
+            + (f", expires_at_us = expires_at_us{z}" if z else "")
+            + f" WHERE token IS NOT NULL AND expires_at_us <= {now}"
         )
 
     def upsert(self, t: str, k: str) -> str:
@@ -247,11 +243,9 @@ class PostgreSQLLockSQL(LockSQL):
     now_us = "(EXTRACT(EPOCH FROM statement_timestamp()) * 1000000)::bigint"
     # set_config(..., is_local => true) lasts until the end of the statement's own
     # (autocommit) transaction, and the commit reads it: no SET survives the statement,
-    # so a pooled server connection keeps synchronous_commit as it was.
-    nosync = (
-        "WITH _lock_nosync AS MATERIALIZED "
-        "(SELECT set_config('synchronous_commit', 'off', true) AS synchronous_commit)"
-    )
+    # so a pooled server connection keeps synchronous_commit as it was. (A volatile
+    # function: never folded away.) Cheaper to plan than a CTE joined to every write.
+    nosync = "0 * length(set_config('synchronous_commit', 'off', true))"
 
 
 class SQLiteLockSQL(LockSQL):
