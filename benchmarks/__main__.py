@@ -20,6 +20,8 @@ import time
 from itertools import pairwise
 from pathlib import Path
 
+from tests.servers import Topology  # the test suite's server harness
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -49,7 +51,23 @@ def ensure_databases() -> None:
     connection.close()
 
 
-def setup() -> dict[str, str]:
+def start_servers() -> Topology:
+    """The benchmark's own Redis Cluster and PgBouncer (transaction pooling, a pool of 4
+    server connections), with the test suite's harness."""
+    servers = Topology(os.environ.get("POSTGRES_HOST", "127.0.0.1"),
+                       int(os.environ.get("POSTGRES_PORT", "5432")),
+                       os.environ.get("POSTGRES_USER", "postgres"))
+    try:
+        servers.prestart(cluster=True)
+        servers.start_pgbouncer("transaction", pool_size=4)
+        servers.start_cluster()
+    except BaseException:
+        servers.stop()
+        raise
+    return servers
+
+
+def setup(servers: Topology) -> dict[str, str]:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
     import django
 
@@ -82,6 +100,8 @@ def setup() -> dict[str, str]:
         "postgresql": version("postgres", "SHOW server_version"),
         "mariadb/mysql": version("mysql", "SELECT VERSION()"),
         "sqlite": sqlite3.sqlite_version,
+        "pgbouncer": servers.pgbouncers["transaction"].admin("SHOW VERSION")[0]["version"],
+        "redis cluster": "3 masters + 3 replicas",
         "python": platform.python_version(),
         "django": dj.get_version(),
         "cpu_cores": str(os.cpu_count()),
@@ -181,6 +201,14 @@ def ratios(rows: list[dict]) -> list[tuple[str, float, str]]:
         if a in by and b in by:
             out.append((label, by[a] / by[b], goal))
 
+    ratio("CacheLock: Redis Cluster / one Redis (django-redis)", "CacheLock (Redis Cluster, django-redis)",
+          "CacheLock (django-redis)", "")
+    ratio("Redis Cluster: CacheLock / SET NX PX + EVALSHA", "CacheLock (Redis Cluster, django-redis)",
+          "Redis Cluster floor: SET NX PX + EVALSHA", "")
+    ratio("postgres: DatabaseLock via PgBouncer / direct",
+          "postgres: DatabaseLock via PgBouncer (transaction)", "postgres: DatabaseLock", "")
+    ratio("postgres: DatabaseLock durable / durable: False", "postgres: DatabaseLock",
+          "postgres: DatabaseLock, durable: False", "")
     for cache in ("CacheLock (django-redis)", "CacheLock (Django RedisCache)"):
         ratio(f"{cache} / PING x2", cache, "Redis floor: PING x2", "<= 1.15")
         ratio(f"{cache} / SET NX PX + EVALSHA", cache, "Redis floor: SET NX PX + EVALSHA", "")
@@ -240,12 +268,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
                         help="where results.md and handoff.png go")
     args = parser.parse_args()
-    env = setup()
-    print("Servers and machine: " + ", ".join(f"{k} {v}" for k, v in env.items()), flush=True)
-    print("Uncontended pairs (interleaved rounds)...", flush=True)
-    uncontended = run_uncontended(args.quick)
-    print("Contended runs (4 processes)...", flush=True)
-    contended = run_contended(args.quick)
+    servers = start_servers()
+    try:
+        env = setup(servers)
+        print("Servers and machine: " + ", ".join(f"{k} {v}" for k, v in env.items()), flush=True)
+        print("Uncontended pairs (interleaved rounds)...", flush=True)
+        uncontended = run_uncontended(args.quick)
+        print("Contended runs (4 processes)...", flush=True)
+        contended = run_contended(args.quick)
+    finally:
+        servers.stop()
     table = markdown(env, uncontended, contended)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,8 @@ DB_ALIASES = {"sqlite": "default", "postgres": "postgres", "mysql": "mysql"}
 BASELINE_TABLE = "bench_db_lock_baseline"
 
 
-def redis_client():
-    return caches["django_redis"].client.get_client(write=True)
+def redis_client(cache: str = "django_redis"):
+    return caches[cache].client.get_client(write=True)
 
 
 # ----------------------------------------------------------------------------- uncontended
@@ -49,8 +49,8 @@ def _redis_floor_ping() -> Callable[[], None]:
     return pair
 
 
-def _redis_floor_setnx() -> Callable[[], None]:
-    client = redis_client()
+def _redis_floor_setnx(cache: str = "django_redis") -> Callable[[], None]:
+    client = redis_client(cache)
     sha = client.script_load(COMPARE_AND_DELETE)
     key = "django_locks_bench:floor"
 
@@ -216,6 +216,8 @@ UNCONTENDED: list[tuple[str, str, Callable[[], Callable[[], None]]]] = [
     ("redis", "redis-py Lock (django-redis cache.lock)", _redis_py_lock),
     ("redis", "python-redis-lock", _python_redis_lock),
     ("redis", "pottery Redlock (1 master)", _pottery_redlock),
+    ("cluster", "Redis Cluster floor: SET NX PX + EVALSHA", lambda: _redis_floor_setnx("cluster")),
+    ("cluster", "CacheLock (Redis Cluster, django-redis)", lambda: _django_locks("cluster")),
 ]
 for _db in ("postgres", "mysql", "sqlite"):
     UNCONTENDED += [
@@ -225,6 +227,8 @@ for _db in ("postgres", "mysql", "sqlite"):
         (_db, f"{_db}: django-db-lock-style baseline", lambda db=_db: _db_baseline(db)),
     ]
 UNCONTENDED += [
+    ("postgres", "postgres: DatabaseLock, durable: False", lambda: _django_locks("postgres_fast")),
+    ("postgres", "postgres: DatabaseLock via PgBouncer (transaction)", lambda: _django_locks("pgbouncer")),
     ("postgres", "postgres: advisory lock try/unlock", _pg_advisory),
     ("memory", "threading.Lock", _threading_lock),
     ("memory", "MemoryLock", lambda: _django_locks("memory")),
@@ -271,10 +275,12 @@ def contended(name: str, key: str) -> tuple[Callable[[], object], Callable[[obje
 
 CONTENDED = [
     "CacheLock (django_redis)",
+    "CacheLock (cluster)",
     "redis-py Lock (default 100 ms polling)",
     "redis-py Lock (1 ms polling)",
     "python-redis-lock",
     "DatabaseLock (postgres)",
+    "DatabaseLock (pgbouncer)",
     "DatabaseLock (mysql)",
     "DatabaseLock (sqlite)",
 ]

@@ -4,6 +4,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from tests.servers import cluster_urls, topology_ports
+
 SECRET_KEY = "django-locks-bench"
 USE_TZ = True
 INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "django_locks"]
@@ -36,6 +38,12 @@ DATABASES = {
     },
 }
 
+# PgBouncer (transaction pooling) in front of the same PostgreSQL database, and a Redis
+# Cluster: servers of the benchmark's own, started by benchmarks/__main__.py with the test
+# suite's harness (tests/servers.py) on spare ports, which contender processes inherit.
+TOPOLOGY_PORTS = topology_ports()
+DATABASES["pgbouncer"] = {**DATABASES["postgres"], "PORT": str(TOPOLOGY_PORTS["pgbouncer"][0])}
+
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
@@ -43,6 +51,10 @@ CACHES = {
                      "KEY_PREFIX": "django_locks_bench", "OPTIONS": {"SOCKET_TIMEOUT": 5}},
     "redis": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
               "KEY_PREFIX": "django_locks_bench_dj", "OPTIONS": {"socket_timeout": 5}},
+    "cluster": {"BACKEND": "django_redis.cache.RedisCache",
+                "LOCATION": ",".join(cluster_urls(TOPOLOGY_PORTS)), "KEY_PREFIX": "django_locks_bench",
+                "OPTIONS": {"CONNECTION_FACTORY": "django_locks.cluster.ClusterConnectionFactory",
+                            "SOCKET_TIMEOUT": 5}},
 }
 
 DB_LOCK = "django_locks.backends.database.DatabaseLock"
@@ -50,8 +62,11 @@ CACHE_LOCK = "django_locks.backends.cache.CacheLock"
 LOCKS = {
     "sqlite": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "default"}},
     "postgres": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "postgres"}},
+    "postgres_fast": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "postgres", "durable": False}},
+    "pgbouncer": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "pgbouncer"}},
     "mysql": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "mysql"}},
     "django_redis": {"BACKEND": CACHE_LOCK, "OPTIONS": {"cache": "django_redis"}},
     "redis": {"BACKEND": CACHE_LOCK, "OPTIONS": {"cache": "redis"}},
+    "cluster": {"BACKEND": CACHE_LOCK, "OPTIONS": {"cache": "cluster"}},
     "memory": {"BACKEND": "django_locks.backends.memory.MemoryLock"},
 }

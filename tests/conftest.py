@@ -31,6 +31,9 @@ from tests.helpers import (
     RedisServer,
 )
 
+# The topology tests' fixtures: the suite's own Redis Cluster, Sentinel set and PgBouncer.
+pytest_plugins = ["tests.topology"]
+
 
 def pytest_addoption(parser) -> None:
     parser.addoption(

@@ -88,6 +88,25 @@ if "mysql" in TEST_DATABASES:
         "TEST": {"NAME": f"test_django_locks{RUN_SUFFIX}", "CHARSET": "utf8mb4"},
     }
 
+# The suite's own servers (tests/servers.py): their ports are chosen once per run and
+# inherited by child processes. PgBouncer (transaction and session pooling) stands in front
+# of the PostgreSQL test database: its aliases are mirrors (no database of their own).
+if TIER != "unit":
+    from tests.servers import SENTINEL_SERVICE, cluster_urls, sentinel_addresses, topology_ports
+
+    TOPOLOGY_PORTS = topology_ports()
+    if "postgres" in DATABASES:
+        _through_pgbouncer = {
+            "pgbouncer_transaction": (TOPOLOGY_PORTS["pgbouncer"][0], {}),
+            # The alias asks psycopg for server-side prepared statements for everything.
+            "pgbouncer_prepared": (TOPOLOGY_PORTS["pgbouncer"][0],
+                                   {"prepare_threshold": 0, "server_side_binding": True}),
+            "pgbouncer_session": (TOPOLOGY_PORTS["pgbouncer"][1], {}),
+        }
+        for _alias, (_port, _options) in _through_pgbouncer.items():
+            DATABASES[_alias] = {**DATABASES["postgres"], "PORT": str(_port), "OPTIONS": _options,
+                                 "TEST": {"MIRROR": "postgres"}}
+
 # Subprocesses of the tests (workers, `manage.py locks`) reach the test databases by name.
 for _alias, _name in json.loads(os.environ.get("DJANGO_LOCKS_TEST_DB_NAMES", "{}")).items():
     DATABASES[_alias]["NAME"] = _name
@@ -138,6 +157,61 @@ for _alias in ("postgres", "mysql"):
             "BACKEND": "django_locks.backends.database.DatabaseLock",
             "OPTIONS": {"using": _alias},
         }
+
+# The suite's own Redis Cluster and Sentinel set (started by the fixtures of
+# tests/topology.py when a test needs them), and the PgBouncer aliases above. Their lock
+# aliases are in TOPOLOGY_LOCKS, not LOCKS, so that the tests parametrized over every
+# alias do not need these servers; the topology tests add them (and so do worker
+# processes started with DJANGO_LOCKS_TEST_TOPOLOGY_LOCKS=1).
+TOPOLOGY_LOCKS: dict = {}
+if TIER != "unit":
+    _CLUSTER_URLS = cluster_urls(TOPOLOGY_PORTS)
+    CACHES.update({
+        # django-redis, one line: the CONNECTION_FACTORY.
+        "cluster": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": ",".join(_CLUSTER_URLS),
+            "KEY_PREFIX": "django_locks_tests",
+            "OPTIONS": {"CONNECTION_FACTORY": "django_locks.cluster.ClusterConnectionFactory",
+                        "SOCKET_TIMEOUT": 2, "SOCKET_CONNECT_TIMEOUT": 1},
+        },
+        # Django's RedisCache path, one line: the BACKEND.
+        "cluster_django": {
+            "BACKEND": "django_locks.cluster.RedisClusterCache",
+            "LOCATION": _CLUSTER_URLS,
+            "KEY_PREFIX": "django_locks_tests_django",
+            "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 1},
+        },
+        # django-redis's own Sentinel support.
+        "sentinel": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": f"redis://{SENTINEL_SERVICE}/0",
+            "KEY_PREFIX": "django_locks_tests",
+            "OPTIONS": {
+                "CLIENT_CLASS": "django_redis.client.SentinelClient",
+                "CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory",
+                "SENTINELS": sentinel_addresses(TOPOLOGY_PORTS),
+                "SOCKET_TIMEOUT": 2, "SOCKET_CONNECT_TIMEOUT": 1,
+            },
+        },
+        "sentinel_django": {
+            "BACKEND": "django_locks.cluster.SentinelRedisCache",
+            "LOCATION": f"redis://{SENTINEL_SERVICE}/0",
+            "KEY_PREFIX": "django_locks_tests_django",
+            "OPTIONS": {"sentinels": sentinel_addresses(TOPOLOGY_PORTS),
+                        "socket_timeout": 2, "socket_connect_timeout": 1},
+        },
+    })
+    TOPOLOGY_LOCKS.update({
+        alias: {"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": alias}}
+        for alias in ("cluster", "cluster_django", "sentinel", "sentinel_django")
+    })
+    for _alias in ("pgbouncer_transaction", "pgbouncer_prepared", "pgbouncer_session"):
+        if _alias in DATABASES:
+            TOPOLOGY_LOCKS[_alias] = {"BACKEND": "django_locks.backends.database.DatabaseLock",
+                                      "OPTIONS": {"using": _alias}}
+    if os.environ.get("DJANGO_LOCKS_TEST_TOPOLOGY_LOCKS"):
+        LOCKS.update(TOPOLOGY_LOCKS)
 
 if TIER == "unit":
     # No server: the surfaces (decorators, command) and the contract run on MemoryLock and

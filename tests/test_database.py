@@ -163,24 +163,62 @@ def test_unreachable_database_is_a_backend_error(db_alias, port_variable):
     assert result.stdout.startswith("LockBackendError"), result.stdout
 
 
-@pytest.mark.parametrize("durable", [False, True])
+@pytest.mark.parametrize("durable", [None, True, False])
 def test_durable_option_sets_the_commit_mode(db_alias, using, durable):
+    """durable (the default) waits for the disk; durable: False does not, and only for each
+    lock statement's own transaction: the connection is left with no session state."""
     from django.test import override_settings
 
     vendor = connections[using].vendor
+    options = {"using": using} if durable is None else {"using": using, "durable": durable}
     with override_settings(LOCKS={"x": {"BACKEND": "django_locks.backends.database.DatabaseLock",
-                                        "OPTIONS": {"using": using, "durable": durable}}}):
-        close_thread_lock_connections()  # the next call connects with this alias's mode
+                                        "OPTIONS": options}}):
+        close_thread_lock_connections()
         backend = locks["x"]
-        assert backend.try_acquire_lock(None, "job", 60_000)
+        assert backend.durable is (durable is not False)
+        lease = backend.lock("job", 60_000)  # every write statement of the alias, once
+        lease.extend()
+        lease.release()
+        assert backend.try_acquire_lock(None, "gone", 60_000)
+        assert backend.force_release("gone")
+        backend.purge()
         raw = lock_connection(using).wrapper.connection
         if vendor == "postgresql":
-            setting = raw.execute("SHOW synchronous_commit").fetchone()[0]
-            assert setting == ("on" if durable else "off")
+            # Never a session setting, in either mode (a pooler would hand it on).
+            assert raw.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+            sql = backend.sql
+            writes = [sql.acquire, sql.release, sql.force_release, sql.extend, sql.purge,
+                      sql.clear_expired]
+            local_off = "set_config('synchronous_commit', 'off', true)"
+            assert all((local_off in statement) is (durable is False) for statement in writes)
+            if durable is False:  # what those statements see: off, for their transaction only
+                probe = f"SELECT {sql.nosync}, current_setting('synchronous_commit')"
+                assert raw.execute(probe).fetchone() == (0, "off")
+                assert raw.execute("SHOW synchronous_commit").fetchone()[0] == "on"
         elif vendor == "sqlite":
             level = raw.execute("PRAGMA synchronous").fetchone()[0]
-            assert level == (2 if durable else 1)  # FULL / NORMAL
-        backend.release_lock(None, "job")
+            assert level == (1 if durable is False else 2)  # NORMAL / FULL
+        close_thread_lock_connections()
+
+def test_aliases_of_one_database_keep_their_own_durability(db_alias, using):
+    """Both aliases share this thread's private connection: neither's mode leaks into the
+    other's statements."""
+    from django.test import override_settings
+
+    vendor = connections[using].vendor
+    backend = "django_locks.backends.database.DatabaseLock"
+    with override_settings(LOCKS={
+        "fast": {"BACKEND": backend, "OPTIONS": {"using": using, "durable": False}},
+        "safe": {"BACKEND": backend, "OPTIONS": {"using": using}},
+    }):
+        close_thread_lock_connections()
+        for alias, expected in (("fast", 1), ("safe", 2), ("fast", 1)):
+            with locks[alias].lock(f"job-{alias}", 60_000):
+                raw = lock_connection(using).wrapper.connection
+                if vendor == "sqlite":
+                    assert raw.execute("PRAGMA synchronous").fetchone()[0] == expected
+                elif vendor == "postgresql":
+                    assert raw.execute("SHOW synchronous_commit").fetchone()[0] == "on"
         close_thread_lock_connections()
 
 

@@ -220,6 +220,9 @@ class BaseLock:
     #: Whether locks live in this process only (MemoryLock, CacheLock on LocMemCache): no
     #: other process sees them and they end with it, so ``manage.py locks`` refuses to take them.
     process_local: bool = False
+    #: Backoff bounds (s) of a waiter retrying through a passing backend failure.
+    RETRY_INTERVAL_MIN: float = 0.05
+    RETRY_INTERVAL_MAX: float = 0.5
 
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         self.alias = alias
@@ -454,12 +457,17 @@ class BaseLock:
         token = new_token()
         deadline = time.monotonic() + timeout / 1000
         waits = 0
+        waiting = False  # an attempt found the lock held: backend failures may be retried
         while True:
-            attempt = self._attempt(key, ttl, correlation_id, token)
-            if attempt.info is not None:
-                return attempt.info
-            seconds = self._wait_budget(deadline, attempt, key, timeout, correlation_id, waits)
-            self._wait_for_release(key, seconds, waits)
+            try:
+                attempt = self._attempt(key, ttl, correlation_id, token)
+                if attempt.info is not None:
+                    return attempt.info
+                seconds = self._wait_budget(deadline, attempt, key, timeout, correlation_id, waits)
+                waiting = True
+                self._wait_for_release(key, seconds, waits)
+            except LockBackendError as error:
+                time.sleep(self._retry_delay(error, waiting, deadline, key, correlation_id, waits))
             waits += 1
 
     async def _aacquire(
@@ -479,6 +487,13 @@ class BaseLock:
                 # release it, so that a cancelled waiter leaves nothing behind.
                 await self._undo_attempt(running, key, token)
                 raise
+            except LockBackendError as error:
+                # waits > 0: an earlier attempt found the lock held.
+                await asyncio.sleep(
+                    self._retry_delay(error, waits > 0, deadline, key, correlation_id, waits)
+                )
+                waits += 1
+                continue
             if attempt.info is not None:
                 return attempt.info
             seconds = self._wait_budget(deadline, attempt, key, timeout, correlation_id, waits)
@@ -526,6 +541,35 @@ class BaseLock:
         if attempt.holder_remaining_ms is not None:
             remaining = min(remaining, attempt.holder_remaining_ms / 1000)
         return remaining
+
+    def _retry_delay(
+        self,
+        error: LockBackendError,
+        waiting: bool,
+        deadline: float,
+        key: str,
+        correlation_id: str | None,
+        waits: int,
+    ) -> float:
+        """A backend error while acquiring: re-raised, unless this call is already waiting
+        (an attempt found the lock held), the backend says the failure passes by itself
+        (:meth:`_retryable`: a failover, a restart) and the deadline is still ahead. Then
+        how long to sleep before the next attempt. At the deadline the error is raised,
+        never turned into a timeout."""
+        remaining = deadline - time.monotonic()
+        if not waiting or remaining <= 0 or not self._retryable(error):
+            raise error
+        logger.warning(
+            "lock %r: backend failed while waiting, retrying until the deadline: %s "
+            "(alias=%s, correlation_id=%s)", key, error, self.alias, correlation_id,
+        )
+        backoff = min(self.RETRY_INTERVAL_MAX, self.RETRY_INTERVAL_MIN * 2 ** min(waits, 16))
+        return min(remaining, backoff * random.uniform(0.5, 1.0))
+
+    def _retryable(self, error: LockBackendError) -> bool:
+        """Whether ``error`` is one a waiter may retry through (see :meth:`_retry_delay`).
+        Default: no backend error is."""
+        return False
 
     def _poll_delay(self, seconds: float, waits: int) -> float:
         """Jittered exponential backoff between attempts, at most ``seconds``."""

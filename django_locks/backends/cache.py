@@ -30,6 +30,7 @@ from django_locks.backends.base import BaseLock
 from django_locks.backends.cache_clients.add import CacheAddLockClient
 from django_locks.backends.cache_clients.base import CacheLockClient, LockKeys
 from django_locks.backends.cache_clients.redis import RedisLockClient
+from django_locks.exceptions import LockBackendError
 from django_locks.values import Attempt, LockInfo
 
 
@@ -129,3 +130,6 @@ class CacheLock(BaseLock):
 
     async def _await_release(self, key: str, seconds: float, waits: int) -> None:
         await self.client.await_release(self._keys(key), seconds, waits)
+
+    def _retryable(self, error: LockBackendError) -> bool:
+        return self.client.retryable(error)

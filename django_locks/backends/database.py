@@ -21,6 +21,12 @@ How it keeps the contract:
   (purge only deletes rows expired for over a minute, so the clock floor is above them).
 * **Reconnects.** A failing statement raises ``LockBackendError`` and drops the private
   connection; the next call opens a new one.
+* **Poolers.** The private connection never leaves session state behind, so it can share
+  a pooler such as PgBouncer in transaction mode with other clients: no session-level
+  ``SET`` (``durable: False`` sets ``synchronous_commit`` for each statement's own
+  transaction only), no server-side prepared statements (psycopg's ``prepare_threshold``
+  is forced off on it, whatever the alias's OPTIONS say), and not a connection of
+  Django's own pool (``OPTIONS["pool"]``).
 """
 
 from __future__ import annotations
@@ -58,14 +64,26 @@ class LockConnection:
 
     def __init__(self, using: str) -> None:
         settings_dict = copy.deepcopy(connections[using].settings_dict)
-        if settings_dict["ENGINE"].endswith("mysql"):
+        wrapper_class = load_backend(settings_dict["ENGINE"]).DatabaseWrapper
+        options = settings_dict.setdefault("OPTIONS", {})
+        if wrapper_class.vendor == "mysql":
             # Keys may hold any Unicode character, emoji included.
-            settings_dict.setdefault("OPTIONS", {})["charset"] = "utf8mb4"
+            options["charset"] = "utf8mb4"
+        elif wrapper_class.vendor == "postgresql":
+            # A private connection, not one of Django's pool (Django 5.1+), so nothing of
+            # it goes back to a pool that Django's own connections share.
+            options.pop("pool", None)
+            if getattr(wrapper_class.Database, "__name__", "") == "psycopg":
+                # Never server-side prepared statements: behind PgBouncer in transaction
+                # mode the next statement may run on another server connection, where a
+                # prepared statement is missing or clashes ("_pg3_0 already exists").
+                options["prepare_threshold"] = None
         settings_dict["AUTOCOMMIT"] = True
         self.using = using
-        self.wrapper = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, using)
+        self.wrapper = wrapper_class(settings_dict, using)
         self._cursor: Any = None
         self._cursor_of: Any = None  # the raw connection ``_cursor`` belongs to
+        self._synchronous: tuple[Any, str] | None = None  # (raw connection, SQLite mode)
 
     @property
     def connected(self) -> bool:
@@ -77,6 +95,14 @@ class LockConnection:
         if self._cursor_of is not raw:
             self._cursor, self._cursor_of = raw.cursor(), raw
         return self._cursor
+
+    def sqlite_synchronous(self, mode: str) -> None:
+        """SQLite: ``PRAGMA synchronous`` of the open connection, set when it changes (a
+        private connection: nothing else sees it)."""
+        raw = self.wrapper.connection
+        if self._synchronous != (raw, mode):
+            raw.execute(f"PRAGMA synchronous={mode}")
+            self._synchronous = (raw, mode)
 
     def close(self) -> None:
         """Close it now; a broken connection is just dropped. The next use reconnects."""
@@ -144,6 +170,9 @@ class LockSQL:
 
     Subclasses set ``now_us``, the database clock in microseconds since the Unix epoch
     (UTC), constant within one statement, and what differs in their dialect.
+
+    ``durable=False`` asks the writes not to wait for the disk where the vendor can say
+    so for one statement's own transaction (:attr:`nosync`): never as session state.
     """
 
     now_us = ""
@@ -152,26 +181,33 @@ class LockSQL:
     placeholder = "%s"
     #: Whether the upsert and the extend return the row they wrote (else it is read back).
     returning = True
+    #: An integer expression worth 0 whose evaluation makes the statement's transaction
+    #: commit without waiting for the disk. Each write statement of a non-durable alias
+    #: adds it to a value it writes (or to the condition that picks the rows it deletes),
+    #: so it is evaluated before anything is written. Empty: this vendor has no such
+    #: transaction-local switch.
+    nosync = ""
 
-    def __init__(self, table: str, key: str) -> None:
+    def __init__(self, table: str, key: str, durable: bool = True) -> None:
         t, k, now, p = table, key, self.now_us, self.placeholder
+        z = "" if durable or not self.nosync else f" + {self.nosync}"
         self.columns = f"{k}, token, fencing_token, correlation_id, acquired_at_us, expires_at_us"
         self.insert = (
             f"INSERT INTO {t} ({k}, token, correlation_id, fencing_token, acquired_at_us, "
-            f"expires_at_us) VALUES ({p}, {p}, {p}, {now}, {now}, {now} + {p})"
+            f"expires_at_us) VALUES ({p}, {p}, {p}, {now}, {now}, {now} + {p}{z})"
         )
         self.acquire = self.upsert(t, k)
         # Frees the row only for its holder's token, and only while it is unexpired.
         self.release = (
-            f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now} "
+            f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now}{z} "
             f"WHERE {k} = {p} AND token = {p} AND expires_at_us > {now}"
         )
         self.force_release = (
-            f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now} "
+            f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now}{z} "
             f"WHERE {k} = {p} AND expires_at_us > {now}"
         )
         self.extend = (
-            f"UPDATE {t} SET expires_at_us = {now} + {p} "
+            f"UPDATE {t} SET expires_at_us = {now} + {p}{z} "
             f"WHERE {k} = {p} AND token = {p} AND expires_at_us > {now}"
             + (" RETURNING expires_at_us" if self.returning else "")
         )
@@ -185,10 +221,11 @@ class LockSQL:
         self.read_row = f"SELECT {self.columns}, {now} FROM {t} WHERE {k} = {p}"
         # Rows expired long ago go; recently expired holders are cleared (the row, and its
         # fencing counter, stays a while: see PURGE_AFTER_US).
-        self.purge = f"DELETE FROM {t} WHERE expires_at_us < {now} - {p}"
+        self.purge = f"DELETE FROM {t} WHERE expires_at_us < {now} - {p}{z}"
         self.clear_expired = (
-            f"UPDATE {t} SET token = NULL, correlation_id = NULL "
-            f"WHERE token IS NOT NULL AND expires_at_us <= {now}"
+            f"UPDATE {t} SET token = NULL, correlation_id = NULL"
+            + (f", expires_at_us = expires_at_us{z}" if z else "")
+            + f" WHERE token IS NOT NULL AND expires_at_us <= {now}"
         )
 
     def upsert(self, t: str, k: str) -> str:
@@ -205,6 +242,11 @@ class LockSQL:
 
 class PostgreSQLLockSQL(LockSQL):
     now_us = "(EXTRACT(EPOCH FROM statement_timestamp()) * 1000000)::bigint"
+    # set_config(..., is_local => true) lasts until the end of the statement's own
+    # (autocommit) transaction, and the commit reads it: no SET survives the statement,
+    # so a pooled server connection keeps synchronous_commit as it was. (A volatile
+    # function: never folded away.) Cheaper to plan than a CTE joined to every write.
+    nosync = "0 * length(set_config('synchronous_commit', 'off', true))"
 
 
 class SQLiteLockSQL(LockSQL):
@@ -280,14 +322,16 @@ def _info(row: Any) -> LockInfo:
 class DatabaseLock(BaseLock):
     """Locks as rows of ``django_locks_lock``.
 
-    OPTIONS: ``using`` (database alias, default "default"); ``durable`` (default False):
-    whether each lock change waits for the disk. By default the private connection
-    commits lock changes without waiting for the WAL flush (PostgreSQL
-    ``synchronous_commit = off``; SQLite ``synchronous = NORMAL`` in WAL mode), which
-    halves their cost: a crash of the database server (not of a client, nor a clean
-    restart) may forget the lock changes of its last moments, as a Redis restart does;
-    fencing tokens still rise. ``durable: True`` keeps every change on disk before it
-    returns. MariaDB/MySQL have no per-session setting: there the server's
+    OPTIONS: ``using`` (database alias, default "default"); ``durable`` (default True):
+    whether each lock change waits for the disk before it returns. A lock is a promise
+    that must survive a database crash as the application's own rows do, so it does by
+    default. ``durable: False`` commits lock changes without waiting for the WAL flush
+    (PostgreSQL: ``synchronous_commit`` off for each lock statement's own transaction,
+    never as session state; SQLite: ``synchronous = NORMAL`` in WAL mode on the private
+    connection, which nothing else shares), several times cheaper where a flush is slow:
+    a crash of the database server (not of a client, nor a clean restart) may then forget
+    the lock changes of its last moments, as a Redis restart does; fencing tokens still
+    rise. MariaDB/MySQL have no such switch: there the server's
     ``innodb_flush_log_at_trx_commit`` decides.
 
     Culling, the way Django's ``DatabaseCache`` culls on ``set``: every
@@ -313,7 +357,7 @@ class DatabaseLock(BaseLock):
                                     "django_locks.E002")
             setattr(self, name, value)
         self._attempts_until_cull = self.cull_frequency
-        durable = options.get("durable", False)
+        durable = options.get("durable", True)
         if not isinstance(durable, bool):
             raise self._invalid(f"OPTIONS 'durable' must be True or False, not {durable!r}",
                                 "django_locks.E002")
@@ -351,7 +395,9 @@ class DatabaseLock(BaseLock):
         if self._sql is None:
             ops = connections[self.using].ops
             table = apps.get_model("django_locks", "Lock")._meta.db_table
-            self._sql = _SQL_CLASSES[self.vendor](ops.quote_name(table), ops.quote_name("key"))
+            self._sql = _SQL_CLASSES[self.vendor](
+                ops.quote_name(table), ops.quote_name("key"), durable=self.durable
+            )
         return self._sql
 
     def _in_memory_error(self) -> InvalidLockBackendError:
@@ -383,11 +429,6 @@ class DatabaseLock(BaseLock):
         if self.vendor == "sqlite":
             # A second connection to the file can write while others read.
             raw.execute("PRAGMA journal_mode=WAL").fetchall()
-            if not self.durable:
-                raw.execute("PRAGMA synchronous=NORMAL")
-        elif self.vendor == "postgresql" and not self.durable:
-            with raw.cursor() as cursor:
-                cursor.execute("SET synchronous_commit = off")
 
     def _run(self, sql: str, params: tuple[Any, ...], *, fetch: bool = True) -> tuple[list[Any], int]:
         """Run one statement on this thread's private connection: (rows, rowcount)."""
@@ -396,6 +437,9 @@ class DatabaseLock(BaseLock):
         try:
             if not connection.connected:
                 self._connect(wrapper)
+            if self.vendor == "sqlite":
+                # Per alias: aliases of one database share this thread's connection.
+                connection.sqlite_synchronous("FULL" if self.durable else "NORMAL")
             cursor = connection.cursor()
             cursor.execute(sql, params)
             rows = cursor.fetchall() if fetch else []

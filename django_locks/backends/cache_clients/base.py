@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from django.core.checks import CheckMessage
 
+from django_locks.exceptions import LockBackendError
 from django_locks.values import Attempt, LockInfo
 
 if TYPE_CHECKING:
@@ -73,6 +74,10 @@ class CacheLockClient(abc.ABC):
     @abc.abstractmethod
     def held(self) -> list[LockInfo]:
         """Every held lock of this cache (only if :attr:`supports_enumeration`)."""
+
+    def retryable(self, error: LockBackendError) -> bool:
+        """Whether a waiter may retry through ``error`` (a failover that ends by itself)."""
+        return False
 
     def wait(self, keys: LockKeys, seconds: float, waits: int) -> None:
         """Block at most ``seconds`` or until the lock may be free. Default: poll backoff."""

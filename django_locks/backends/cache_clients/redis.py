@@ -5,7 +5,13 @@ Acquire, release, extend and force release are one round trip each: one Lua scri
 a named constant below with what it guarantees. A waiting acquirer blocks on a wake-up
 list that release pushes to (BLPOP), bounded by the holder's remaining life, so it is
 woken by a release at once and by an expiry on time. All keys of one lock share a Redis
-Cluster hash slot. Keys go through the cache's key function (KEY_PREFIX, VERSION).
+Cluster hash slot, whatever the key (see :func:`hash_tag`). Keys go through the cache's
+key function (KEY_PREFIX, VERSION).
+
+The raw client may be a ``redis.Redis`` (one server, or a Sentinel-managed master) or a
+``redis.cluster.RedisCluster`` (:mod:`django_locks.cluster`): only commands both have are
+used, each on the keys of one lock, so a cluster sends each to the node of that lock's
+slot.
 """
 
 from __future__ import annotations
@@ -28,7 +34,18 @@ from django_locks.values import Attempt, LockInfo
 
 try:  # redis is an optional dependency (the "redis" extra); without it no cache is Redis
     import redis.asyncio as redis_asyncio
-    from redis.exceptions import NoScriptError, RedisError
+    from redis.exceptions import (
+        BusyLoadingError,
+        ClusterDownError,
+        NoScriptError,
+        ReadOnlyError,
+        RedisClusterException,
+        RedisError,
+        SlotNotCoveredError,
+        TryAgainError,
+    )
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError:  # pragma: no cover
     redis_asyncio = None
     class RedisError(Exception):  # type: ignore[no-redef]
@@ -36,6 +53,12 @@ except ImportError:  # pragma: no cover
 
     class NoScriptError(RedisError):  # type: ignore[no-redef]
         pass
+
+    class RedisClusterException(Exception):  # type: ignore[no-redef]
+        pass
+
+    RedisConnectionError = RedisTimeoutError = BusyLoadingError = ClusterDownError = RedisError
+    ReadOnlyError = TryAgainError = SlotNotCoveredError = RedisError
 
 try:
     from django_redis.cache import RedisCache as DjangoRedisPackageCache
@@ -56,15 +79,39 @@ MAX_BLOCK_SECONDS = 0.5
 #: default) late; a block is kept this much shorter than the client's socket timeout.
 BLOCK_TIMEOUT_SLACK = 0.15
 
+#: Failures that a failover or a restart causes and that end by themselves: a waiter
+#: retries its attempts through them until its own deadline (BaseLock._retryable). The
+#: unreachable node (connection refused or reset, socket timeout), a cluster without a
+#: master for a slot (CLUSTERDOWN, an uncovered slot, TRYAGAIN during resharding), a
+#: server still loading its data, and a demoted master refusing writes (READONLY).
+#: Everything else (a script error, a bad configuration) fails the call at once.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    ClusterDownError,
+    SlotNotCoveredError,
+    TryAgainError,
+    ReadOnlyError,
+    OSError,
+)
+
 # ----------------------------------------------------------------------------- Lua scripts
 
 # Takes the lock only if no one holds it (an expired lock's hash is gone), with a
 # millisecond expiry, and advances the key's fencing counter to max(last + 1, server
 # clock in µs) in the same step, so tokens rise across releases, expiries and restarts.
 # Clears stale wake-ups. Returns {fencing token, acquired µs} or {"0", holder's pttl}.
+# If ARGV[2], this attempt's owner token, already holds the lock, an earlier attempt of
+# the same call won but its reply was lost (a failover, a socket timeout): that
+# acquisition is returned as it is, so a retried attempt is not blocked by itself.
 ACQUIRE_SCRIPT = """
 local remaining = redis.call('PTTL', KEYS[1])
-if remaining ~= -2 then return {'0', tostring(remaining)} end
+if remaining ~= -2 then
+  local mine = redis.call('HMGET', KEYS[1], 'token', 'fence', 'acquired')
+  if mine[1] == ARGV[2] then return {mine[2], mine[3]} end
+  return {'0', tostring(remaining)}
+end
 local clock = redis.call('TIME')
 local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local fence = math.max(tonumber(redis.call('GET', KEYS[2]) or 0) + 1, now_us)
@@ -166,10 +213,7 @@ _async_clients: weakref.WeakKeyDictionary[Any, dict[tuple[int, int], Any]] = wea
 def async_client_like(sync_pool: Any) -> Any:
     """A ``redis.asyncio`` client connecting the way ``sync_pool``'s connections do
     (host and port or socket path, database, credentials, timeouts, TLS)."""
-    connection_class = {
-        "UnixDomainSocketConnection": redis_asyncio.UnixDomainSocketConnection,
-        "SSLConnection": redis_asyncio.SSLConnection,
-    }.get(sync_pool.connection_class.__name__, redis_asyncio.Connection)
+    connection_class = getattr(redis_asyncio, _ASYNC_CONNECTIONS[sync_pool.connection_class.__name__])
     accepted = inspect.signature(connection_class.__init__).parameters
     kwargs = {
         name: value for name, value in sync_pool.connection_kwargs.items()
@@ -179,8 +223,41 @@ def async_client_like(sync_pool: Any) -> Any:
     return redis_asyncio.Redis(connection_pool=pool)
 
 
+#: The sync connection classes with an asyncio twin taking the same settings. Others (a
+#: Sentinel-managed connection finds its server through the sentinels) wait by polling.
+_ASYNC_CONNECTIONS = {
+    "Connection": "Connection",
+    "UnixDomainSocketConnection": "UnixDomainSocketConnection",
+    "SSLConnection": "SSLConnection",
+}
 #: Connection settings of a sync pool that an asyncio connection must not take as they are.
 _NOT_COPIED = frozenset({"parser_class", "retry", "connection_pool", "event_dispatcher"})
+
+
+_TAG_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
+
+
+def hash_tag(key: str) -> str:
+    """The Redis Cluster hash tag of lock ``key``: the key with ``%``, ``{`` and ``}``
+    percent-encoded.
+
+    Redis hashes a name by the text between its first ``{`` and the first ``}`` after it,
+    if that text is not empty. Inside ``django_locks:{TAG}:...`` a tag without braces is
+    exactly that text, and it is never empty (keys are), so a lock's three names always
+    share one slot, for any key (``}x``, ``{}``, ``a{b}c``...). The encoding is one-to-one
+    (``%`` is encoded too), so two keys never share names, and a key without ``%``, ``{``
+    or ``}`` is its own tag, readable as it always was.
+    """
+    return key.translate(_TAG_ESCAPES)
+
+
+def socket_timeout_of(client: Any) -> float | None:
+    """The socket timeout of a raw client's connections (``redis.Redis``, Sentinel or
+    ``RedisCluster``: all have ``get_connection_kwargs``), or None."""
+    get_kwargs = getattr(client, "get_connection_kwargs", None)
+    if get_kwargs is None:
+        return None
+    return get_kwargs().get("socket_timeout")
 
 
 def raw_client_getter(cache_class: type) -> Callable[[Any], Any] | None:
@@ -220,15 +297,15 @@ class RedisLockClient(CacheLockClient):
         return self._client
 
     def keys(self, key: str) -> LockKeys:
-        """Full Redis keys; ``{key}`` is a hash tag, so the three share a cluster slot."""
-        base = f"django_locks:{{{key}}}"
+        """Full Redis keys; ``{TAG}`` (:func:`hash_tag`) puts the three in one cluster slot."""
+        base = f"django_locks:{{{hash_tag(key)}}}"
         make_key = self.backend.cache.make_key
         return LockKeys(make_key(base + ":lock"), make_key(base + ":fence"), make_key(base + ":wake"))
 
     def _call(self, operation: Callable[[Any], Any]) -> Any:
         try:
             return operation(self.get_client())
-        except (RedisError, OSError) as e:
+        except (RedisError, RedisClusterException, OSError) as e:
             raise LockBackendError(
                 f"LOCKS[{self.backend.alias!r}]: Redis behind cache "
                 f"{self.backend.cache_alias!r} failed: {e}"
@@ -326,10 +403,13 @@ class RedisLockClient(CacheLockClient):
         """How long one BLPOP may block: at most MAX_BLOCK_SECONDS and ``seconds``, and it
         must end before the client's socket timeout does."""
         block = min(seconds, MAX_BLOCK_SECONDS)
-        socket_timeout = self.get_client().connection_pool.connection_kwargs.get("socket_timeout")
+        socket_timeout = socket_timeout_of(self._call(lambda c: c))
         if socket_timeout:
             block = min(block, socket_timeout - BLOCK_TIMEOUT_SLACK, socket_timeout / 2)
         return block
+
+    def retryable(self, error: LockBackendError) -> bool:
+        return isinstance(error.__cause__, TRANSIENT_ERRORS)
 
     def wait(self, keys: LockKeys, seconds: float, waits: int) -> None:
         block = self._block_seconds(seconds)
@@ -342,10 +422,13 @@ class RedisLockClient(CacheLockClient):
         """Block on the wake-up list through ``redis.asyncio``: woken by the release at
         once, holding no thread (the event loop's own connection pool)."""
         block = self._block_seconds(seconds)
+        client = self._async_client()
+        if client is None:  # a cluster or Sentinel client: no asyncio twin here, poll
+            await asyncio.sleep(self.backend._poll_delay(seconds, waits))
+            return
         if block < 0.001:
             await asyncio.sleep(min(max(block, 0.001), seconds, 0.01))
             return
-        client = self._async_client()
         try:
             await client.blpop([keys.wake], timeout=round(block, 3))
         except (RedisError, OSError) as e:
@@ -358,7 +441,9 @@ class RedisLockClient(CacheLockClient):
         """An asyncio client with the cache client's connection settings, one per event
         loop and process (asyncio connections belong to the loop that opened them)."""
         loop = asyncio.get_running_loop()
-        sync_pool = self.get_client().connection_pool
+        sync_pool = getattr(self._call(lambda c: c), "connection_pool", None)
+        if sync_pool is None or sync_pool.connection_class.__name__ not in _ASYNC_CONNECTIONS:
+            return None
         config = (id(sync_pool), os.getpid())
         per_loop = _async_clients.setdefault(loop, {})
         client = per_loop.get(config)
