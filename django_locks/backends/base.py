@@ -260,7 +260,12 @@ class BaseLock:
     def try_acquire_lock(self, correlation_id: str | None, key: str, ttl: Milliseconds) -> bool:
         """One attempt, never waits. True: this instance now holds ``key`` for ``ttl`` ms."""
         key, ttl, _, correlation_id = validate_acquire_arguments(key, ttl, 0, correlation_id)
-        return self._attempt(key, ttl, correlation_id, new_token()).info is not None
+        token = new_token()
+        try:
+            return self._attempt(key, ttl, correlation_id, token).info is not None
+        except LockBackendError:
+            self._unsettled(key, token, ttl)
+            raise
 
     def acquire_lock(
         self, correlation_id: str | None, key: str, ttl: Milliseconds, timeout: Milliseconds
@@ -379,7 +384,12 @@ class BaseLock:
 
     async def atry_acquire_lock(self, correlation_id: str | None, key: str, ttl: Milliseconds) -> bool:
         key, ttl, _, correlation_id = validate_acquire_arguments(key, ttl, 0, correlation_id)
-        attempt = await self._in_worker(self._attempt)(key, ttl, correlation_id, new_token())
+        token = new_token()
+        try:
+            attempt = await self._in_worker(self._attempt)(key, ttl, correlation_id, token)
+        except LockBackendError:
+            self._unsettled(key, token, ttl)
+            raise
         return attempt.info is not None
 
     async def aacquire_lock(
@@ -430,13 +440,7 @@ class BaseLock:
     # ----------------------------------------------------------------------- shared logic
 
     def _attempt(self, key: str, ttl: int, correlation_id: str | None, token: str) -> Attempt:
-        try:
-            attempt = self._try_acquire(key, token, ttl, correlation_id)
-        except LockBackendError:
-            # The attempt may have won on the server all the same: release that token
-            # as soon as the backend answers again (see UnsettledAcquisitions).
-            unsettled.add(self, key, token, ttl)
-            raise
+        attempt = self._try_acquire(key, token, ttl, correlation_id)
         if attempt.info is not None:
             self._holdings.remember(key, token, ttl)
             logger.debug(
@@ -458,17 +462,24 @@ class BaseLock:
         deadline = time.monotonic() + timeout / 1000
         waits = 0
         waiting = False  # an attempt found the lock held: backend failures may be retried
-        while True:
-            try:
-                attempt = self._attempt(key, ttl, correlation_id, token)
-                if attempt.info is not None:
-                    return attempt.info
-                seconds = self._wait_budget(deadline, attempt, key, timeout, correlation_id, waits)
-                waiting = True
-                self._wait_for_release(key, seconds, waits)
-            except LockBackendError as error:
-                time.sleep(self._retry_delay(error, waiting, deadline, key, correlation_id, waits))
-            waits += 1
+        uncertain = False  # an attempt failed with a backend error: it may have won
+        try:
+            while True:
+                try:
+                    attempt = self._attempt(key, ttl, correlation_id, token)
+                    if attempt.info is not None:
+                        return attempt.info
+                    seconds = self._wait_budget(deadline, attempt, key, timeout, correlation_id, waits)
+                    waiting = True
+                    self._wait_for_release(key, seconds, waits)
+                except LockBackendError as error:
+                    uncertain = True
+                    time.sleep(self._retry_delay(error, waiting, deadline, key, correlation_id, waits))
+                waits += 1
+        except BaseException:
+            if uncertain:
+                self._unsettled(key, token, ttl)
+            raise
 
     async def _aacquire(
         self, key: str, ttl: int, timeout: int, correlation_id: str | None
@@ -478,27 +489,33 @@ class BaseLock:
         deadline = time.monotonic() + timeout / 1000
         attempt_in_worker = self._in_worker(self._attempt)
         waits = 0
-        while True:
-            running = asyncio.ensure_future(attempt_in_worker(key, ttl, correlation_id, token))
-            try:
-                attempt = await asyncio.shield(running)
-            except asyncio.CancelledError:
-                # The attempt goes on in its worker thread: if it wins the lock after all,
-                # release it, so that a cancelled waiter leaves nothing behind.
-                await self._undo_attempt(running, key, token)
-                raise
-            except LockBackendError as error:
-                # waits > 0: an earlier attempt found the lock held.
-                await asyncio.sleep(
-                    self._retry_delay(error, waits > 0, deadline, key, correlation_id, waits)
-                )
+        uncertain = False  # an attempt failed with a backend error: it may have won
+        try:
+            waiting = False  # an attempt found the lock held: backend failures may be retried
+            while True:
+                running = asyncio.ensure_future(attempt_in_worker(key, ttl, correlation_id, token))
+                try:
+                    attempt = await asyncio.shield(running)
+                    if attempt.info is not None:
+                        return attempt.info
+                    seconds = self._wait_budget(deadline, attempt, key, timeout, correlation_id, waits)
+                    waiting = True
+                    await self._await_release(key, seconds, waits)
+                except asyncio.CancelledError:
+                    # The attempt goes on in its worker thread: if it wins the lock after
+                    # all, release it, so that a cancelled waiter leaves nothing behind.
+                    await self._undo_attempt(running, key, token)
+                    raise
+                except LockBackendError as error:  # the attempt's, or the wait's
+                    uncertain = uncertain or running.exception() is not None
+                    await asyncio.sleep(
+                        self._retry_delay(error, waiting, deadline, key, correlation_id, waits)
+                    )
                 waits += 1
-                continue
-            if attempt.info is not None:
-                return attempt.info
-            seconds = self._wait_budget(deadline, attempt, key, timeout, correlation_id, waits)
-            await self._await_release(key, seconds, waits)
-            waits += 1
+        except BaseException:
+            if uncertain:
+                self._unsettled(key, token, ttl)
+            raise
 
     async def _undo_attempt(self, running: asyncio.Future, key: str, token: str) -> None:
         try:
@@ -514,6 +531,13 @@ class BaseLock:
                     "(alias=%s); it expires with its ttl", key, e, self.alias,
                 )
             self._forget(key, token)
+
+    def _unsettled(self, key: str, token: str, ttl: int) -> None:
+        """A call gives up after an attempt that failed with a backend error: that attempt
+        may have won on the server all the same. Its token is released as soon as the
+        backend answers again (see UnsettledAcquisitions). Only when the call ends: while
+        it retries, the same token may still win, or find that it had won."""
+        unsettled.add(self, key, token, ttl)
 
     def _wait_budget(
         self,
