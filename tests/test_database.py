@@ -16,7 +16,7 @@ from django_locks.backends.database import (
 )
 from django_locks.exceptions import LockBackendError
 from django_locks.models import Lock
-from tests.helpers import DATABASE_ALIASES, run_python
+from tests.helpers import DATABASE_ALIASES, run_python, wait_until
 from tests.test_contract import in_thread
 
 
@@ -261,3 +261,85 @@ def test_bad_cull_options(value):
                                             "OPTIONS": {name: value}}}):
             with pytest.raises(InvalidLockBackendError, match=name):
                 locks["x"]
+
+
+# ----------------------------------------------------------------------------- notifications
+
+
+WAITER = """
+import django, json, sys, time
+django.setup()
+from django_locks import locks
+from django_locks.backends import database
+database.Listener.MAX_WAIT = 20.0        # a lost notification would cost 20 s here
+database.DatabaseLock.poll_interval_min = database.DatabaseLock.poll_interval_max = 20.0
+backend = locks["postgres"]
+wait_for_release = database.DatabaseLock._wait_for_release
+def announced(self, *args):  # tells the test when the first attempt failed and it waits
+    print("blocked", flush=True)
+    return wait_for_release(self, *args)
+database.DatabaseLock._wait_for_release = announced
+assert database.listener_for(backend.using).ready.wait(10)  # listening before it waits
+print("waiting", flush=True)
+started = time.monotonic()
+with backend.lock("notified", 60_000, timeout=60_000):
+    print(json.dumps({"waited": time.monotonic() - started}), flush=True)
+"""
+
+
+def _postgres_only():
+    if "postgres" not in DATABASE_ALIASES:
+        pytest.fail("postgres is not configured (DJANGO_LOCKS_TEST_DATABASES)")
+
+
+def test_a_release_wakes_a_waiter_in_another_process_by_notification():
+    """The waiter's polling and lost-notification bound are 20 s: only the release's
+    NOTIFY can wake it within a few seconds."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, subprocess_env
+
+    _postgres_only()
+    holder = locks["postgres"].lock("notified", 60_000)
+    waiter = subprocess.Popen([sys.executable, "-c", WAITER], cwd=ROOT, env=subprocess_env(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert waiter.stdout.readline().strip() == "waiting"
+        assert waiter.stdout.readline().strip() == "blocked"  # its first attempt failed
+        released_at = time.monotonic()
+        holder.release()
+        waited = json.loads(waiter.stdout.readline())["waited"]
+        woken_after = time.monotonic() - released_at
+        assert woken_after < 5, woken_after  # far below the 20 s it would poll
+        assert waiter.wait(30) == 0 and waited > 0
+    finally:
+        waiter.kill()
+
+
+def test_a_lost_notification_costs_one_bounded_wait():
+    """The listening connection is killed: the waiter still gets the lock (by the bounded
+    wait, then the reconnected listener), well within its timeout."""
+    import threading
+
+    from django_locks.backends import database
+
+    _postgres_only()
+    holder = locks["postgres"].lock("lost", 60_000)
+    got = threading.Event()
+
+    def wait() -> None:
+        with locks["postgres"].lock("lost", 60_000, timeout=30_000):
+            got.set()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    listener = database.listener_for(connections["postgres"].alias)
+    wait_until(lambda: listener.ready.is_set() and listener.backend_pid is not None)
+    with connections["postgres"].cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [listener.backend_pid])
+    holder.release()
+    assert got.wait(10)
+    waiter.join(10)
+    wait_until(lambda: listener.ready.is_set())  # it reconnected

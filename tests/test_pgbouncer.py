@@ -166,3 +166,31 @@ def test_session_pooling_takes_a_server_connection_per_thread_and_shows_a_full_p
     assert locks[alias].try_acquire_lock(None, "fifth", 60_000)  # room again
     locks[alias].release_lock(None, "fifth")
     close_thread_lock_connections()
+
+
+def test_waiters_behind_transaction_pooling_poll_and_say_so_once(pgbouncer_transaction, caplog):
+    """LISTEN cannot work through transaction pooling: the listener's probe never comes
+    back, it says so once, and waiters poll (and still get the lock)."""
+    import logging
+
+    from django_locks.backends import database
+
+    database.close_all_lock_connections()  # a listener of this process starts anew
+    caplog.set_level(logging.WARNING, logger="django_locks")
+    backend = locks["pgbouncer_transaction"]
+    holder = backend.lock("job", 60_000)
+    got = threading.Event()
+
+    def wait() -> None:
+        with locks["pgbouncer_transaction"].lock("job", 60_000, timeout=30_000):
+            got.set()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    listener = database.listener_for("pgbouncer_transaction")
+    wait_until(lambda: listener.unusable, timeout=15)
+    holder.release()
+    assert got.wait(10)
+    waiter.join(10)
+    said = [r for r in caplog.records if "poll instead of waiting for notifications" in r.getMessage()]
+    assert len(said) == 1 and "pgbouncer_transaction" in said[0].getMessage()

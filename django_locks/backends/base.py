@@ -19,6 +19,7 @@ its token alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -464,18 +465,19 @@ class BaseLock:
         waiting = False  # an attempt found the lock held: backend failures may be retried
         uncertain = False  # an attempt failed with a backend error: it may have won
         try:
-            while True:
-                try:
-                    attempt = self._attempt(key, ttl, correlation_id, token)
-                    if attempt.info is not None:
-                        return attempt.info
-                    seconds = self._wait_budget(deadline, attempt, key, timeout, correlation_id, waits)
-                    waiting = True
-                    self._wait_for_release(key, seconds, waits)
-                except LockBackendError as error:
-                    uncertain = True
-                    time.sleep(self._retry_delay(error, waiting, deadline, key, correlation_id, waits))
-                waits += 1
+            with self._waiting(key) if timeout else contextlib.nullcontext():
+                while True:
+                    try:
+                        attempt = self._attempt(key, ttl, correlation_id, token)
+                        if attempt.info is not None:
+                            return attempt.info
+                        seconds = self._wait_budget(deadline, attempt, key, timeout, correlation_id, waits)
+                        waiting = True
+                        self._wait_for_release(key, seconds, waits)
+                    except LockBackendError as error:
+                        uncertain = True
+                        time.sleep(self._retry_delay(error, waiting, deadline, key, correlation_id, waits))
+                    waits += 1
         except BaseException:
             if uncertain:
                 self._unsettled(key, token, ttl)
@@ -531,6 +533,11 @@ class BaseLock:
                     "(alias=%s); it expires with its ttl", key, e, self.alias,
                 )
             self._forget(key, token)
+
+    def _waiting(self, key: str) -> contextlib.AbstractContextManager[None]:
+        """Around the sync wait loop of ``key``: a backend that is woken by the release
+        registers the waiter here (DatabaseLock on PostgreSQL). Default: nothing."""
+        return contextlib.nullcontext()
 
     def _unsettled(self, key: str, token: str, ttl: int) -> None:
         """A call gives up after an attempt that failed with a backend error: that attempt

@@ -31,9 +31,13 @@ How it keeps the contract:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import threading
+import time
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from django.apps import apps
@@ -157,9 +161,186 @@ def close_thread_lock_connections() -> None:
 
 
 def close_all_lock_connections() -> None:
-    """Close every private lock connection of this process, from any thread."""
+    """Close every private lock connection of this process, from any thread, and stop
+    the notification listeners."""
+    with _listeners_mutex:
+        listeners = list(_listeners.values())
+        _listeners.clear()
+    for listener in listeners:
+        listener.stop()
     for connection in list(_all_connections):
         connection.abandon()
+
+
+# --------------------------------------------------------------------------- wake-ups
+
+
+class Listener:
+    """One LISTEN connection per process and PostgreSQL database alias, for every waiter.
+
+    A daemon thread holds a private connection that LISTENs on :data:`NOTIFY_CHANNEL` and
+    counts, per key somebody waits for, the notifications received (a generation). A
+    waiter reads the generation before each attempt and, when the attempt finds the lock
+    held, waits until the generation moves on: a release between its attempt and its wait
+    is not missed. A notification lost anyway (the listening connection dropped) costs at
+    most one bounded wait (:attr:`MAX_WAIT`), and the thread reconnects. Where LISTEN
+    cannot work (PgBouncer in transaction mode: a probe notification never comes back, or
+    a driver without ``notifies()``), it says so once in the log and waiters poll.
+    """
+
+    #: Longest wait for a notification before the waiter tries again anyway (s).
+    MAX_WAIT = 0.25
+    #: How long the probe notification may take to come back (s).
+    PROBE_SECONDS = 2.0
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self.ready = threading.Event()  # listening, and the probe came back
+        self.unusable = False  # LISTEN cannot work here: waiters poll
+        self._condition = threading.Condition()
+        self._generations: dict[str, list[int]] = {}  # key -> [generation, waiters]
+        self._raw: Any = None
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=f"django_locks listener {using}",
+                                        daemon=True)
+        self._thread.start()
+
+    # ---- waiters
+
+    def register(self, key: str) -> None:
+        with self._condition:
+            self._generations.setdefault(key, [0, 0])[1] += 1
+
+    def unregister(self, key: str) -> None:
+        with self._condition:
+            entry = self._generations.get(key)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del self._generations[key]
+
+    def generation(self, key: str) -> int:
+        with self._condition:
+            return self._generations.get(key, (0,))[0]
+
+    def wait(self, key: str, since: int, seconds: float) -> None:
+        """Until a notification for ``key`` after generation ``since``, or ``seconds``."""
+        with self._condition:
+            self._condition.wait_for(
+                lambda: self._generations.get(key, (since,))[0] != since, min(seconds, self.MAX_WAIT)
+            )
+
+    # ---- the listening thread
+
+    def _run(self) -> None:
+        delay = 0.05
+        while True:
+            connection = None
+            try:
+                connection = LockConnection(self.using)
+                connection.wrapper.connect()
+                raw = connection.wrapper.connection
+                if not hasattr(raw, "notifies"):
+                    return self._give_up("its driver cannot receive notifications")
+                raw.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                self._raw = raw
+                if not self.ready.is_set() and not self._probe(raw):
+                    return self._give_up(
+                        "a notification sent on it never came back (a pooler in transaction "
+                        "mode, such as PgBouncer, cannot LISTEN)"
+                    )
+                self.ready.set()
+                delay = 0.05
+                while not self._stopped:
+                    for notification in raw.notifies(timeout=1.0):
+                        self._wake(notification.payload)
+            except Exception as e:  # a dropped connection: reconnect; waiters poll meanwhile
+                self.ready.clear()
+                if not self._stopped:
+                    logger.warning("lock notifications of database %r interrupted: %s; "
+                                   "reconnecting", self.using, e)
+            finally:
+                self._raw = None
+                if connection is not None:
+                    connection.abandon()
+            if self._stopped:
+                self.ready.clear()
+                return
+            with self._condition:  # wake every waiter: what was missed is re-read
+                for entry in self._generations.values():
+                    entry[0] += 1
+                self._condition.notify_all()
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The server process id of the listening connection (while connected)."""
+        raw = self._raw
+        return None if raw is None else raw.info.backend_pid
+
+    def stop(self) -> None:
+        """End the thread and its connection (from any thread)."""
+        self._stopped = True
+        raw = self._raw
+        if raw is not None:
+            try:
+                raw.cancel()  # interrupts a blocking wait for notifications
+            except Exception:
+                pass
+        self._thread.join(timeout=5)
+
+    def _probe(self, raw: Any) -> bool:
+        """Whether a notification sent by *another* connection reaches this one. Through
+        a pooler in transaction mode the LISTEN stays on a server connection that this
+        client no longer owns, and the probe never comes back."""
+        probe = "\x01probe"  # no key holds a control character (and NUL cannot be sent)
+        sender = LockConnection(self.using)
+        try:
+            sender.wrapper.connect()
+            sender.wrapper.connection.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, probe))
+        finally:
+            sender.abandon()
+        deadline = time.monotonic() + self.PROBE_SECONDS
+        while time.monotonic() < deadline:
+            for notification in raw.notifies(timeout=max(deadline - time.monotonic(), 0.01)):
+                if notification.payload == probe:
+                    return True
+        return False
+
+    def _give_up(self, why: str) -> None:
+        self.unusable = True
+        logger.warning(
+            "DatabaseLock waiters on database %r poll instead of waiting for notifications: %s",
+            self.using, why,
+        )
+
+    def _wake(self, key: str) -> None:
+        with self._condition:
+            entry = self._generations.get(key)
+            if entry is not None:
+                entry[0] += 1
+                self._condition.notify_all()
+
+
+_listeners: dict[tuple[str, int], Listener] = {}
+_listeners_mutex = threading.Lock()
+
+
+def listener_for(using: str) -> Listener:
+    """This process's listener of database ``using`` (started on first use)."""
+    key = (using, os.getpid())
+    listener = _listeners.get(key)
+    if listener is None:
+        with _listeners_mutex:
+            listener = _listeners.get(key)
+            if listener is None:
+                listener = _listeners[key] = Listener(using)
+    return listener
+
+
+#: The key this thread waits for through a listener, with the generation it last read.
+_waiting = threading.local()
 
 
 # --------------------------------------------------------------------------- SQL per vendor
@@ -240,8 +421,27 @@ class LockSQL:
         )
 
 
+#: The channel of PostgreSQL's NOTIFY: the payload is the key whose holder went away.
+NOTIFY_CHANNEL = "django_locks"
+
+
 class PostgreSQLLockSQL(LockSQL):
     now_us = "(EXTRACT(EPOCH FROM statement_timestamp()) * 1000000)::bigint"
+
+    def __init__(self, table: str, key: str, durable: bool = True) -> None:
+        super().__init__(table, key, durable)
+        # Release, force release and the clearing of expired holders tell the waiters of
+        # those keys, in the same statement: NOTIFY is delivered when its transaction
+        # commits, so a wake-up is never sent for a change that did not commit.
+        for name in ("release", "force_release", "clear_expired"):
+            setattr(self, name, self.notifying(getattr(self, name), key))
+
+    @staticmethod
+    def notifying(update: str, key: str) -> str:
+        return (
+            f"WITH changed AS ({update} RETURNING {key}) "
+            f"SELECT pg_notify('{NOTIFY_CHANNEL}', {key}) FROM changed"
+        )
     # set_config(..., is_local => true) lasts until the end of the statement's own
     # (autocommit) transaction, and the commit reads it: no SET survives the statement,
     # so a pooled server connection keeps synchronous_commit as it was. (A volatile
@@ -346,7 +546,7 @@ class DatabaseLock(BaseLock):
     stepped back by more than the grace period could break that, as with ``purge``.
     """
 
-    option_names = frozenset({"using", "durable", "cull_frequency", "cull_grace"})
+    option_names = frozenset({"using", "durable", "cull_frequency", "cull_grace", "notify"})
     keeps_expired_state = True
 
     def configure(self, options: dict[str, Any]) -> None:
@@ -357,6 +557,11 @@ class DatabaseLock(BaseLock):
                                     "django_locks.E002")
             setattr(self, name, value)
         self._attempts_until_cull = self.cull_frequency
+        notify = options.get("notify", True)
+        if not isinstance(notify, bool):
+            raise self._invalid(f"OPTIONS 'notify' must be True or False, not {notify!r}",
+                                "django_locks.E002")
+        self.notify = notify
         durable = options.get("durable", True)
         if not isinstance(durable, bool):
             raise self._invalid(f"OPTIONS 'durable' must be True or False, not {durable!r}",
@@ -421,6 +626,37 @@ class DatabaseLock(BaseLock):
         if connection is not None:
             connection.close_if_unusable_or_obsolete()
 
+    # ----------------------------------------------------------------------- waiting
+
+    def _listener(self) -> Listener | None:
+        """This process's listener of the database, where waiters can be notified."""
+        if self.vendor != "postgresql" or not self.notify:
+            return None
+        listener = listener_for(self.using)
+        return None if listener.unusable else listener
+
+    @contextlib.contextmanager
+    def _waiting(self, key: str) -> Iterator[None]:
+        listener = self._listener()
+        if listener is None:
+            yield
+            return
+        listener.register(key)
+        outer = getattr(_waiting, "entry", None)
+        _waiting.entry = [key, listener, listener.generation(key)]
+        try:
+            yield
+        finally:
+            _waiting.entry = outer
+            listener.unregister(key)
+
+    def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
+        entry = getattr(_waiting, "entry", None)
+        if entry is not None and entry[0] == key and entry[1].ready.is_set():
+            entry[1].wait(key, entry[2], seconds)  # woken by the release's NOTIFY
+        else:
+            super()._wait_for_release(key, seconds, waits)
+
     def _connect(self, wrapper: Any) -> None:
         if self.vendor == "sqlite" and wrapper.is_in_memory_db():
             raise self._in_memory_error()
@@ -471,10 +707,19 @@ class DatabaseLock(BaseLock):
                 self._cull()
         sql = self.sql
         params = (key, token, correlation_id, ttl * 1000)
+        entry = getattr(_waiting, "entry", None)
+        if entry is not None and entry[0] == key:
+            entry[2] = entry[1].generation(key)  # a release from now on wakes this waiter
         if sql.returning:
             rows, _ = self._run(sql.acquire, params)
             if not rows:
-                return Attempt(None)
+                if entry is None or entry[0] != key:
+                    return Attempt(None)
+                # A notified waiter sleeps until the release: it needs the holder's
+                # remaining life to wake at its expiry too.
+                rows, _ = self._run(sql.read_row, (key,))
+                remaining = (rows[0][5] - rows[0][6]) // 1000 if rows else 0
+                return Attempt(None, max(remaining, 0))
             fencing_token, acquired_us, expires_us = rows[0]
         else:
             self._run(sql.acquire, params, fetch=False)
