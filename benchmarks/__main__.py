@@ -207,8 +207,9 @@ def ratios(rows: list[dict]) -> list[tuple[str, float, str]]:
           "Redis Cluster floor: SET NX PX + EVALSHA", "")
     ratio("postgres: DatabaseLock via PgBouncer / direct",
           "postgres: DatabaseLock via PgBouncer (transaction)", "postgres: DatabaseLock", "")
-    ratio("postgres: DatabaseLock durable / durable: False", "postgres: DatabaseLock",
-          "postgres: DatabaseLock, durable: False", "")
+    for db in ("postgres", "sqlite"):
+        ratio(f"{db}: DatabaseLock durable / durable: False", f"{db}: DatabaseLock",
+              f"{db}: DatabaseLock, durable: False", "")
     for cache in ("CacheLock (django-redis)", "CacheLock (Django RedisCache)"):
         ratio(f"{cache} / PING x2", cache, "Redis floor: PING x2", "<= 1.15")
         ratio(f"{cache} / SET NX PX + EVALSHA", cache, "Redis floor: SET NX PX + EVALSHA", "")

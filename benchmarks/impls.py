@@ -129,7 +129,11 @@ def _db_raw_sql(alias: str) -> Callable[[], None]:
     backend.get_lock("warm-up")  # opens the private connection (and WAL on SQLite)
     cursor = wrapper.connection.cursor()
 
+    connection = lock_connection(backend.using)
+
     def pair() -> None:
+        if backend.vendor == "sqlite":  # the mode of this alias (the connection is shared)
+            connection.sqlite_synchronous("FULL" if backend.durable else "NORMAL")
         token = uuid.uuid4().hex
         cursor.execute(sql.acquire, ("bench:raw", token, None, TTL_MS * 1000))
         if sql.returning:
@@ -228,6 +232,7 @@ for _db in ("postgres", "mysql", "sqlite"):
     ]
 UNCONTENDED += [
     ("postgres", "postgres: DatabaseLock, durable: False", lambda: _django_locks("postgres_fast")),
+    ("sqlite", "sqlite: DatabaseLock, durable: False", lambda: _django_locks("sqlite_fast")),
     ("postgres", "postgres: DatabaseLock via PgBouncer (transaction)", lambda: _django_locks("pgbouncer")),
     ("postgres", "postgres: advisory lock try/unlock", _pg_advisory),
     ("memory", "threading.Lock", _threading_lock),

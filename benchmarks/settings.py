@@ -61,6 +61,7 @@ DB_LOCK = "django_locks.backends.database.DatabaseLock"
 CACHE_LOCK = "django_locks.backends.cache.CacheLock"
 LOCKS = {
     "sqlite": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "default"}},
+    "sqlite_fast": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "default", "durable": False}},
     "postgres": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "postgres"}},
     "postgres_fast": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "postgres", "durable": False}},
     "pgbouncer": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "pgbouncer"}},

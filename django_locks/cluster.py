@@ -10,15 +10,16 @@ gives each one a cluster client in one line of settings:
 
 In both, LOCATION names one or more startup nodes (``redis://host:port``, a list or a
 comma-separated string); the client discovers the rest of the cluster from them and
-follows it through failovers. Clients are :class:`redis.cluster.RedisCluster`, shared by
-every thread of the process.
+follows it through failovers. Clients are :class:`CacheCluster`, a
+:class:`redis.cluster.RedisCluster`, one per process for a LOCATION and OPTIONS, shared by
+every thread.
 
 Sentinel: django-redis has it (``django_redis.client.SentinelClient`` with
 ``django_redis.pool.SentinelConnectionFactory``); :class:`SentinelRedisCache` is the same
 for Django's ``RedisCache`` (LOCATION ``redis://SERVICE_NAME/DB``, OPTIONS ``sentinels``).
 
-The README ("Redis Cluster, Sentinel and PgBouncer") lists what a cluster cannot do as a
-cache and what a failover does to locks.
+The README ("Production topologies") lists what a cluster cannot do as a cache and what a
+failover does to locks.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "SentinelRedisCacheClient",
     "cluster_client",
 ]
+
 
 class CacheCluster(RedisCluster):
     """The cluster client of both cache paths: a :class:`RedisCluster` whose multi-key
