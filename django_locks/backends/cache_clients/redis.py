@@ -162,6 +162,14 @@ return 1
 #: The fields of a lock's hash, in the order LockInfo is read from them.
 LOCK_FIELDS = ("key", "token", "fence", "cid", "acquired", "expires")
 
+# Reads a lock's fields (LOCK_FIELDS order) and its remaining life by the server's clock
+# (PTTL) in one command on one key, so a cluster client routes and retries it like any
+# single-key command. Returns {fields, pttl}.
+READ_SCRIPT = """
+return {redis.call('HMGET', KEYS[1], 'key', 'token', 'fence', 'cid', 'acquired', 'expires'),
+        redis.call('PTTL', KEYS[1])}
+"""
+
 
 class _Script:
     """A Lua script run by EVALSHA, loaded with EVAL when the server lacks it."""
@@ -277,6 +285,7 @@ class RedisLockClient(CacheLockClient):
     release_script = _Script(RELEASE_SCRIPT)
     extend_script = _Script(EXTEND_SCRIPT)
     force_release_script = _Script(FORCE_RELEASE_SCRIPT)
+    read_script = _Script(READ_SCRIPT)
 
     def __init__(self, backend: CacheLock) -> None:
         super().__init__(backend)
@@ -371,12 +380,7 @@ class RedisLockClient(CacheLockClient):
         pipe.pttl(name)
 
     def get(self, keys: LockKeys) -> LockInfo | None:
-        def read(client: Any) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            self._read(pipe, keys.lock)
-            return pipe.execute()
-
-        return self._info(*self._call(read))
+        return self._info(*self._call(lambda c: self.read_script(c, [keys.lock], [])))
 
     def held(self) -> list[LockInfo]:
         sentinel = "\x00"  # cannot occur in a key or a prefix made by Django
