@@ -62,6 +62,16 @@ class Lease:
         return self._info.correlation_id
 
     @property
+    def shared(self) -> bool:
+        """Whether this is a shared (read) lock."""
+        return self._info.shared
+
+    @property
+    def limit(self) -> int:
+        """The semaphore limit this lease was admitted with (1: exclusive or shared)."""
+        return self._info.limit
+
+    @property
     def acquired_at(self) -> datetime:
         return self._info.acquired_at
 
@@ -205,7 +215,8 @@ class Lease:
 
     def __repr__(self) -> str:
         state = "released" if self._released else f"expires {self.expires_at.isoformat()}"
-        return f"<Lease {self.alias}:{self.key!r} fencing_token={self.fencing_token} {state}>"
+        mode = "" if self._info.mode.exclusive else f" {self._info.mode.label()}"
+        return f"<Lease {self.alias}:{self.key!r}{mode} fencing_token={self.fencing_token} {state}>"
 
 
 class _AcquiringLease:

@@ -21,6 +21,15 @@ MAX_CORRELATION_ID_LENGTH = 255
 MAX_MILLISECONDS = 10 * 365 * 24 * 3600 * 1000
 #: Owner tokens are this many lowercase hex characters (128 random bits).
 TOKEN_LENGTH = 32
+#: Largest ``limit`` of a counting semaphore.
+MAX_LIMIT = 10_000
+#: How long (ms) a waiting exclusive acquirer keeps new shared acquisitions of its key
+#: waiting behind it after its last attempt: each of its attempts renews the mark, and it
+#: attempts at least every :data:`WRITER_RECHECK_MS`; a writer that gave up or died stops
+#: holding readers back within this time.
+WRITER_MARK_MS = 1000
+#: Longest wait (ms) of a waiting exclusive acquirer between two attempts.
+WRITER_RECHECK_MS = 250
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 _TOKEN = re.compile(rf"[0-9a-f]{{{TOKEN_LENGTH}}}")
@@ -119,6 +128,23 @@ def validate_owner(owner: object) -> str | None:
     return owner  # type: ignore[return-value]
 
 
+def validate_mode(shared: object, limit: object) -> Mode:
+    """``shared`` must be a bool; ``limit`` an int (not a bool) from 1 to
+    :data:`MAX_LIMIT`; a shared lock has no limit (``limit`` stays 1)."""
+    if not isinstance(shared, bool):
+        raise TypeError(f"shared must be True or False, not {type(shared).__name__} {shared!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, not {type(limit).__name__} {limit!r}")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    if shared and limit != 1:
+        raise ValueError(
+            "shared=True takes no limit (a shared lock admits any number of readers); "
+            f"got limit={limit}: use shared=True for readers, or limit=N for a semaphore"
+        )
+    return SHARED if shared else EXCLUSIVE if limit == 1 else Mode(False, limit)
+
+
 def validate_acquire_arguments(
     key: object, ttl: object, timeout: object, correlation_id: object
 ) -> tuple[str, int, int, str | None]:
@@ -146,6 +172,38 @@ def datetime_from_us(epoch_us: int) -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
+class Mode:
+    """How an acquisition shares its key.
+
+    * exclusive (the default, ``limit=1``): alone on the key;
+    * ``shared=True``: with any number of shared holders, never with a non-shared one;
+    * ``limit=N``: a counting semaphore, admitted while fewer than N holders (of any
+      mode) hold the key, by the acquirer's own N.
+
+    One rule covers every mix: a non-shared acquisition with limit N is admitted while
+    fewer than N holders hold the key; a shared one while no non-shared holder holds it
+    and no non-shared acquirer waits for it (writers are not starved by readers).
+    """
+
+    shared: bool = False
+    limit: int = 1
+
+    @property
+    def exclusive(self) -> bool:
+        return not self.shared and self.limit == 1
+
+    def label(self) -> str:
+        """"exclusive", "shared" or "semaphore of N"."""
+        if self.shared:
+            return "shared"
+        return "exclusive" if self.limit == 1 else f"semaphore of {self.limit}"
+
+
+EXCLUSIVE = Mode()
+SHARED = Mode(shared=True)
+
+
+@dataclass(frozen=True, slots=True)
 class LockInfo:
     """What a backend knows of one held lock.
 
@@ -163,6 +221,23 @@ class LockInfo:
     acquired_at_us: int
     expires_at_us: int
     remaining_ms: int | None = field(default=None, compare=False)
+    #: A shared (read) holder.
+    shared: bool = False
+    #: The limit this holder was admitted with (1: exclusive or shared).
+    limit: int = 1
+
+    @property
+    def mode(self) -> Mode:
+        return SHARED if self.shared else EXCLUSIVE if self.limit == 1 else Mode(False, self.limit)
+
+    def mode_label(self, holders: int | None = None) -> str:
+        """"exclusive", "shared", or for a semaphore "2 of 3" (``holders`` of its limit)
+        or "of 3" when the number of holders is not given."""
+        if self.shared:
+            return "shared"
+        if self.limit == 1:
+            return "exclusive"
+        return f"{holders} of {self.limit}" if holders is not None else f"of {self.limit}"
 
     @property
     def remaining(self) -> timedelta | None:

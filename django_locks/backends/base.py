@@ -3,7 +3,7 @@
 This is the one module to read to know what a lock backend promises; ``docs/contract.md``
 describes the same contract in prose (the ILock interface, in milliseconds). A backend
 subclasses :class:`BaseLock` and implements only the storage operations at the bottom
-(``_try_acquire``, ``_release``, ``_extend``, ``_force_release``, ``_get``, ``_held``,
+(``_try_acquire``, ``_release``, ``_extend``, ``_force_release``, ``_holders``, ``_held``,
 ``_purge`` and, if it can do better than polling, ``_wait_for_release``), plus
 :meth:`BaseLock.close` if it keeps per-thread resources. Argument validation (in
 :mod:`django_locks.values`), the wait loop, owner tokens, the per-instance bookkeeping of
@@ -39,17 +39,21 @@ from django_locks.exceptions import (
 )
 from django_locks.lease import Lease, _AcquiringLease
 from django_locks.values import (
+    EXCLUSIVE,
     MAX_CORRELATION_ID_LENGTH,
     MAX_KEY_LENGTH,
     MAX_MILLISECONDS,
+    WRITER_RECHECK_MS,
     Attempt,
     LockInfo,
     Milliseconds,
+    Mode,
     datetime_from_us,
     new_token,
     validate_acquire_arguments,
     validate_correlation_id,
     validate_key,
+    validate_mode,
     validate_owner,
     validate_timeout,
     validate_ttl,
@@ -63,6 +67,7 @@ __all__ = [
     "BaseLock",
     "Lease",
     "LockInfo",
+    "Mode",
     "validate_correlation_id",
     "validate_key",
     "validate_owner",
@@ -74,55 +79,79 @@ logger = logging.getLogger("django_locks")
 
 
 class HeldTokens:
-    """Which token this backend instance holds each key with, until its lease expires.
+    """Which tokens this backend instance holds each key with, until their leases expire.
 
-    What ``release_lock(correlation_id, key)`` without ``owner`` releases. An entry lives
-    until it is released, or found lost, or its lease has expired (by this process's
-    monotonic clock, from the ttl it was taken or last extended with): expired entries are
-    pruned whenever the map has doubled since the last pruning, so keys taken with
-    ``try_acquire_lock`` and never released cannot make it grow without bound.
+    What ``release_lock(correlation_id, key)`` without ``owner`` releases: the one token
+    this instance holds the key with (an instance holding several holders of a shared key
+    or semaphore must name one). An entry lives until it is released, or found lost, or
+    its lease has expired (by this process's monotonic clock, from the ttl it was taken or
+    last extended with): expired entries are pruned whenever the map has doubled since the
+    last pruning, so keys taken with ``try_acquire_lock`` and never released cannot make it
+    grow without bound.
     """
 
-    #: Pruning starts once this many entries are remembered.
+    #: Pruning starts once this many tokens are remembered.
     PRUNE_FLOOR = 1024
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[str, float]] = {}
+        self._entries: dict[str, dict[str, float]] = {}  # key -> {token: deadline}
+        self._count = 0
         self._mutex = threading.Lock()
         self._prune_at = self.PRUNE_FLOOR
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._count
 
-    def remember(self, key: str, token: str, ttl: int) -> None:
+    def remember(self, key: str, token: str, ttl: int, exclusive: bool = True) -> None:
+        """``token`` now holds ``key``; alone, when ``exclusive`` (any other token this
+        instance remembered for it was released by someone else)."""
         with self._mutex:
-            self._entries[key] = (token, time.monotonic() + ttl / 1000)
-            if len(self._entries) >= self._prune_at:
+            tokens = self._entries.setdefault(key, {})
+            if exclusive and tokens:
+                self._count -= len(tokens)
+                tokens.clear()
+            self._count += token not in tokens
+            tokens[token] = time.monotonic() + ttl / 1000
+            if self._count >= self._prune_at:
                 now = time.monotonic()
-                self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
-                self._prune_at = max(self.PRUNE_FLOOR, 2 * len(self._entries))
+                pruned = {
+                    k: live for k, v in self._entries.items()
+                    if (live := {t: d for t, d in v.items() if d > now})
+                }
+                self._entries = pruned
+                self._count = sum(map(len, pruned.values()))
+                self._prune_at = max(self.PRUNE_FLOOR, 2 * self._count)
 
     def renewed(self, key: str, token: str, ttl: int) -> None:
         with self._mutex:
-            if self._entries.get(key, ("",))[0] == token:
-                self._entries[key] = (token, time.monotonic() + ttl / 1000)
+            tokens = self._entries.get(key)
+            if tokens is not None and token in tokens:
+                tokens[token] = time.monotonic() + ttl / 1000
 
-    def token_for(self, key: str) -> str | None:
-        """The token this instance holds ``key`` with, if its lease has not expired."""
+    def tokens_for(self, key: str) -> list[str]:
+        """The tokens this instance holds ``key`` with, whose leases have not expired."""
+        now = time.monotonic()
         with self._mutex:
-            token, deadline = self._entries.get(key, (None, 0.0))
-        return token if deadline > time.monotonic() else None
+            return [t for t, deadline in self._entries.get(key, {}).items() if deadline > now]
 
     def forget(self, key: str, token: str | None = None) -> None:
-        """Drop ``key`` (only if held with ``token``, when given)."""
+        """Drop ``key`` (only its ``token``, when given)."""
         with self._mutex:
-            entry = self._entries.get(key)
-            if entry is not None and (token is None or entry[0] == token):
+            tokens = self._entries.get(key)
+            if tokens is None:
+                return
+            if token is None:
+                self._count -= len(tokens)
                 del self._entries[key]
+            elif tokens.pop(token, None) is not None:
+                self._count -= 1
+                if not tokens:
+                    del self._entries[key]
 
     def clear(self) -> None:
         with self._mutex:
             self._entries.clear()
+            self._count = 0
 
 
 class UnsettledAcquisitions:
@@ -263,7 +292,7 @@ class BaseLock:
         key, ttl, _, correlation_id = validate_acquire_arguments(key, ttl, 0, correlation_id)
         token = new_token()
         try:
-            return self._attempt(key, ttl, correlation_id, token).info is not None
+            return self._attempt(key, ttl, correlation_id, token, EXCLUSIVE, False).info is not None
         except LockBackendError:
             self._unsettled(key, token, ttl)
             raise
@@ -281,20 +310,16 @@ class BaseLock:
     def release_lock(
         self, correlation_id: str | None, key: str, *, owner: str | None = None
     ) -> None:
-        """Release ``key``, held by this instance or, with ``owner=TOKEN``, by that token.
+        """Release ``key``, held by this instance or, with ``owner=TOKEN``, by that token
+        (any one holder of a shared key or semaphore).
 
         Raises :class:`LockNotHeldError` (leaving the lock exactly as it was) when the
-        lock is not held by this instance / by ``owner``.
+        lock is not held by this instance / by ``owner``, and ``ValueError`` asking for
+        ``owner`` when this instance holds several holders of ``key``.
         """
         correlation_id = validate_correlation_id(correlation_id)
         key, owner = validate_key(key), validate_owner(owner)
-        token = owner
-        if token is None:
-            token = self._holdings.token_for(key)
-            if token is None:
-                raise LockNotHeldError(
-                    f"lock {key!r} is not held by this instance of LOCKS[{self.alias!r}]"
-                )
+        token = owner if owner is not None else self._own_token(key)
         released = self._release(key, token)
         self._forget(key, token)
         if not released:
@@ -308,13 +333,22 @@ class BaseLock:
         ttl: Milliseconds,
         timeout: Milliseconds = 0,
         correlation_id: str | None = None,
+        *,
+        shared: bool = False,
+        limit: int = 1,
     ) -> Lease:
-        """Acquire ``key`` (waiting up to ``timeout`` ms) and return its :class:`Lease`."""
+        """Acquire ``key`` (waiting up to ``timeout`` ms) and return its :class:`Lease`.
+
+        ``shared=True``: a read lock, held together with any other shared holders and
+        never with a non-shared one. ``limit=N``: a counting semaphore, admitted while
+        fewer than N holders hold the key. See :class:`~django_locks.values.Mode`.
+        """
         arguments = validate_acquire_arguments(key, ttl, timeout, correlation_id)
-        return Lease(self, self._acquire(*arguments), arguments[1])
+        mode = validate_mode(shared, limit)
+        return Lease(self, self._acquire(*arguments, mode), arguments[1])
 
     def force_release(self, key: str) -> bool:
-        """Release whoever holds ``key``. True if something was held."""
+        """Release every holder of ``key``. True if something was held."""
         key = validate_key(key)
         self._holdings.forget(key)
         released = self._force_release(key)
@@ -323,11 +357,17 @@ class BaseLock:
         return released
 
     def get_lock(self, key: str) -> LockInfo | None:
-        """The lock held now on ``key``, or None."""
+        """The lock held now on ``key`` (its exclusive holder, or of several holders the
+        one that expires last), or None."""
         return self._get(validate_key(key))
 
+    def get_holders(self, key: str) -> list[LockInfo]:
+        """Every holder of ``key`` now (one for an exclusive lock), soonest expiry first."""
+        holders = self._holders(validate_key(key))
+        return sorted(holders, key=lambda info: (info.expires_at_us, info.token))
+
     def held_locks(self) -> list[LockInfo]:
-        """Every lock held now, soonest expiry first."""
+        """Every holder of every lock held now, soonest expiry first."""
         return sorted(self._held(), key=lambda info: (info.expires_at, info.key))
 
     def close(self, **kwargs: Any) -> None:
@@ -362,11 +402,7 @@ class BaseLock:
         """
         key, ttl = validate_key(key), validate_ttl(ttl)
         correlation_id, owner = validate_correlation_id(correlation_id), validate_owner(owner)
-        token = owner if owner is not None else self._holdings.token_for(key)
-        if token is None:
-            raise LockNotHeldError(
-                f"lock {key!r} is not held by this instance of LOCKS[{self.alias!r}]"
-            )
+        token = owner if owner is not None else self._own_token(key)
         expires_at_us = self._extend(key, token, ttl)
         if expires_at_us is None:
             self._forget(key, token)
@@ -387,7 +423,9 @@ class BaseLock:
         key, ttl, _, correlation_id = validate_acquire_arguments(key, ttl, 0, correlation_id)
         token = new_token()
         try:
-            attempt = await self._in_worker(self._attempt)(key, ttl, correlation_id, token)
+            attempt = await self._in_worker(self._attempt)(
+                key, ttl, correlation_id, token, EXCLUSIVE, False
+            )
         except LockBackendError:
             self._unsettled(key, token, ttl)
             raise
@@ -412,12 +450,17 @@ class BaseLock:
         ttl: Milliseconds,
         timeout: Milliseconds = 0,
         correlation_id: str | None = None,
+        *,
+        shared: bool = False,
+        limit: int = 1,
     ) -> _AcquiringLease:
-        """``async with backend.alock(key, ttl) as lease:`` (or ``lease = await ...``)."""
+        """``async with backend.alock(key, ttl) as lease:`` (or ``lease = await ...``).
+        ``shared`` and ``limit`` as for :meth:`lock`."""
         arguments = validate_acquire_arguments(key, ttl, timeout, correlation_id)
+        mode = validate_mode(shared, limit)
 
         async def acquire() -> Lease:
-            return Lease(self, await self._aacquire(*arguments), arguments[1])
+            return Lease(self, await self._aacquire(*arguments, mode), arguments[1])
 
         return _AcquiringLease(acquire)
 
@@ -440,10 +483,12 @@ class BaseLock:
 
     # ----------------------------------------------------------------------- shared logic
 
-    def _attempt(self, key: str, ttl: int, correlation_id: str | None, token: str) -> Attempt:
-        attempt = self._try_acquire(key, token, ttl, correlation_id)
+    def _attempt(
+        self, key: str, ttl: int, correlation_id: str | None, token: str, mode: Mode, waiter: bool
+    ) -> Attempt:
+        attempt = self._try_acquire(key, token, ttl, correlation_id, mode, waiter)
         if attempt.info is not None:
-            self._holdings.remember(key, token, ttl)
+            self._holdings.remember(key, token, ttl, mode.exclusive)
             logger.debug(
                 "lock %r acquired for %d ms (alias=%s, correlation_id=%s, fencing_token=%s)",
                 key, ttl, self.alias, correlation_id, attempt.info.fencing_token,
@@ -456,10 +501,11 @@ class BaseLock:
         return attempt
 
     def _acquire(
-        self, key: str, ttl: int, timeout: int, correlation_id: str | None
+        self, key: str, ttl: int, timeout: int, correlation_id: str | None, mode: Mode = EXCLUSIVE
     ) -> LockInfo:
         """The wait loop: attempt, then wait for a release (or the holder's expiry)."""
         token = new_token()
+        waiter = timeout > 0
         deadline = time.monotonic() + timeout / 1000
         waits = 0
         waiting = False  # an attempt found the lock held: backend failures may be retried
@@ -468,10 +514,12 @@ class BaseLock:
             with self._waiting(key) if timeout else contextlib.nullcontext():
                 while True:
                     try:
-                        attempt = self._attempt(key, ttl, correlation_id, token)
+                        attempt = self._attempt(key, ttl, correlation_id, token, mode, waiter)
                         if attempt.info is not None:
                             return attempt.info
-                        seconds = self._wait_budget(deadline, attempt, key, timeout, correlation_id, waits)
+                        seconds = self._wait_budget(
+                            deadline, attempt, key, timeout, correlation_id, waits, mode
+                        )
                         waiting = True
                         self._wait_for_release(key, seconds, waits)
                     except LockBackendError as error:
@@ -484,10 +532,11 @@ class BaseLock:
             raise
 
     async def _aacquire(
-        self, key: str, ttl: int, timeout: int, correlation_id: str | None
+        self, key: str, ttl: int, timeout: int, correlation_id: str | None, mode: Mode = EXCLUSIVE
     ) -> LockInfo:
         """The wait loop for async callers: attempts in a worker, waits by asyncio.sleep."""
         token = new_token()
+        waiter = timeout > 0
         deadline = time.monotonic() + timeout / 1000
         attempt_in_worker = self._in_worker(self._attempt)
         waits = 0
@@ -495,12 +544,16 @@ class BaseLock:
         try:
             waiting = False  # an attempt found the lock held: backend failures may be retried
             while True:
-                running = asyncio.ensure_future(attempt_in_worker(key, ttl, correlation_id, token))
+                running = asyncio.ensure_future(
+                    attempt_in_worker(key, ttl, correlation_id, token, mode, waiter)
+                )
                 try:
                     attempt = await asyncio.shield(running)
                     if attempt.info is not None:
                         return attempt.info
-                    seconds = self._wait_budget(deadline, attempt, key, timeout, correlation_id, waits)
+                    seconds = self._wait_budget(
+                        deadline, attempt, key, timeout, correlation_id, waits, mode
+                    )
                     waiting = True
                     await self._await_release(key, seconds, waits)
                 except asyncio.CancelledError:
@@ -554,9 +607,13 @@ class BaseLock:
         timeout: int,
         correlation_id: str | None,
         waits: int,
+        mode: Mode = EXCLUSIVE,
     ) -> float:
         """After a failed attempt: how long to wait before the next (at most until the
-        deadline or the holder's expiry), or :class:`LockTimeoutError` at the deadline."""
+        deadline or the holder's expiry), or :class:`LockTimeoutError` at the deadline.
+
+        A non-shared waiter attempts again at least every ``WRITER_RECHECK_MS``: each of
+        its attempts renews the mark that keeps new shared acquisitions behind it."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             logger.info(
@@ -571,6 +628,8 @@ class BaseLock:
             )
         if attempt.holder_remaining_ms is not None:
             remaining = min(remaining, attempt.holder_remaining_ms / 1000)
+        if not mode.shared:
+            remaining = min(remaining, WRITER_RECHECK_MS / 1000)
         return remaining
 
     def _retry_delay(
@@ -616,6 +675,28 @@ class BaseLock:
         ``asyncio.sleep`` of the polling backoff (backends that can be woken override it)."""
         await asyncio.sleep(self._poll_delay(seconds, waits))
 
+    def _own_token(self, key: str) -> str:
+        """The one token this instance holds ``key`` with: :class:`LockNotHeldError` if
+        none, ``ValueError`` asking for ``owner`` if several (shared or semaphore holders;
+        tokens others have released meanwhile are first checked with the backend)."""
+        tokens = self._holdings.tokens_for(key)
+        if len(tokens) > 1:
+            live = {info.token for info in self._holders(key)}
+            for token in tokens:
+                if token not in live:
+                    self._forget(key, token)
+            tokens = [token for token in tokens if token in live]
+        if not tokens:
+            raise LockNotHeldError(
+                f"lock {key!r} is not held by this instance of LOCKS[{self.alias!r}]"
+            )
+        if len(tokens) > 1:
+            raise ValueError(
+                f"this instance holds {len(tokens)} holders of lock {key!r}: pass owner=TOKEN "
+                "(the lease's token) to say which one"
+            )
+        return tokens[0]
+
     def _forget(self, key: str, token: str) -> None:
         """Drop ``key`` from this instance's bookkeeping if ``token`` is what it holds."""
         self._holdings.forget(key, token)
@@ -635,26 +716,50 @@ class BaseLock:
     # ----------------------------------------------------------------------- storage operations
 
     def _try_acquire(
-        self, key: str, token: str, ttl: int, correlation_id: str | None
+        self, key: str, token: str, ttl: int, correlation_id: str | None, mode: Mode,
+        waiter: bool,
     ) -> Attempt:
-        """One atomic attempt to take ``key`` for ``token`` if it is free or expired."""
+        """One atomic attempt to add ``token`` as a holder of ``key`` in ``mode``.
+
+        Admission (see :class:`~django_locks.values.Mode`), on the backend's clock, holders
+        whose ttl has run out not counted: a non-shared attempt with limit N is admitted
+        while fewer than N holders hold the key; a shared one while no non-shared holder
+        holds it and no writer mark is alive. ``waiter``: the call waits (timeout > 0). A
+        non-shared waiter's failed attempt sets the key's writer mark for
+        ``WRITER_MARK_MS`` (renewing it; at least when shared holders hold the key), and
+        its successful attempt clears the mark if it is its own. The new holder's fencing
+        token is greater than every earlier holder's of the key.
+
+        On failure, ``holder_remaining_ms`` is how long until the attempt could succeed by
+        expiry alone (a full semaphore: the holder that expires first; an exclusive
+        attempt: the last holder; a shared one: the non-shared holder or the mark).
+        """
         raise NotImplementedError
 
     def _release(self, key: str, token: str) -> bool:
-        """Free ``key`` if ``token`` holds it and it has not expired. True if it did."""
+        """Remove holder ``token`` of ``key`` if it holds it and has not expired. True if
+        it did; wakes the waiters that may now proceed."""
         raise NotImplementedError
 
     def _extend(self, key: str, token: str, ttl: int) -> int | None:
-        """Reset the life of ``key`` to ``ttl`` ms if ``token`` holds it; the new expiry (µs)."""
+        """Reset the life of holder ``token`` of ``key`` to ``ttl`` ms; the new expiry (µs)."""
         raise NotImplementedError
 
     def _force_release(self, key: str) -> bool:
+        """Remove every holder of ``key`` (and its writer mark). True if one was held."""
+        raise NotImplementedError
+
+    def _holders(self, key: str) -> list[LockInfo]:
+        """Every live holder of ``key``."""
         raise NotImplementedError
 
     def _get(self, key: str) -> LockInfo | None:
-        raise NotImplementedError
+        """The exclusive holder of ``key``, or of several the one that expires last."""
+        holders = self._holders(key)
+        return max(holders, key=lambda info: (info.expires_at_us, info.token)) if holders else None
 
     def _held(self) -> list[LockInfo]:
+        """Every live holder of every key."""
         raise NotImplementedError
 
     def _purge(self) -> int:

@@ -31,7 +31,7 @@ from django_locks.backends.cache_clients.add import CacheAddLockClient
 from django_locks.backends.cache_clients.base import CacheLockClient, LockKeys
 from django_locks.backends.cache_clients.redis import RedisLockClient
 from django_locks.exceptions import LockBackendError
-from django_locks.values import Attempt, LockInfo
+from django_locks.values import Attempt, LockInfo, Mode
 
 
 def client_class_for(cache_class: type) -> type[CacheLockClient]:
@@ -107,8 +107,11 @@ class CacheLock(BaseLock):
 
     # ----------------------------------------------------------------------- storage operations
 
-    def _try_acquire(self, key: str, token: str, ttl: int, correlation_id: str | None) -> Attempt:
-        return self.client.try_acquire(self._keys(key), key, token, ttl, correlation_id)
+    def _try_acquire(
+        self, key: str, token: str, ttl: int, correlation_id: str | None, mode: Mode,
+        waiter: bool,
+    ) -> Attempt:
+        return self.client.try_acquire(self._keys(key), key, token, ttl, correlation_id, mode, waiter)
 
     def _release(self, key: str, token: str) -> bool:
         return self.client.release(self._keys(key), token)
@@ -121,6 +124,9 @@ class CacheLock(BaseLock):
 
     def _get(self, key: str) -> LockInfo | None:
         return self.client.get(self._keys(key))
+
+    def _holders(self, key: str) -> list[LockInfo]:
+        return self.client.holders(self._keys(key))
 
     def _held(self) -> list[LockInfo]:
         return self.client.held()

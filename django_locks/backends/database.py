@@ -48,7 +48,7 @@ from django.db.utils import load_backend
 
 from django_locks.backends.base import BaseLock, logger
 from django_locks.exceptions import InvalidLockBackendError, LockBackendError
-from django_locks.values import Attempt, LockInfo
+from django_locks.values import Attempt, LockInfo, Mode
 
 #: Purge deletes only rows that expired longer ago than this (microseconds).
 PURGE_AFTER_US = 60 * 1_000_000
@@ -698,8 +698,11 @@ class DatabaseLock(BaseLock):
         logger.debug("culled %d lock rows (alias=%s)", culled, self.alias)
 
     def _try_acquire(
-        self, key: str, token: str, ttl: int, correlation_id: str | None
+        self, key: str, token: str, ttl: int, correlation_id: str | None, mode: Mode,
+        waiter: bool,
     ) -> Attempt:
+        if not mode.exclusive:
+            raise NotImplementedError("shared locks and semaphores: not yet on DatabaseLock")
         if self.cull_frequency:
             self._attempts_until_cull -= 1
             if self._attempts_until_cull <= 0:
@@ -753,6 +756,10 @@ class DatabaseLock(BaseLock):
     def _get(self, key: str) -> LockInfo | None:
         rows, _ = self._run(self.sql.get, (key,))
         return _info(rows[0]) if rows else None
+
+    def _holders(self, key: str) -> list[LockInfo]:
+        info = self._get(key)
+        return [] if info is None else [info]
 
     def _held(self) -> list[LockInfo]:
         rows, _ = self._run(self.sql.held, ())

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from django_locks.backends.base import BaseLock
-from django_locks.values import Attempt, LockInfo
+from django_locks.values import WRITER_MARK_MS, Attempt, LockInfo, Mode
 
 
 @dataclass
@@ -25,12 +25,34 @@ class _Entry:
 class _MemoryStore:
     def __init__(self) -> None:
         self.condition = threading.Condition()
-        self.entries: dict[str, _Entry] = {}
+        self.entries: dict[str, dict[str, _Entry]] = {}  # key -> {token: holder}
+        self.marks: dict[str, tuple[str, float]] = {}  # key -> (waiting writer, deadline)
         self.fencing: dict[str, int] = {}  # never purged: tokens only rise
 
-    def live(self, key: str, now: float) -> _Entry | None:
-        entry = self.entries.get(key)
+    def live(self, key: str, now: float) -> list[_Entry]:
+        """The holders of ``key`` whose ttl has not run out (expired ones are dropped)."""
+        holders = self.entries.get(key)
+        if not holders:
+            return []
+        live = [entry for entry in holders.values() if entry.deadline > now]
+        if len(live) != len(holders):
+            for entry in holders.copy().values():
+                if entry.deadline <= now:
+                    del holders[entry.info.token]
+            if not holders:
+                del self.entries[key]
+        return live
+
+    def holder(self, key: str, token: str, now: float) -> _Entry | None:
+        entry = self.entries.get(key, {}).get(token)
         return entry if entry is not None and entry.deadline > now else None
+
+    def mark(self, key: str, now: float) -> tuple[str, float] | None:
+        mark = self.marks.get(key)
+        if mark is not None and mark[1] <= now:
+            del self.marks[key]
+            return None
+        return mark
 
 
 _stores: dict[str, _MemoryStore] = {}
@@ -40,6 +62,25 @@ _stores_mutex = threading.Lock()
 def _store(alias: str) -> _MemoryStore:
     with _stores_mutex:
         return _stores.setdefault(alias, _MemoryStore())
+
+
+def _refusal(mode: Mode, holders: list[_Entry], mark: tuple[str, float] | None,
+             now: float) -> int | None:
+    """None if ``mode`` is admitted among ``holders``; else the ms until it could be by
+    expiry alone."""
+    def ms(deadline: float) -> int:
+        return max(0, int((deadline - now) * 1000))
+
+    if mode.shared:
+        blockers = [entry.deadline for entry in holders if not entry.info.shared]
+        if mark is not None:
+            blockers.append(mark[1])
+        return ms(max(blockers)) if blockers else None
+    if len(holders) < mode.limit:
+        return None
+    deadlines = sorted(entry.deadline for entry in holders)
+    # Admitted once len(holders) - mode.limit + 1 of them have gone.
+    return ms(deadlines[len(holders) - mode.limit])
 
 
 class MemoryLock(BaseLock):
@@ -57,14 +98,21 @@ class MemoryLock(BaseLock):
         return time.monotonic() + ttl / 1000, time.time_ns() // 1000 + ttl * 1000
 
     def _try_acquire(
-        self, key: str, token: str, ttl: int, correlation_id: str | None
+        self, key: str, token: str, ttl: int, correlation_id: str | None, mode: Mode,
+        waiter: bool,
     ) -> Attempt:
         store = self._store
         with store.condition:
             now = time.monotonic()
-            holder = store.live(key, now)
-            if holder is not None:
-                return Attempt(None, int((holder.deadline - now) * 1000))
+            holders = store.live(key, now)
+            mark = store.mark(key, now)
+            refused = _refusal(mode, holders, mark, now)
+            if refused is not None:
+                if waiter and not mode.shared:
+                    store.marks[key] = (token, now + WRITER_MARK_MS / 1000)
+                return Attempt(None, refused)
+            if mark is not None and mark[0] == token:
+                del store.marks[key]
             fencing_token = store.fencing.get(key, 0) + 1
             store.fencing[key] = fencing_token
             deadline, expires_at_us = self._expiry(ttl)
@@ -75,25 +123,29 @@ class MemoryLock(BaseLock):
                 correlation_id=correlation_id,
                 acquired_at_us=expires_at_us - ttl * 1000,
                 expires_at_us=expires_at_us,
+                shared=mode.shared,
+                limit=mode.limit,
             )
-            store.entries[key] = _Entry(info, deadline)
+            store.entries.setdefault(key, {})[token] = _Entry(info, deadline)
             return Attempt(info)
 
     def _release(self, key: str, token: str) -> bool:
         store = self._store
         with store.condition:
-            holder = store.live(key, time.monotonic())
-            if holder is None or holder.info.token != token:
+            if store.holder(key, token, time.monotonic()) is None:
                 return False
-            del store.entries[key]
+            holders = store.entries[key]
+            del holders[token]
+            if not holders:
+                del store.entries[key]
             store.condition.notify_all()
             return True
 
     def _extend(self, key: str, token: str, ttl: int) -> int | None:
         store = self._store
         with store.condition:
-            holder = store.live(key, time.monotonic())
-            if holder is None or holder.info.token != token:
+            holder = store.holder(key, token, time.monotonic())
+            if holder is None:
                 return None
             holder.deadline, expires_at_us = self._expiry(ttl)
             holder.info = replace(holder.info, expires_at_us=expires_at_us)
@@ -102,35 +154,40 @@ class MemoryLock(BaseLock):
     def _force_release(self, key: str) -> bool:
         store = self._store
         with store.condition:
-            holder = store.live(key, time.monotonic())
+            held = bool(store.live(key, time.monotonic()))
             store.entries.pop(key, None)
+            store.marks.pop(key, None)
             store.condition.notify_all()
-            return holder is not None
+            return held
 
     @staticmethod
     def _measured(entry: _Entry, now: float) -> LockInfo:
         return replace(entry.info, remaining_ms=int((entry.deadline - now) * 1000))
 
-    def _get(self, key: str) -> LockInfo | None:
+    def _holders(self, key: str) -> list[LockInfo]:
         with self._store.condition:
             now = time.monotonic()
-            holder = self._store.live(key, now)
-            return self._measured(holder, now) if holder is not None else None
+            return [self._measured(entry, now) for entry in self._store.live(key, now)]
 
     def _held(self) -> list[LockInfo]:
         store = self._store
         with store.condition:
             now = time.monotonic()
-            return [self._measured(entry, now) for entry in store.entries.values() if entry.deadline > now]
+            return [
+                self._measured(entry, now)
+                for holders in store.entries.values()
+                for entry in holders.values()
+                if entry.deadline > now
+            ]
 
     def _purge(self) -> int:
         store = self._store
         with store.condition:
             now = time.monotonic()
-            expired = [key for key, entry in store.entries.items() if entry.deadline <= now]
-            for key in expired:
-                del store.entries[key]
-            return len(expired)
+            before = sum(map(len, store.entries.values()))
+            for key in list(store.entries):
+                store.live(key, now)
+            return before - sum(map(len, store.entries.values()))
 
     def clear(self) -> None:
         """Forget every lock and fencing counter of this alias, in every thread of the
@@ -138,6 +195,7 @@ class MemoryLock(BaseLock):
         store = self._store
         with store.condition:
             store.entries.clear()
+            store.marks.clear()
             store.fencing.clear()
             store.condition.notify_all()
         self._holdings.clear()
@@ -145,5 +203,6 @@ class MemoryLock(BaseLock):
     def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
         store = self._store
         with store.condition:
-            if store.live(key, time.monotonic()) is not None:
+            now = time.monotonic()
+            if store.live(key, now) or store.mark(key, now) is not None:
                 store.condition.wait(seconds)

@@ -18,7 +18,7 @@ from django.core.checks import CheckMessage, Warning
 
 from django_locks.backends.cache_clients.base import CacheLockClient, LockKeys
 from django_locks.exceptions import LockBackendError
-from django_locks.values import Attempt, LockInfo
+from django_locks.values import Attempt, LockInfo, Mode
 
 if TYPE_CHECKING:
     from django_locks.backends.cache import CacheLock
@@ -95,7 +95,12 @@ class CacheAddLockClient(CacheLockClient):
             cache.add(fence_key, self._now_us(), timeout=None)
             return cache.incr(fence_key)
 
-    def try_acquire(self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None) -> Attempt:
+    def try_acquire(
+        self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None, mode: Mode,
+        waiter: bool,
+    ) -> Attempt:
+        if not mode.exclusive:
+            raise NotImplementedError("shared locks and semaphores: not yet on this client")
         def acquire(cache: Any) -> Attempt:
             now_us = self._now_us()
             state = {"key": key, "token": token, "fence": 0, "cid": cid, "ttl": ttl,
@@ -162,6 +167,10 @@ class CacheAddLockClient(CacheLockClient):
             # This client's times are all the application server's clock.
             remaining_ms=None if now_us is None else (state["expires"] - now_us) // 1000,
         )
+
+    def holders(self, keys: LockKeys) -> list[LockInfo]:
+        info = self.get(keys)
+        return [] if info is None else [info]
 
     def get(self, keys: LockKeys) -> LockInfo | None:
         holder = self._call(lambda cache: cache.get(keys.lock))

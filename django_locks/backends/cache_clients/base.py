@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from django.core.checks import CheckMessage
 
 from django_locks.exceptions import LockBackendError
-from django_locks.values import Attempt, LockInfo
+from django_locks.values import Attempt, LockInfo, Mode
 
 if TYPE_CHECKING:
     from django_locks.backends.cache import CacheLock
@@ -52,8 +52,12 @@ class CacheLockClient(abc.ABC):
         """The cache keys of lock ``key``."""
 
     @abc.abstractmethod
-    def try_acquire(self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None) -> Attempt:
-        """One atomic attempt to take the lock for ``token`` if it is free or expired."""
+    def try_acquire(
+        self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None, mode: Mode,
+        waiter: bool,
+    ) -> Attempt:
+        """One atomic attempt to add ``token`` as a holder in ``mode`` (see
+        ``BaseLock._try_acquire``)."""
 
     @abc.abstractmethod
     def release(self, keys: LockKeys, token: str) -> bool:
@@ -68,8 +72,13 @@ class CacheLockClient(abc.ABC):
         """Free the lock whoever holds it. True if something was held."""
 
     @abc.abstractmethod
+    def holders(self, keys: LockKeys) -> list[LockInfo]:
+        """Every live holder of the lock."""
+
     def get(self, keys: LockKeys) -> LockInfo | None:
-        """The lock's holder, or None."""
+        """The exclusive holder, or of several the one that expires last; or None."""
+        holders = self.holders(keys)
+        return max(holders, key=lambda info: (info.expires_at_us, info.token)) if holders else None
 
     @abc.abstractmethod
     def held(self) -> list[LockInfo]:

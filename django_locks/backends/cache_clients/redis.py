@@ -30,7 +30,7 @@ from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 
 from django_locks.backends.cache_clients.base import CacheLockClient, LockKeys
 from django_locks.exceptions import LockBackendError
-from django_locks.values import Attempt, LockInfo
+from django_locks.values import Attempt, LockInfo, Mode
 
 try:  # redis is an optional dependency (the "redis" extra); without it no cache is Redis
     import redis.asyncio as redis_asyncio
@@ -320,7 +320,12 @@ class RedisLockClient(CacheLockClient):
                 f"{self.backend.cache_alias!r} failed: {e}"
             ) from e
 
-    def try_acquire(self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None) -> Attempt:
+    def try_acquire(
+        self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None, mode: Mode,
+        waiter: bool,
+    ) -> Attempt:
+        if not mode.exclusive:
+            raise NotImplementedError("shared locks and semaphores: not yet on this client")
         fence, second = self._call(
             lambda c: self.acquire_script(
                 c, [keys.lock, keys.fence, keys.wake], [key, token, ttl, cid or "", FENCE_GRACE_MS]
@@ -378,6 +383,10 @@ class RedisLockClient(CacheLockClient):
     def _read(pipe: Any, name: str) -> None:
         pipe.hmget(name, LOCK_FIELDS)
         pipe.pttl(name)
+
+    def holders(self, keys: LockKeys) -> list[LockInfo]:
+        info = self.get(keys)
+        return [] if info is None else [info]
 
     def get(self, keys: LockKeys) -> LockInfo | None:
         return self._info(*self._call(lambda c: self.read_script(c, [keys.lock], [])))
