@@ -4,11 +4,14 @@ then a write, ttl follows the cache's timeout precision, fencing counters may be
 (the clock floor keeps tokens rising), waiters poll, and held locks cannot be listed.
 
 Semaphores (``limit=N``) are N slot keys, each taken with ``cache.add`` (see "semaphore
-slots" below), so at most N holders of one limit hold a key at once. The rule across
-limits is slot-wise: an acquisition with limit N is admitted while one of the first N
-slots is free, so a key used both as an exclusive lock (slot 0) and as a semaphore may
-have an exclusive holder beside semaphore holders of slots above 0 (Redis and
-DatabaseLock count every holder). Shared (read) locks are refused with
+slots" below), so at most N holders of one limit hold a key at once, by the slots alone.
+An acquisition with limit N first counts the holders of every slot used so far (a
+deploy that lowers N waits for the old holders), a read before the ``add``: across
+different limits two acquirers may both count before either adds. An exclusive
+acquisition is unchanged (``add`` of slot 0, which is the exclusive lock's key), so a
+key used both as an exclusive lock and as a semaphore may have an exclusive holder
+beside semaphore holders of slots above 0 (Redis and DatabaseLock count every holder
+atomically). Shared (read) locks are refused with
 ``NotImplementedError``: readers would need a count that ``add`` and ``incr`` cannot
 keep atomically together with the writer's key (system check django_locks.I001).
 """
@@ -168,14 +171,21 @@ class CacheAddLockClient(CacheLockClient):
         self, cache: Any, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None,
         mode: Mode,
     ) -> Attempt:
-        """A semaphore attempt: the first free slot of ``mode.limit``, by ``cache.add``."""
+        """A semaphore attempt: admitted while fewer than ``mode.limit`` holders hold the
+        key (counted over every slot used), into the first free of its first N slots."""
         slots = [self._slot(keys, i) for i in range(mode.limit)]
         slots_key = self._slots_key(keys)
         found = cache.get_many([*slots, slots_key])
-        high_water = found.get(slots_key) or 1
-        if high_water < mode.limit:  # for listing only: a race may keep it lower, briefly
+        high_water = found.pop(slots_key, None) or 1
+        if high_water > mode.limit:  # holders of a larger limit may sit above our slots
+            found.update(cache.get_many([self._slot(keys, i) for i in range(mode.limit, high_water)]))
+        elif high_water < mode.limit:  # for counting and listing; a race may keep it lower, briefly
             cache.set(slots_key, mode.limit, timeout=None)
         now_us = self._now_us()
+        expiries = sorted(state["expires"] for state in found.values() if self._live(state, now_us))
+        if len(expiries) >= mode.limit:
+            # Admitted once len - limit + 1 of them have gone.
+            return Attempt(None, max((expiries[len(expiries) - mode.limit] - now_us) // 1000, 0))
         state = {"key": key, "token": token, "fence": 0, "cid": cid, "ttl": ttl,
                  "acquired": now_us, "expires": now_us + ttl * 1000, "limit": mode.limit}
         for index, slot in enumerate(slots):
@@ -190,9 +200,7 @@ class CacheAddLockClient(CacheLockClient):
                 if index:
                     cache.set(self._owner_key(keys, token), index, timeout=self._timeout(left_ms))
             return Attempt(self._info(state))
-        expiries = [found[slot]["expires"] for slot in slots if self._live(found.get(slot), now_us)]
-        first = min(expiries) if expiries else now_us  # a slot freed meanwhile: retry soon
-        return Attempt(None, max((first - self._now_us()) // 1000, 0))
+        return Attempt(None, 0)  # every free slot was taken meanwhile: try again soon
 
     def _holder_with_margin(self, cache: Any, keys: LockKeys, token: str) -> tuple[str, dict | None, bool]:
         """The slot ``token`` holds, its state (None if not held) and whether it is safe to
