@@ -390,6 +390,46 @@ def test_a_writers_release_wakes_every_waiting_reader(redis_alias, how, waits, m
     assert len(backend.get_holders("readers")) == n
 
 
+def test_a_wake_up_taken_by_readers_that_cannot_use_it_reaches_the_writer(redis_alias, waits,
+                                                                          monkeypatch):
+    """Readers blocked first, then a writer (its mark holds them back), behind a holder:
+    the holder's one wake-up goes to the first blocked, a reader, who passes it on until
+    the writer has it, instead of the writer sleeping until its next recheck."""
+    import django_locks.backends.base as base_module
+
+    monkeypatch.setattr(redis_client_module, "MAX_BLOCK_SECONDS", 10)  # readers block 2.5 s
+    monkeypatch.setattr(base_module, "WRITER_RECHECK_MS", 900)  # the writer re-blocks < mark
+    backend = locks[redis_alias]
+    holder = backend.lock("relay", LONG)
+    got: dict = {}
+
+    def take(name: str, **mode) -> None:
+        try:
+            got[name] = (locks[redis_alias].lock("relay", 5_000, timeout=30_000, **mode),
+                         time.monotonic())
+        except BaseException as e:
+            got[name] = (e, time.monotonic())
+
+    readers = [threading.Thread(target=take, args=(f"r{i}",), kwargs={"shared": True})
+               for i in range(3)]
+    for thread in readers:
+        thread.start()
+    wait_until(lambda: waits.count("relay") >= 3)
+    writer = threading.Thread(target=take, args=("w",))
+    writer.start()
+    wait_until(lambda: mark_alive(backend, "relay") and waits.count("relay") >= 4)
+    released_at = time.monotonic()
+    holder.release()
+    writer.join(20)
+    lease, at = got["w"]
+    assert not isinstance(lease, BaseException), lease
+    assert at - released_at < 0.5, f"the writer slept {at - released_at:.3f} s through the release"
+    lease.release()
+    for thread in readers:
+        thread.join(20)
+    assert all(got[f"r{i}"][0].fencing_token > lease.fencing_token for i in range(3))
+
+
 # ----------------------------------------------------------------------------- Redis Cluster
 
 

@@ -32,14 +32,18 @@ Wake-ups: every release pushes one wake-up (as an exclusive release always did);
 admitted waiter that leaves room for more (a shared holder, a semaphore below its limit)
 passes one wake-up on if the list is empty, so a writer's release wakes every waiting
 reader, one after the other, each within its own admission's round trip. A woken waiter
-that cannot proceed passes nothing on (no ping-pong between two blocked waiters); a
-non-shared waiter re-attempts every ``WRITER_RECHECK_MS`` anyway, a shared one every
-``MAX_BLOCK_SECONDS``.
+that cannot proceed passes its wake-up on when another waiter might (a reader held back
+by a writer's mark alone: the writer; fewer holders than a holder's limit: a semaphore
+waiter), at most ``WAKE_HOPS`` times per wake-up (the hop count is the value pushed), so
+the one that can proceed is reached and waiters that all cannot stop passing it round.
+Beyond that, a non-shared waiter re-attempts every ``WRITER_RECHECK_MS`` anyway, a
+shared one every ``MAX_BLOCK_SECONDS``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import inspect
 import os
@@ -99,6 +103,16 @@ FENCE_GRACE_MS = 60_000
 WAKE_TTL_MS = 5_000
 #: Longest single block of a waiter (s), a bound for a lost wake-up.
 MAX_BLOCK_SECONDS = 0.5
+#: How many times one wake-up is passed on by woken waiters that cannot proceed (see
+#: MODE_ACQUIRE_SCRIPT): enough to reach a waiter that can behind a few that cannot, few
+#: enough that waiters that all cannot stop passing it round soon.
+WAKE_HOPS = 8
+
+#: The wake-up a waiter of this context (thread, or asyncio task: sync_to_async runs the
+#: next attempt in a copy of it) was woken by: (wake-up list, its hop count), or None.
+_woken: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+    "django_locks_woken", default=None
+)
 #: Redis ends a blocking command's timeout up to one server tick (1/hz, 100 ms by
 #: default) late; a block is kept this much shorter than the client's socket timeout.
 BLOCK_TIMEOUT_SLACK = 0.15
@@ -256,10 +270,16 @@ end
 # One attempt in any mode (shared, a semaphore, or exclusive by a waiter), atomically on
 # the server's clock. KEYS: lock hash, fencing counter, wake-up list, writer mark. ARGV:
 # key, token, ttl ms, correlation id, FENCE_GRACE_MS, shared (1/0), limit, waiter (1/0),
-# WRITER_MARK_MS, WAKE_TTL_MS. Admission (Mode): a non-shared attempt with limit N while
+# WRITER_MARK_MS, WAKE_TTL_MS, hops (the hop count of the wake-up that woke this waiter,
+# 0 if none), WAKE_HOPS. Admission (Mode): a non-shared attempt with limit N while
 # fewer than N live holders hold the key; a shared one while no live non-shared holder
 # does and no writer mark is alive. Refused: a non-shared waiter sets the mark to its
-# token for WRITER_MARK_MS; returns {"0", ms until it could succeed by expiry alone}.
+# token for WRITER_MARK_MS; a waiter woken by a wake-up it cannot use passes it on (hop
+# count + 1, up to WAKE_HOPS) when another might use it: a shared one held back by the
+# mark alone (the writer that set it may proceed), any one while there are fewer holders
+# than the largest limit among them (a semaphore waiter may proceed). So a waiter behind
+# it that can proceed does not sleep through the release, and exclusive waiters of a
+# held key pass nothing round. Returns {"0", ms until it could succeed by expiry alone}.
 # Admitted: clears the mark if it is its own, advances the fencing counter exactly as
 # ACQUIRE_SCRIPT does (max(last + 1, server clock µs)); an exclusive holder is written in
 # ACQUIRE_SCRIPT's layout (and clears stale wake-ups, as there), any other into its own
@@ -276,12 +296,15 @@ for _, h in ipairs(holders) do
   if h.token == token then return {h.fence, h.acquired} end
 end
 local wait_us = nil
+local widest = 1
+for _, h in ipairs(holders) do widest = math.max(widest, tonumber(h.limit)) end
 if shared then
   for _, h in ipairs(holders) do
     if h.shared == '0' and (wait_us == nil or h.expires - now > wait_us) then
       wait_us = h.expires - now
     end
   end
+  if wait_us == nil then widest = math.huge end
   local mark = redis.call('PTTL', KEYS[4])
   if mark > 0 then wait_us = math.max(wait_us or 0, mark * 1000) end
 elseif #holders >= limit then
@@ -292,6 +315,11 @@ elseif #holders >= limit then
 end
 if wait_us ~= nil then
   if waiter and not shared then redis.call('SET', KEYS[4], token, 'PX', ARGV[9]) end
+  local hops = tonumber(ARGV[11])
+  if hops > 0 and hops < tonumber(ARGV[12]) and #holders < widest then
+    redis.call('RPUSH', KEYS[3], tostring(hops + 1))
+    redis.call('PEXPIRE', KEYS[3], ARGV[10])
+  end
   return {'0', fmt(math.floor(wait_us / 1000))}
 end
 if not shared and redis.call('GET', KEYS[4]) == token then redis.call('DEL', KEYS[4]) end
@@ -539,11 +567,15 @@ class RedisLockClient(CacheLockClient):
                 )
             )
         else:
+            woken = _woken.get()
+            hops = woken[1] if woken is not None and woken[0] == keys.wake else 0
+            if woken is not None:
+                _woken.set(None)
             fence, second = self._call(
                 lambda c: self.mode_acquire_script(
                     c, [keys.lock, keys.fence, keys.wake, keys.mark],
                     [key, token, ttl, cid or "", FENCE_GRACE_MS, int(mode.shared), mode.limit,
-                     int(waiter), WRITER_MARK_MS, WAKE_TTL_MS],
+                     int(waiter), WRITER_MARK_MS, WAKE_TTL_MS, hops, WAKE_HOPS],
                 )
             )
         if _text(fence) == "0":
@@ -667,18 +699,33 @@ class RedisLockClient(CacheLockClient):
     def retryable(self, error: LockBackendError) -> bool:
         return isinstance(error.__cause__, TRANSIENT_ERRORS)
 
+    @staticmethod
+    def _remember_wake(keys: LockKeys, popped: Any) -> None:
+        """Note the wake-up BLPOP returned (for the next attempt to pass on if it cannot
+        use it: MODE_ACQUIRE_SCRIPT), or none."""
+        hops = 0
+        if popped:
+            try:
+                hops = int(_text(popped[1]))
+            except ValueError:
+                hops = 1
+        _woken.set((keys.wake, hops) if hops > 0 else None)
+
     def wait(self, keys: LockKeys, seconds: float, waits: int) -> None:
         block = self._block_seconds(seconds)
         if block < 0.001:  # too short to block on the server: a short sleep instead
+            _woken.set(None)
             time.sleep(min(max(block, 0.001), seconds, 0.01))
             return
-        self._call(lambda c: c.blpop([keys.wake], timeout=round(block, 3)))
+        popped = self._call(lambda c: c.blpop([keys.wake], timeout=round(block, 3)))
+        self._remember_wake(keys, popped)
 
     async def await_release(self, keys: LockKeys, seconds: float, waits: int) -> None:
         """Block on the wake-up list through ``redis.asyncio``: woken by the release at
         once, holding no thread (the event loop's own connection pool)."""
         block = self._block_seconds(seconds)
         client = self._async_client()
+        _woken.set(None)
         if client is None:  # a cluster or Sentinel client: no asyncio twin here, poll
             await asyncio.sleep(self.backend._poll_delay(seconds, waits))
             return
@@ -686,7 +733,7 @@ class RedisLockClient(CacheLockClient):
             await asyncio.sleep(min(max(block, 0.001), seconds, 0.01))
             return
         try:
-            await client.blpop([keys.wake], timeout=round(block, 3))
+            self._remember_wake(keys, await client.blpop([keys.wake], timeout=round(block, 3)))
         except (RedisError, OSError) as e:
             raise LockBackendError(
                 f"LOCKS[{self.backend.alias!r}]: Redis behind cache "
