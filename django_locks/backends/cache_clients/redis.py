@@ -291,6 +291,18 @@ MODE_ACQUIRE_SCRIPT = HOLDERS_LUA + """
 local token, ttl = ARGV[2], tonumber(ARGV[3])
 local shared, limit, waiter = ARGV[6] == '1', tonumber(ARGV[7]), ARGV[8] == '1'
 local now = clock_us()
+if not shared and limit == 1 and redis.call('EXISTS', KEYS[1]) == 0 then
+  -- an exclusive attempt on a free key: ACQUIRE_SCRIPT's steps, and its mark goes
+  if redis.call('GET', KEYS[4]) == token then redis.call('DEL', KEYS[4]) end
+  local fence_s = fmt(math.max(tonumber(redis.call('GET', KEYS[2]) or 0) + 1, now))
+  local now_s = fmt(now)
+  redis.call('SET', KEYS[2], fence_s, 'PX', ttl + tonumber(ARGV[5]))
+  redis.call('HSET', KEYS[1], 'key', ARGV[1], 'token', token, 'fence', fence_s,
+             'cid', ARGV[4], 'acquired', now_s, 'expires', fmt(now + ttl * 1000))
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('DEL', KEYS[3])
+  return {fence_s, now_s}
+end
 local holders = live_holders(KEYS[1], now)
 for _, h in ipairs(holders) do
   if h.token == token then return {h.fence, h.acquired} end
