@@ -537,3 +537,37 @@ def test_processes_mix_readers_and_writers_safely(redis_alias, tmp_path):
     assert all(a[2] < b[2] for a, b in pairwise(writers)), "writers' fencing tokens did not rise"
     assert writers and readers
     assert most_at_once(readers) >= 2, "readers never shared the key"
+
+
+def test_threads_hold_a_fallback_semaphore_at_most_limit_at_once():
+    """The cache.add fallback on LocMemCache (process-local: threads are the contenders)."""
+    threads_, iterations, limit = 6, 12, 3
+    records: list[tuple[int, int, int]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads_)
+
+    def worker() -> None:
+        try:
+            backend = locks["locmem"]
+            start.wait(30)
+            for _ in range(iterations):
+                with backend.lock("sem-threads", 30_000, timeout=60_000, limit=limit) as lease:
+                    enter = time.monotonic_ns()
+                    time.sleep(0.01)
+                    leave = time.monotonic_ns()
+                records.append((enter, leave, lease.fencing_token))
+        except BaseException as e:
+            errors.append(e)
+
+    workers = [threading.Thread(target=worker) for _ in range(threads_)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(120)
+    assert not errors, errors
+    assert len(records) == threads_ * iterations
+    at_once = most_at_once([(enter, leave) for enter, leave, _ in records])
+    proof.record_contention(f"semaphore limit {limit}, threads", "locmem", threads_, iterations, 1,
+                            len(records), max(at_once - limit, 0))
+    assert at_once == limit, f"at most {at_once} holders at once with limit {limit}"
+    assert len({fencing for *_, fencing in records}) == len(records)
