@@ -304,14 +304,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
                         help="where results.md and handoff.png go")
     args = parser.parse_args()
+    began = time.monotonic()
     servers = start_servers()
     try:
         env = setup(servers)
         print("Servers and machine: " + ", ".join(f"{k} {v}" for k, v in env.items()), flush=True)
-        print("Uncontended pairs (interleaved rounds)...", flush=True)
+        print(f"Uncontended pairs (interleaved rounds)... [{time.monotonic() - began:.0f} s]", flush=True)
         uncontended = run_uncontended(args.quick)
-        print("Contended runs (4 processes)...", flush=True)
+        print(f"Contended runs (4 processes)... [{time.monotonic() - began:.0f} s]", flush=True)
         contended = run_contended(args.quick)
+        print(f"Done [{time.monotonic() - began:.0f} s]", flush=True)
     finally:
         servers.stop()
     table = markdown(env, uncontended, contended)
