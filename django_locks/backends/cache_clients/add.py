@@ -47,6 +47,7 @@ class CacheAddLockClient(CacheLockClient):
     """
 
     supports_enumeration = False
+    supports_shared = False
     SAFETY_MARGIN_MS = 500
 
     def __init__(self, backend: CacheLock) -> None:
