@@ -589,6 +589,9 @@ class RedisLockClient(CacheLockClient):
         self._get_client = getter
         self._client: Any = None
         self._pool: tuple[Callable[[], Any], Callable[[Any], None]] | None = None
+        #: Tokens of exclusive waiters refused once: they hold the writer mark, so their
+        #: next attempts go through MODE_ACQUIRE_SCRIPT (see try_acquire).
+        self._marking: set[str] = set()
 
     @classmethod
     def handles(cls, cache_class: type) -> bool:
@@ -635,22 +638,33 @@ class RedisLockClient(CacheLockClient):
         self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None, mode: Mode,
         waiter: bool,
     ) -> Attempt:
-        if mode.exclusive and not waiter:  # the plain path: no writer mark to set or clear
+        woken = _woken.get()
+        if woken is not None:
+            _woken.set(None)
+        fence: Any = 0
+        if mode.exclusive and (not waiter or token not in self._marking):
+            # The plain path (ACQUIRE_SCRIPT): an exclusive attempt that has no writer mark
+            # to clear, since it never set one. An exclusive waiter refused here must set
+            # the mark at once: it attempts again through MODE_ACQUIRE_SCRIPT, and so do
+            # its later attempts until it wins (a second round trip, on contention only).
             fence, second = self._run(
                 self.acquire_script, [keys.lock, keys.fence, keys.wake],
                 [key, token, ttl, cid or "", FENCE_GRACE_MS],
             )
-        else:
-            woken = _woken.get()
+            if waiter and not int(fence):
+                if len(self._marking) >= 1024:  # waiters that timed out never said so
+                    self._marking.clear()
+                self._marking.add(token)
+        if not int(fence) and (waiter or not mode.exclusive):
             hops = woken[1] if woken is not None and woken[0] == keys.wake else 0
-            if woken is not None:
-                _woken.set(None)
             fence, second = self._run(
                 self.mode_acquire_script, [keys.lock, keys.fence, keys.wake, keys.mark],
                 [key, token, ttl, cid or "", FENCE_GRACE_MS, int(mode.shared), mode.limit,
                  int(waiter), WRITER_MARK_MS, WAKE_TTL_MS, hops, WAKE_HOPS],
             )
         fence = int(fence)  # int() reads bytes and str replies alike
+        if fence and mode.exclusive and waiter:
+            self._marking.discard(token)
         if not fence:
             return Attempt(None, max(int(second), 0))
         acquired_us = int(second)
