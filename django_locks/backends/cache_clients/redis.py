@@ -28,6 +28,13 @@ non-shared acquirer holds new shared acquisitions back) is a key of its own,
 hash alive and block exclusive acquisitions. Every key of a lock, the mark included, is
 under the lock's hash tag, so in one cluster slot.
 
+Which script: an exclusive attempt runs ACQUIRE_SCRIPT, unchanged (the hash exists while
+any holder lives, so it refuses exactly when an exclusive acquisition must be refused,
+and PTTL is then the last holder's life); every other attempt runs MODE_ACQUIRE_SCRIPT,
+and so does an exclusive waiter once refused (it must set, renew, then clear the writer
+mark). RELEASE_SCRIPT and EXTEND_SCRIPT keep their exclusive path as it was and only fall
+back to the holder's own field when the token is not the exclusive holder's.
+
 Wake-ups: every release pushes one wake-up (as an exclusive release always did); an
 admitted waiter that leaves room for more (a shared holder, a semaphore below its limit)
 passes one wake-up on if the list is empty, so a writer's release wakes every waiting
@@ -544,7 +551,7 @@ def hash_tag(key: str) -> str:
 
     Redis hashes a name by the text between its first ``{`` and the first ``}`` after it,
     if that text is not empty. Inside ``django_locks:{TAG}:...`` a tag without braces is
-    exactly that text, and it is never empty (keys are), so a lock's three names always
+    exactly that text, and it is never empty (keys are), so a lock's names (lock, fence, wake, mark) always
     share one slot, for any key (``}x``, ``{}``, ``a{b}c``...). The encoding is one-to-one
     (``%`` is encoded too), so two keys never share names, and a key without ``%``, ``{``
     or ``}`` is its own tag, readable as it always was.
