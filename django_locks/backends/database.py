@@ -53,6 +53,11 @@ from django_locks.values import Attempt, LockInfo, Mode
 #: Purge deletes only rows that expired longer ago than this (microseconds).
 PURGE_AFTER_US = 60 * 1_000_000
 
+#: MariaDB/MySQL and SQLite: how long a release leaves a row that a waiter waits for
+#: reserved for waiters (microseconds): one whole backoff step of a polling waiter
+#: (``BaseLock.poll_interval_max``), so that each waiter polls within it. See DatabaseLock.
+FAIR_RESERVE_US = 10_000
+
 _SUPPORTED_VENDORS = ("postgresql", "mysql", "sqlite")
 
 # --------------------------------------------------------------------------- connections
@@ -368,10 +373,16 @@ class LockSQL:
     #: so it is evaluated before anything is written. Empty: this vendor has no such
     #: transaction-local switch.
     nosync = ""
+    #: Fair handoff (see DatabaseLock): attempts of a waiting call mark the row waited for,
+    #: and a release of a marked row leaves it reserved for waiters (not held: token NULL).
+    fair = False
 
     def __init__(self, table: str, key: str, durable: bool = True) -> None:
         t, k, now, p = table, key, self.now_us, self.placeholder
         z = "" if durable or not self.nosync else f" + {self.nosync}"
+        held = "token IS NOT NULL AND " if self.fair else ""  # not a reservation
+        reserve = (f" + CASE WHEN waiting_since_us IS NULL THEN 0 ELSE {FAIR_RESERVE_US} END"
+                   if self.fair else "")
         self.columns = f"{k}, token, fencing_token, correlation_id, acquired_at_us, expires_at_us"
         self.insert = (
             f"INSERT INTO {t} ({k}, token, correlation_id, fencing_token, acquired_at_us, "
@@ -380,12 +391,12 @@ class LockSQL:
         self.acquire = self.upsert(t, k)
         # Frees the row only for its holder's token, and only while it is unexpired.
         self.release = (
-            f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now}{z} "
+            f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now}{reserve}{z} "
             f"WHERE {k} = {p} AND token = {p} AND expires_at_us > {now}"
         )
         self.force_release = (
             f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now}{z} "
-            f"WHERE {k} = {p} AND expires_at_us > {now}"
+            f"WHERE {k} = {p} AND {held}expires_at_us > {now}"
         )
         self.extend = (
             f"UPDATE {t} SET expires_at_us = {now} + {p}{z} "
@@ -393,7 +404,7 @@ class LockSQL:
             + (" RETURNING expires_at_us" if self.returning else "")
         )
         # With the database clock's "now", for the holder's remaining life.
-        self.held = f"SELECT {self.columns}, {now} FROM {t} WHERE expires_at_us > {now}"
+        self.held = f"SELECT {self.columns}, {now} FROM {t} WHERE {held}expires_at_us > {now}"
         self.get = f"{self.held} AND {k} = {p}"
         # Holders that expired without releasing: shown until purged.
         self.expired = (
@@ -419,6 +430,12 @@ class LockSQL:
             f"WHERE {t}.expires_at_us <= excluded.acquired_at_us "
             "RETURNING fencing_token, acquired_at_us, expires_at_us"
         )
+
+    def acquire_params(self, key: str, token: str, correlation_id: str | None, ttl_us: int,
+                       since: int | None) -> tuple[Any, ...]:
+        """The upsert's parameters. ``since``: None for a call's first attempt, else the
+        fencing token from which on a reservation is this waiting call's (fair vendors)."""
+        return (key, token, correlation_id, ttl_us)
 
 
 #: The channel of PostgreSQL's NOTIFY: the payload is the key whose holder went away.
@@ -453,28 +470,71 @@ class SQLiteLockSQL(LockSQL):
     now_us = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
     greatest = "MAX"
     placeholder = "?"
+    fair = True
+
+    def upsert(self, t: str, k: str) -> str:
+        """Takes the row if it is free, expired, or reserved for waiters and this is a
+        waiting call's attempt since before the reservation (``?5``: the fencing token
+        from which on reservations are its own); else a waiting call's attempt marks the
+        row waited for, if it is not yet (the only failed attempts that write). Returns
+        the row it wrote: it is this token's if the token is in it."""
+        take = (f"({t}.expires_at_us <= excluded.acquired_at_us "
+                f"OR ({t}.token IS NULL AND {t}.fencing_token >= ?5))")
+        assignments = ", ".join(
+            f"{column} = CASE WHEN {take} THEN {new} ELSE {t}.{column} END"
+            for column, new in (
+                ("token", "excluded.token"),
+                ("correlation_id", "excluded.correlation_id"),
+                ("fencing_token", f"MAX({t}.fencing_token + 1, excluded.fencing_token)"),
+                ("acquired_at_us", "excluded.acquired_at_us"),
+                ("expires_at_us", "excluded.expires_at_us"),
+            )
+        )
+        return (
+            f"{self.insert} ON CONFLICT ({k}) DO UPDATE SET {assignments}, waiting_since_us = "
+            f"CASE WHEN {take} THEN NULL ELSE excluded.acquired_at_us END "
+            f"WHERE {take} OR (?5 IS NOT NULL AND {t}.waiting_since_us IS NULL) "
+            "RETURNING token, fencing_token, acquired_at_us, expires_at_us"
+        )
+
+    def acquire_params(self, key: str, token: str, correlation_id: str | None, ttl_us: int,
+                       since: int | None) -> tuple[Any, ...]:
+        return (key, token, correlation_id, ttl_us, since)  # ?1 to ?4, then ?5
 
 
 class MySQLLockSQL(LockSQL):
     now_us = "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6))"
     returning = False
+    fair = True
 
     def upsert(self, t: str, k: str) -> str:
-        """Takes the row if it is free or expired, else leaves it as it was. MySQL assigns
-        left to right, so expires_at_us, which the condition reads, is assigned last. The
-        row is read back to learn whether this token won."""
-        expired = "expires_at_us <= VALUES(acquired_at_us)"
+        """Takes the row if it is free, expired, or reserved for waiters and this is a
+        waiting call's attempt since before the reservation (see SQLite's), else leaves
+        it as it was, but for the mark of a waiting call's attempt. MySQL assigns left to
+        right: the token is assigned first, by the condition; every later column then
+        asks whether the row now has this statement's token. The row is read back to
+        learn whether this token won."""
+        take = "expires_at_us <= VALUES(acquired_at_us) OR (token IS NULL AND fencing_token >= %s)"
+        won = "token <=> VALUES(token)"
         assignments = ", ".join(
-            f"{column} = IF({expired}, {new}, {column})"
-            for column, new in (
-                ("token", "VALUES(token)"),
-                ("correlation_id", "VALUES(correlation_id)"),
-                ("fencing_token", "GREATEST(fencing_token + 1, VALUES(fencing_token))"),
-                ("acquired_at_us", "VALUES(acquired_at_us)"),
-                ("expires_at_us", "VALUES(expires_at_us)"),
-            )
+            [f"token = IF({take}, VALUES(token), token)"]
+            + [
+                f"{column} = IF({won}, {new}, {column})"
+                for column, new in (
+                    ("correlation_id", "VALUES(correlation_id)"),
+                    ("fencing_token", "GREATEST(fencing_token + 1, VALUES(fencing_token))"),
+                    ("acquired_at_us", "VALUES(acquired_at_us)"),
+                    ("expires_at_us", "VALUES(expires_at_us)"),
+                )
+            ]
+            + [f"waiting_since_us = IF({won}, NULL, IF(%s IS NULL, waiting_since_us, "
+               "COALESCE(waiting_since_us, VALUES(acquired_at_us))))"]
         )
         return f"{self.insert} ON DUPLICATE KEY UPDATE {assignments}"
+
+    def acquire_params(self, key: str, token: str, correlation_id: str | None, ttl_us: int,
+                       since: int | None) -> tuple[Any, ...]:
+        return (key, token, correlation_id, ttl_us, since, since)
 
 
 _SQL_CLASSES: dict[str, type[LockSQL]] = {
@@ -503,6 +563,45 @@ def _migrate_hint(error: BaseException, using: str) -> str:
 
 
 # --------------------------------------------------------------------------- the backend
+
+
+class WaitingCalls:
+    """Fair handoff: the calls of one backend instance that found their key taken, by their
+    token (one per call, the same in each of its attempts), each with the fencing token
+    from which on a reservation is its own: the row's, if it was held (this call waits
+    since before its release), else the next one (the row was already reserved). Its
+    later attempts are a waiter's. An entry goes when its call wins; those of calls that
+    gave up (or of one-shot attempts) are pruned once untouched for :attr:`STALE` s."""
+
+    STALE = 5.0
+    PRUNE_FLOOR = 64
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[int, float]] = {}
+        self._mutex = threading.Lock()
+        self._prune_at = self.PRUNE_FLOOR
+
+    def since(self, token: str) -> int | None:
+        with self._mutex:
+            entry = self._entries.get(token)
+            if entry is not None:
+                self._entries[token] = (entry[0], time.monotonic())
+                return entry[0]
+        return None
+
+    def failed(self, token: str, row: Any) -> None:
+        """The first attempt of ``token`` failed on this row (``read_row``'s columns)."""
+        since = int(row[2]) + (0 if row[1] is not None else 1)
+        with self._mutex:
+            self._entries.setdefault(token, (since, time.monotonic()))
+            if len(self._entries) >= self._prune_at:
+                oldest = time.monotonic() - self.STALE
+                self._entries = {t: e for t, e in self._entries.items() if e[1] > oldest}
+                self._prune_at = max(self.PRUNE_FLOOR, 2 * len(self._entries))
+
+    def won(self, token: str) -> None:
+        with self._mutex:
+            self._entries.pop(token, None)
 
 
 def _info(row: Any) -> LockInfo:
@@ -592,6 +691,7 @@ class DatabaseLock(BaseLock):
         self.using = using
         self.vendor = vendor
         self._sql: LockSQL | None = None
+        self._waiting_calls = WaitingCalls()
 
     # ----------------------------------------------------------------------- plumbing
 
@@ -709,12 +809,17 @@ class DatabaseLock(BaseLock):
                 self._attempts_until_cull = self.cull_frequency
                 self._cull()
         sql = self.sql
-        params = (key, token, correlation_id, ttl * 1000)
+        since = self._waiting_calls.since(token) if sql.fair else None
+        params = sql.acquire_params(key, token, correlation_id, ttl * 1000, since)
         entry = getattr(_waiting, "entry", None)
         if entry is not None and entry[0] == key:
             entry[2] = entry[1].generation(key)  # a release from now on wakes this waiter
         if sql.returning:
             rows, _ = self._run(sql.acquire, params)
+            if sql.fair:  # the row comes back if taken, or marked waited for
+                rows = [row[1:] for row in rows if row[0] == token]
+                if not rows:
+                    return self._lost(key, token, since)
             if not rows:
                 if entry is None or entry[0] != key:
                     return Attempt(None)
@@ -728,12 +833,26 @@ class DatabaseLock(BaseLock):
             self._run(sql.acquire, params, fetch=False)
             rows, _ = self._run(sql.read_row, (key,))
             if not rows or rows[0][1] != token:
-                remaining = (rows[0][5] - rows[0][6]) // 1000 if rows else None
-                return Attempt(None, max(remaining, 0) if remaining is not None else None)
+                return self._lost(key, token, since, rows)
             _, _, fencing_token, _, acquired_us, expires_us, _ = rows[0]
+        if sql.fair:
+            self._waiting_calls.won(token)
         return Attempt(
             _info((key, token, fencing_token, correlation_id, acquired_us, expires_us, acquired_us))
         )
+
+    def _lost(self, key: str, token: str, since: int | None, rows: Any = None) -> Attempt:
+        """A failed attempt (fair vendors): the call's first failure records since when it
+        waits, from the row (read here if not given)."""
+        if since is not None and rows is None:
+            return Attempt(None)
+        if rows is None:
+            rows, _ = self._run(self.sql.read_row, (key,))
+        if not rows:
+            return Attempt(None)
+        if since is None:
+            self._waiting_calls.failed(token, rows[0])
+        return Attempt(None, max((rows[0][5] - rows[0][6]) // 1000, 0))
 
     def _release(self, key: str, token: str) -> bool:
         return self._run(self.sql.release, (key, token), fetch=False)[1] == 1
