@@ -643,6 +643,26 @@ class DatabaseLock(BaseLock):
     within one µs), and the next acquisition of that key starts from the database clock
     in µs, which has moved at least the grace period past it. Only a database clock
     stepped back by more than the grace period could break that, as with ``purge``.
+
+    Fair handoff, on MariaDB/MySQL and SQLite (where waiters poll, 1 to 10 ms apart): a
+    process releasing and re-taking a lock in a loop would otherwise win nearly every time
+    against pollers. Each attempt of a waiting call after its first marks the row in the
+    same upsert (``waiting_since_us``, the database clock, set if NULL: the oldest waiter
+    since the last acquisition). A release of a marked row leaves it free but reserved for
+    :data:`FAIR_RESERVE_US` (one whole backoff step, so every waiter polls within it):
+    token NULL, ``expires_at_us`` that much ahead. During it the upsert lets in only a
+    call whose first failed attempt found the row at this fencing token or a lower one
+    (:class:`WaitingCalls`: it waited since before the release); the releaser's next call
+    found the reservation, so it must wait for the reservation's end or the next holder.
+    Any winner clears the mark. The decision stays in one statement on the database clock;
+    fencing tokens rise as before. Costs: nothing on the uncontended pair (no mark: no
+    reservation; one ``CASE`` more in the release), one read of the row at a waiting call's
+    first failure on SQLite, one write per acquisition while somebody waits (the mark). A
+    waiter that gave up leaves a mark: the next release reserves for nobody, delaying the
+    next acquisition by at most the reservation, once. Not first come, first served: any
+    waiter that waited since before the release may win. Reserving for the oldest waiter
+    only would make the handoff wait for that one waiter's poll (p99 near a full backoff
+    step) instead of the first of them.
     """
 
     option_names = frozenset({"using", "durable", "cull_frequency", "cull_grace", "notify"})
