@@ -582,6 +582,8 @@ class WaitingCalls:
         self._prune_at = self.PRUNE_FLOOR
 
     def since(self, token: str) -> int | None:
+        if token not in self._entries:  # a call's first attempt: no lock taken
+            return None
         with self._mutex:
             entry = self._entries.get(token)
             if entry is not None:
@@ -855,7 +857,7 @@ class DatabaseLock(BaseLock):
             if not rows or rows[0][1] != token:
                 return self._lost(key, token, since, rows)
             _, _, fencing_token, _, acquired_us, expires_us, _ = rows[0]
-        if sql.fair:
+        if since is not None:
             self._waiting_calls.won(token)
         return Attempt(
             _info((key, token, fencing_token, correlation_id, acquired_us, expires_us, acquired_us))
