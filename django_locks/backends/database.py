@@ -566,12 +566,12 @@ def _migrate_hint(error: BaseException, using: str) -> str:
 
 
 class WaitingCalls:
-    """Fair handoff: the calls of one backend instance that found their key taken, by their
-    token (one per call, the same in each of its attempts), each with the fencing token
-    from which on a reservation is its own: the row's, if it was held (this call waits
-    since before its release), else the next one (the row was already reserved). Its
-    later attempts are a waiter's. An entry goes when its call wins; those of calls that
-    gave up (or of one-shot attempts) are pruned once untouched for :attr:`STALE` s."""
+    """Fair handoff: the waiting calls (timeout > 0) of one backend instance that found
+    their key taken, by their token (one per call, the same in each of its attempts), each
+    with the fencing token from which on a reservation is its own: the row's, if it was
+    held (this call waits since before its release), else the next one (the row was
+    already reserved). An entry goes when its call wins; those of calls that gave up are
+    pruned once untouched for :attr:`STALE` s."""
 
     STALE = 5.0
     PRUNE_FLOOR = 64
@@ -831,7 +831,7 @@ class DatabaseLock(BaseLock):
                 self._attempts_until_cull = self.cull_frequency
                 self._cull()
         sql = self.sql
-        since = self._waiting_calls.since(token) if sql.fair else None
+        since = self._waiting_calls.since(token) if sql.fair and waiter else None
         params = sql.acquire_params(key, token, correlation_id, ttl * 1000, since)
         entry = getattr(_waiting, "entry", None)
         if entry is not None and entry[0] == key:
@@ -841,7 +841,7 @@ class DatabaseLock(BaseLock):
             if sql.fair:  # the row comes back if taken, or marked waited for
                 rows = [row[1:] for row in rows if row[0] == token]
                 if not rows:
-                    return self._lost(key, token, since)
+                    return self._lost(key, token, since, waiter)
             if not rows:
                 if entry is None or entry[0] != key:
                     return Attempt(None)
@@ -855,7 +855,7 @@ class DatabaseLock(BaseLock):
             self._run(sql.acquire, params, fetch=False)
             rows, _ = self._run(sql.read_row, (key,))
             if not rows or rows[0][1] != token:
-                return self._lost(key, token, since, rows)
+                return self._lost(key, token, since, waiter, rows)
             _, _, fencing_token, _, acquired_us, expires_us, _ = rows[0]
         if since is not None:
             self._waiting_calls.won(token)
@@ -863,16 +863,17 @@ class DatabaseLock(BaseLock):
             _info((key, token, fencing_token, correlation_id, acquired_us, expires_us, acquired_us))
         )
 
-    def _lost(self, key: str, token: str, since: int | None, rows: Any = None) -> Attempt:
-        """A failed attempt (fair vendors): the call's first failure records since when it
-        waits, from the row (read here if not given)."""
-        if since is not None and rows is None:
+    def _lost(self, key: str, token: str, since: int | None, waiter: bool,
+              rows: Any = None) -> Attempt:
+        """A failed attempt (fair vendors): a waiting call's first failure records since
+        when it waits, from the row (read here if not given)."""
+        if rows is None and (since is not None or not waiter):
             return Attempt(None)
         if rows is None:
             rows, _ = self._run(self.sql.read_row, (key,))
         if not rows:
             return Attempt(None)
-        if since is None:
+        if since is None and waiter:
             self._waiting_calls.failed(token, rows[0])
         return Attempt(None, max((rows[0][5] - rows[0][6]) // 1000, 0))
 
