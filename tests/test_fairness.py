@@ -52,13 +52,15 @@ class Waiter(threading.Thread):
         self.alias, self.key, self.timeout = alias, key, timeout
         self.error: BaseException | None = None
         self.acquired_at_us: int | None = None
+        self.fencing_token: int | None = None
         self.start()
 
     def run(self) -> None:
         backend = locks[self.alias]
         try:
             backend.acquire_lock("waiter", self.key, 60_000, self.timeout)
-            self.acquired_at_us = backend.get_lock(self.key).acquired_at_us
+            info = backend.get_lock(self.key)
+            self.acquired_at_us, self.fencing_token = info.acquired_at_us, info.fencing_token
             backend.release_lock("waiter", self.key)
         except BaseException as e:
             self.error = e
@@ -105,12 +107,12 @@ def test_release_reserves_the_lock_for_a_waiter_not_for_the_releaser(fair_alias,
     wait_until(lambda: marked(fair_alias, "job"))
     started = time.monotonic()
     backend.release_lock(None, "job")
-    # Reserved (or already the waiter's): not the releaser's to take again ...
-    assert not backend.try_acquire_lock(None, "job", 60_000)
-    # ... but the waiter's, at its next poll, long before the reservation ends.
-    assert waiter.result().error is None
+    # Reserved: not for the releaser's next waiting call, but for the waiter, at its next
+    # poll, long before the reservation ends; the releaser comes next.
+    backend.acquire_lock(None, "job", 60_000, 30_000)
     assert time.monotonic() - started < 2.5
-    assert row(fair_alias, "job").fencing_token > fencing
+    assert waiter.result().error is None
+    assert fencing < waiter.fencing_token < backend.get_lock("job").fencing_token
     assert row(fair_alias, "job").waiting_since_us is None
 
 
@@ -126,7 +128,9 @@ def test_a_reservation_is_held_by_nobody(fair_alias, monkeypatch):
     assert "job" not in [info.key for info in backend.held_locks()]
     assert backend.expired_locks() == []
     assert not backend.force_release("job")
-    assert not backend.try_acquire_lock(None, "job", 60_000)  # a first attempt: not a waiter's
+    with pytest.raises(LockTimeoutError):  # a waiting call that came after the release
+        backend.acquire_lock(None, "job", 60_000, 100)
+    assert backend.try_acquire_lock(None, "job", 60_000)  # a call that does not wait barges in
 
 
 def test_an_abandoned_wait_delays_a_reacquire_by_the_reservation_at_most(fair_alias, monkeypatch):

@@ -433,8 +433,11 @@ class LockSQL:
 
     def acquire_params(self, key: str, token: str, correlation_id: str | None, ttl_us: int,
                        since: int | None) -> tuple[Any, ...]:
-        """The upsert's parameters. ``since``: None for a call's first attempt, else the
-        fencing token from which on a reservation is this waiting call's (fair vendors)."""
+        """The upsert's parameters. ``since`` (fair vendors): the fencing token from which
+        on a reservation is this attempt's to take: None for a waiting call's first attempt
+        (none is), 0 for a call that does not wait (every one is: it barges in, like
+        ``tryLock()`` of a fair ``java.util.concurrent`` lock), else that of a waiting
+        call's later attempts, which also mark the row waited for."""
         return (key, token, correlation_id, ttl_us)
 
 
@@ -473,11 +476,10 @@ class SQLiteLockSQL(LockSQL):
     fair = True
 
     def upsert(self, t: str, k: str) -> str:
-        """Takes the row if it is free, expired, or reserved for waiters and this is a
-        waiting call's attempt since before the reservation (``?5``: the fencing token
-        from which on reservations are its own); else a waiting call's attempt marks the
-        row waited for, if it is not yet (the only failed attempts that write). Returns
-        the row it wrote: it is this token's if the token is in it."""
+        """Takes the row if it is free, expired, or reserved for waiters and ``?5`` lets
+        this attempt take it (see :meth:`acquire_params`); else a waiting call's later
+        attempt (``?5 > 0``) marks the row waited for, if it is not yet (the only failed
+        attempts that write). Returns the row it wrote: this token's if it is in it."""
         take = (f"({t}.expires_at_us <= excluded.acquired_at_us "
                 f"OR ({t}.token IS NULL AND {t}.fencing_token >= ?5))")
         assignments = ", ".join(
@@ -493,7 +495,7 @@ class SQLiteLockSQL(LockSQL):
         return (
             f"{self.insert} ON CONFLICT ({k}) DO UPDATE SET {assignments}, waiting_since_us = "
             f"CASE WHEN {take} THEN NULL ELSE excluded.acquired_at_us END "
-            f"WHERE {take} OR (?5 IS NOT NULL AND {t}.waiting_since_us IS NULL) "
+            f"WHERE {take} OR (?5 > 0 AND {t}.waiting_since_us IS NULL) "
             "RETURNING token, fencing_token, acquired_at_us, expires_at_us"
         )
 
@@ -508,9 +510,9 @@ class MySQLLockSQL(LockSQL):
     fair = True
 
     def upsert(self, t: str, k: str) -> str:
-        """Takes the row if it is free, expired, or reserved for waiters and this is a
-        waiting call's attempt since before the reservation (see SQLite's), else leaves
-        it as it was, but for the mark of a waiting call's attempt. MySQL assigns left to
+        """Takes the row if it is free, expired, or reserved for waiters and the second
+        parameter lets this attempt take it (see SQLite's), else leaves it as it was, but
+        for the mark of a waiting call's later attempt. MySQL assigns left to
         right: the token is assigned first, by the condition; every later column then
         asks whether the row now has this statement's token. The row is read back to
         learn whether this token won."""
@@ -527,8 +529,8 @@ class MySQLLockSQL(LockSQL):
                     ("expires_at_us", "VALUES(expires_at_us)"),
                 )
             ]
-            + [f"waiting_since_us = IF({won}, NULL, IF(%s IS NULL, waiting_since_us, "
-               "COALESCE(waiting_since_us, VALUES(acquired_at_us))))"]
+            + [f"waiting_since_us = IF({won}, NULL, IF(%s > 0, "
+               "COALESCE(waiting_since_us, VALUES(acquired_at_us)), waiting_since_us))"]
         )
         return f"{self.insert} ON DUPLICATE KEY UPDATE {assignments}"
 
@@ -648,23 +650,26 @@ class DatabaseLock(BaseLock):
 
     Fair handoff, on MariaDB/MySQL and SQLite (where waiters poll, 1 to 10 ms apart): a
     process releasing and re-taking a lock in a loop would otherwise win nearly every time
-    against pollers. Each attempt of a waiting call after its first marks the row in the
-    same upsert (``waiting_since_us``, the database clock, set if NULL: the oldest waiter
-    since the last acquisition). A release of a marked row leaves it free but reserved for
-    :data:`FAIR_RESERVE_US` (one whole backoff step, so every waiter polls within it):
-    token NULL, ``expires_at_us`` that much ahead. During it the upsert lets in only a
-    call whose first failed attempt found the row at this fencing token or a lower one
-    (:class:`WaitingCalls`: it waited since before the release); the releaser's next call
-    found the reservation, so it must wait for the reservation's end or the next holder.
-    Any winner clears the mark. The decision stays in one statement on the database clock;
-    fencing tokens rise as before. Costs: nothing on the uncontended pair (no mark: no
-    reservation; one ``CASE`` more in the release), one read of the row at a waiting call's
-    first failure on SQLite, one write per acquisition while somebody waits (the mark). A
-    waiter that gave up leaves a mark: the next release reserves for nobody, delaying the
-    next acquisition by at most the reservation, once. Not first come, first served: any
-    waiter that waited since before the release may win. Reserving for the oldest waiter
-    only would make the handoff wait for that one waiter's poll (p99 near a full backoff
-    step) instead of the first of them.
+    against pollers. Each attempt of a waiting call (timeout > 0) after its first marks
+    the row in the same upsert (``waiting_since_us``, the database clock, set if NULL: the
+    oldest waiter since the last acquisition). A release of a marked row leaves it free
+    but reserved for :data:`FAIR_RESERVE_US` (one whole backoff step, so every waiter
+    polls within it): token NULL, ``expires_at_us`` that much ahead. During it the upsert
+    lets in a waiting call only if its first failed attempt found the row at this fencing
+    token or a lower one (:class:`WaitingCalls`: it waited since before the release); the
+    releaser's next waiting call found the reservation, so it waits for the reservation's
+    end or the next holder. Any winner clears the mark. A call that does not wait
+    (``try_acquire_lock``, timeout 0) may take a reservation: it barges in, as
+    ``tryLock()`` does on a fair ``java.util.concurrent`` lock, so a waiter that gave up
+    (timed out, cancelled) never makes a free lock look taken to it. The decision stays in
+    one statement on the database clock; fencing tokens rise as before. Costs: ~2 µs on
+    the uncontended pair (longer statements; with nobody waiting nothing is reserved), one
+    read of the row at a waiting call's first failure on SQLite, one write per holder
+    while somebody waits (the mark). A waiter that gave up leaves its mark: the next
+    release reserves for nobody, and a waiting call that comes then waits at most the
+    reservation, once. Not first come, first served: any waiter that waited since before
+    the release may win. Reserving for the oldest waiter only would make the handoff wait
+    for that one waiter's poll (p99 near a full backoff step) instead of the first of them.
     """
 
     option_names = frozenset({"using", "durable", "cull_frequency", "cull_grace", "notify"})
@@ -831,7 +836,9 @@ class DatabaseLock(BaseLock):
                 self._attempts_until_cull = self.cull_frequency
                 self._cull()
         sql = self.sql
-        since = self._waiting_calls.since(token) if sql.fair and waiter else None
+        # None: a waiting call's first attempt; its later ones: since when it waits (a
+        # fencing token); 0: a call that does not wait, which may take a reservation.
+        since = (self._waiting_calls.since(token) if waiter else 0) if sql.fair else None
         params = sql.acquire_params(key, token, correlation_id, ttl * 1000, since)
         entry = getattr(_waiting, "entry", None)
         if entry is not None and entry[0] == key:
@@ -857,7 +864,7 @@ class DatabaseLock(BaseLock):
             if not rows or rows[0][1] != token:
                 return self._lost(key, token, since, waiter, rows)
             _, _, fencing_token, _, acquired_us, expires_us, _ = rows[0]
-        if since is not None:
+        if since:
             self._waiting_calls.won(token)
         return Attempt(
             _info((key, token, fencing_token, correlation_id, acquired_us, expires_us, acquired_us))
