@@ -54,9 +54,11 @@ from django_locks.values import Attempt, LockInfo, Mode
 PURGE_AFTER_US = 60 * 1_000_000
 
 #: MariaDB/MySQL and SQLite: how long a release leaves a row that a waiter waits for
-#: reserved for waiters (microseconds): one whole backoff step of a polling waiter
-#: (``BaseLock.poll_interval_max``), so that each waiter polls within it. See DatabaseLock.
-FAIR_RESERVE_US = 10_000
+#: reserved for waiters (microseconds): two whole backoff steps of a polling waiter
+#: (``BaseLock.poll_interval_max``): one in which each waiter polls, one more for a slow
+#: commit, SQLite's busy handler and the scheduler of a loaded machine (with one step,
+#: SQLite's releaser re-took 60-90 % under load, 35-45 % with two). See DatabaseLock.
+FAIR_RESERVE_US = 20_000
 
 _SUPPORTED_VENDORS = ("postgresql", "mysql", "sqlite")
 
@@ -653,8 +655,8 @@ class DatabaseLock(BaseLock):
     against pollers. Each attempt of a waiting call (timeout > 0) after its first marks
     the row in the same upsert (``waiting_since_us``, the database clock, set if NULL: the
     oldest waiter since the last acquisition). A release of a marked row leaves it free
-    but reserved for :data:`FAIR_RESERVE_US` (one whole backoff step, so every waiter
-    polls within it): token NULL, ``expires_at_us`` that much ahead. During it the upsert
+    but reserved for :data:`FAIR_RESERVE_US` (two backoff steps, so every waiter polls
+    within it): token NULL, ``expires_at_us`` that much ahead. During it the upsert
     lets in a waiting call only if its first failed attempt found the row at this fencing
     token or a lower one (:class:`WaitingCalls`: it waited since before the release); the
     releaser's next waiting call found the reservation, so it waits for the reservation's
