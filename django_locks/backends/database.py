@@ -48,7 +48,7 @@ from django.db.utils import load_backend
 
 from django_locks.backends.base import BaseLock, logger
 from django_locks.exceptions import InvalidLockBackendError, LockBackendError
-from django_locks.values import Attempt, LockInfo, Mode
+from django_locks.values import WRITER_MARK_MS, Attempt, LockInfo, Mode
 
 #: Purge deletes only rows that expired longer ago than this (microseconds).
 PURGE_AFTER_US = 60 * 1_000_000
@@ -87,6 +87,8 @@ class LockConnection:
         self.wrapper = wrapper_class(settings_dict, using)
         self._cursor: Any = None
         self._cursor_of: Any = None  # the raw connection ``_cursor`` belongs to
+        self._script: Any = None
+        self._script_of: Any = None
         self._synchronous: tuple[Any, str] | None = None  # (raw connection, SQLite mode)
 
     @property
@@ -99,6 +101,22 @@ class LockConnection:
         if self._cursor_of is not raw:
             self._cursor, self._cursor_of = raw.cursor(), raw
         return self._cursor
+
+    def script_cursor(self) -> Any:
+        """A cursor that runs several statements in one round trip (several result sets),
+        or None where the driver cannot (SQLite, psycopg2): they run one by one."""
+        raw = self.wrapper.connection
+        if self._script_of is not raw:
+            self._script, self._script_of = None, raw
+            if self.wrapper.vendor == "mysql":
+                self._script = raw.cursor()  # mysqlclient enables multi-statements
+            elif self.wrapper.vendor == "postgresql" and hasattr(raw, "pipeline"):
+                import psycopg
+
+                # Client-side binding sends the statements as one simple query (a
+                # server-side binding alias's own cursors could not).
+                self._script = psycopg.ClientCursor(raw)
+        return self._script
 
     def sqlite_synchronous(self, mode: str) -> None:
         """SQLite: ``PRAGMA synchronous`` of the open connection, set when it changes (a
@@ -114,7 +132,7 @@ class LockConnection:
             self.wrapper.close()
         except Exception:
             self.wrapper.connection = None
-        self._cursor = self._cursor_of = None
+        self._cursor = self._cursor_of = self._script = self._script_of = None
 
     def close_if_unusable_or_obsolete(self) -> None:
         """Apply ``CONN_MAX_AGE`` and health checks, like ``close_old_connections``."""
@@ -369,9 +387,16 @@ class LockSQL:
     #: transaction-local switch.
     nosync = ""
 
-    def __init__(self, table: str, key: str, durable: bool = True) -> None:
+    #: What opens the transaction of a multi-statement operation on the holders.
+    begin = "BEGIN ISOLATION LEVEL READ COMMITTED"
+    #: Locks the key row for the rest of the transaction (SQLite: BEGIN IMMEDIATE did).
+    lock_row_suffix = " FOR UPDATE"
+    false = "FALSE"
+
+    def __init__(self, table: str, key: str, durable: bool = True, holders: str | None = None) -> None:
         t, k, now, p = table, key, self.now_us, self.placeholder
         z = "" if durable or not self.nosync else f" + {self.nosync}"
+        self.holder_statements(t, holders or f"{key[0]}django_locks_holder{key[-1]}", k, z)
         self.columns = f"{k}, token, fencing_token, correlation_id, acquired_at_us, expires_at_us"
         self.insert = (
             f"INSERT INTO {t} ({k}, token, correlation_id, fencing_token, acquired_at_us, "
@@ -383,8 +408,11 @@ class LockSQL:
             f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now}{z} "
             f"WHERE {k} = {p} AND token = {p} AND expires_at_us > {now}"
         )
+        # Every holder of the key goes (the holders' rows first, in the same transaction),
+        # and its writer mark.
         self.force_release = (
-            f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now}{z} "
+            f"UPDATE {t} SET token = NULL, correlation_id = NULL, mark_token = NULL, "
+            f"mark_expires_at_us = NULL, expires_at_us = {now}{z} "
             f"WHERE {k} = {p} AND expires_at_us > {now}"
         )
         self.extend = (
@@ -393,11 +421,21 @@ class LockSQL:
             + (" RETURNING expires_at_us" if self.returning else "")
         )
         # With the database clock's "now", for the holder's remaining life.
-        self.held = f"SELECT {self.columns}, {now} FROM {t} WHERE expires_at_us > {now}"
-        self.get = f"{self.held} AND {k} = {p}"
+        # (A key row with no token and a future expiry stands for its holders' rows.)
+        self.held = (
+            f"SELECT {self.columns}, {now}, {self.false}, 1 FROM {t} "
+            f"WHERE token IS NOT NULL AND expires_at_us > {now}"
+        )
+        self.holders = (
+            f"{self.held} AND {k} = {p} UNION ALL {self.holder_columns} "
+            f"WHERE {k} = {p} AND expires_at_us > {now}"
+        )
+        self.held = f"{self.held} UNION ALL {self.holder_columns} WHERE expires_at_us > {now}"
         # Holders that expired without releasing: shown until purged.
         self.expired = (
-            f"SELECT {self.columns} FROM {t} WHERE token IS NOT NULL AND expires_at_us <= {now}"
+            f"SELECT {self.columns}, NULL, {self.false}, 1 FROM {t} "
+            f"WHERE token IS NOT NULL AND expires_at_us <= {now} "
+            f"UNION ALL {self.holder_columns.replace(now, 'NULL')} WHERE expires_at_us <= {now}"
         )
         self.read_row = f"SELECT {self.columns}, {now} FROM {t} WHERE {k} = {p}"
         # Rows expired long ago go; recently expired holders are cleared (the row, and its
@@ -408,6 +446,121 @@ class LockSQL:
             + (f", expires_at_us = expires_at_us{z}" if z else "")
             + f" WHERE token IS NOT NULL AND expires_at_us <= {now}"
         )
+
+    def holder_statements(self, t: str, h: str, k: str, z: str) -> None:
+        """The statements of shared and semaphore holders (see DatabaseLock). Each
+        operation runs them in one transaction that first locks the key row, so each
+        one after the lock sees every change committed before it (READ COMMITTED: a
+        snapshot per statement; SQLite: one writer at a time)."""
+        now, p, greatest = self.now_us, self.placeholder, self.greatest
+        columns = (f"{k}, token, fencing_token, correlation_id, acquired_at_us, expires_at_us")
+        self.holder_columns = f"SELECT {columns}, {now}, shared, holder_limit FROM {h}"
+        insert = (f"INSERT INTO {h} (token, {k}, correlation_id, fencing_token, acquired_at_us, "
+                  "expires_at_us, shared, holder_limit) ")
+        # The key row, created free if missing, locked until the end of the transaction.
+        self.lock_key = (
+            f"INSERT INTO {t} ({k}, token, correlation_id, fencing_token, acquired_at_us, "
+            f"expires_at_us) VALUES ({p}, NULL, NULL, {now}, {now}, {now}{z}) "
+            + self.touch(t, k)
+        )
+        self.lock_row = f"SELECT 1 FROM {t} WHERE {k} = {p}{self.lock_row_suffix}"
+        mine = f"EXISTS (SELECT 1 FROM {h} o WHERE o.token = {p})"
+        exclusive_live = f"{t}.token IS NOT NULL AND {t}.expires_at_us > {now}"
+        # Params: token, correlation_id, ttl (µs), shared, limit, key, token, then the rule's.
+        admit = (
+            f"{insert}SELECT {p}, {k}, {p}, {greatest}(fencing_token + 1, {now}), {now}, "
+            f"{now} + {p}, {p}, {p} FROM {t} WHERE {k} = {p} AND NOT {mine} AND "
+        )
+        # Fewer than N live holders of any mode (params: key, limit).
+        self.admit_semaphore = (
+            f"{admit}(CASE WHEN {exclusive_live} THEN 1 ELSE 0 END) + (SELECT COUNT(*) FROM "
+            f"{h} o WHERE o.{k} = {p} AND o.expires_at_us > {now}) < {p}"
+        )
+        # No live non-shared holder and no live writer mark (params: key).
+        self.admit_shared = (
+            f"{admit}NOT ({exclusive_live}) AND NOT (mark_expires_at_us IS NOT NULL AND "
+            f"mark_expires_at_us > {now}) AND NOT EXISTS (SELECT 1 FROM {h} o WHERE "
+            f"o.{k} = {p} AND o.expires_at_us > {now} AND NOT o.shared)"
+        )
+        # A semaphore admitted next to the key row's exclusive holder: that one moves to
+        # the holders' table, so that the key row stands for its holders (params: key, token).
+        self.move_exclusive = (
+            f"{insert}SELECT token, {k}, correlation_id, fencing_token, acquired_at_us, "
+            f"expires_at_us, {self.false}, 1 FROM {t} WHERE {k} = {p} AND {exclusive_live} "
+            f"AND {mine}"
+        )
+        # After an admission: the key row has no token, the holders' latest expiry and the
+        # new fencing counter (params: token x4, key, key).
+        settle = (
+            f"correlation_id = CASE WHEN {mine} THEN NULL ELSE correlation_id END, "
+            f"token = CASE WHEN {mine} THEN NULL ELSE token END, "
+            f"fencing_token = {greatest}(fencing_token, COALESCE((SELECT o.fencing_token "
+            f"FROM {h} o WHERE o.token = {p}), 0)), "
+            f"expires_at_us = CASE WHEN {mine} THEN COALESCE((SELECT MAX(o.expires_at_us) "
+            f"FROM {h} o WHERE o.{k} = {p} AND o.expires_at_us > {now}), {now}) "
+            f"ELSE expires_at_us END{z} "
+        )
+        self.settle = f"UPDATE {t} SET {settle}WHERE {k} = {p} AND {mine}"
+        # A non-shared waiter: refused, it sets (renews) the writer mark; admitted, it
+        # clears its own. MySQL assigns left to right: the mark's expiry first, reading
+        # the old mark_token (params: token x4, then settle's with the last one, key).
+        self.settle_waiter = (
+            f"UPDATE {t} SET mark_expires_at_us = CASE WHEN {mine} THEN (CASE WHEN "
+            f"mark_token = {p} THEN NULL ELSE mark_expires_at_us END) ELSE {now} + "
+            f"{WRITER_MARK_MS * 1000} END, mark_token = CASE WHEN {mine} THEN (CASE WHEN "
+            f"mark_token = {p} THEN NULL ELSE mark_token END) ELSE {p} END, {settle}"
+            f"WHERE {k} = {p}"
+        )
+        self.own_holder = (
+            f"SELECT fencing_token, acquired_at_us, expires_at_us FROM {h} WHERE token = {p}"
+        )
+        # What keeps an acquisition out, in µs from now: 0 a non-shared holder, 1 a shared
+        # one, 2 the writer mark (params: key x3).
+        self.blockers = (
+            f"SELECT expires_at_us - {now}, CASE WHEN shared THEN 1 ELSE 0 END FROM {h} "
+            f"WHERE {k} = {p} AND expires_at_us > {now} "
+            f"UNION ALL SELECT expires_at_us - {now}, 0 FROM {t} "
+            f"WHERE {k} = {p} AND token IS NOT NULL AND expires_at_us > {now} "
+            f"UNION ALL SELECT mark_expires_at_us - {now}, 2 FROM {t} "
+            f"WHERE {k} = {p} AND mark_expires_at_us > {now}"
+        )
+        # An exclusive waiter kept out by shared or semaphore holders (params: token, key).
+        self.mark = (
+            f"UPDATE {t} SET mark_expires_at_us = {now} + {WRITER_MARK_MS * 1000}{z}, "
+            f"mark_token = {p} WHERE {k} = {p} AND token IS NULL AND expires_at_us > {now}"
+        )
+        # Its own mark, once it won (params: key, token).
+        self.unmark = (
+            f"UPDATE {t} SET mark_token = NULL, mark_expires_at_us = NULL{z} "
+            f"WHERE {k} = {p} AND mark_token = {p}"
+        )
+        # The key row's expiry follows its live holders (now when none is left), after a
+        # release or an extension (params: key, key).
+        self.recompute = (
+            f"UPDATE {t} SET expires_at_us = COALESCE((SELECT MAX(o.expires_at_us) FROM {h} o "
+            f"WHERE o.{k} = {p} AND o.expires_at_us > {now}), {now}){z} "
+            f"WHERE {k} = {p} AND token IS NULL AND expires_at_us > {now}"
+        )
+        self.release_holder = (
+            f"DELETE FROM {h} WHERE token = {p} AND {k} = {p} AND expires_at_us > {now}{z}"
+        )
+        self.extend_holder = (
+            f"UPDATE {h} SET expires_at_us = {now} + {p}{z} "
+            f"WHERE token = {p} AND {k} = {p} AND expires_at_us > {now}"
+        )
+        self.holder_expiry = f"SELECT expires_at_us FROM {h} WHERE token = {p}"
+        self.force_holders = f"DELETE FROM {h} WHERE {k} = {p} AND expires_at_us > 0{z}"
+        self.unmark_any = (
+            f"UPDATE {t} SET mark_token = NULL, mark_expires_at_us = NULL{z} "
+            f"WHERE {k} = {p} AND mark_token IS NOT NULL"
+        )
+        # Expired holders go at once on purge, and after the grace period on culling.
+        self.purge_holders = f"DELETE FROM {h} WHERE expires_at_us <= {now}{z}"
+        self.cull_holders = f"DELETE FROM {h} WHERE expires_at_us < {now} - {p}{z}"
+
+    def touch(self, t: str, k: str) -> str:
+        """What follows the insert of a free key row when the row exists: it locks it."""
+        return f"ON CONFLICT ({k}) DO UPDATE SET fencing_token = {t}.fencing_token"
 
     def upsert(self, t: str, k: str) -> str:
         """Takes the row if it is free or expired; returns nothing if it is held."""
@@ -428,16 +581,19 @@ NOTIFY_CHANNEL = "django_locks"
 class PostgreSQLLockSQL(LockSQL):
     now_us = "(EXTRACT(EPOCH FROM statement_timestamp()) * 1000000)::bigint"
 
-    def __init__(self, table: str, key: str, durable: bool = True) -> None:
-        super().__init__(table, key, durable)
+    def __init__(self, table: str, key: str, durable: bool = True, holders: str | None = None) -> None:
+        super().__init__(table, key, durable, holders)
         # Release, force release and the clearing of expired holders tell the waiters of
         # those keys, in the same statement: NOTIFY is delivered when its transaction
         # commits, so a wake-up is never sent for a change that did not commit.
-        for name in ("release", "force_release", "clear_expired"):
+        # The holders' rows likewise (the waiters of a semaphore are woken by a release).
+        for name in ("release", "force_release", "clear_expired", "release_holder",
+                     "force_holders", "purge_holders", "cull_holders"):
             setattr(self, name, self.notifying(getattr(self, name), key))
 
     @staticmethod
     def notifying(update: str, key: str) -> str:
+        # PostgreSQL sends one of identical notifications of a transaction.
         return (
             f"WITH changed AS ({update} RETURNING {key}) "
             f"SELECT pg_notify('{NOTIFY_CHANNEL}', {key}) FROM changed"
@@ -453,11 +609,24 @@ class SQLiteLockSQL(LockSQL):
     now_us = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
     greatest = "MAX"
     placeholder = "?"
+    # One writer at a time: BEGIN IMMEDIATE takes the database's write lock at once.
+    begin = "BEGIN IMMEDIATE"
+    lock_row_suffix = ""
+
+    def touch(self, t: str, k: str) -> str:
+        return f"ON CONFLICT ({k}) DO NOTHING"
 
 
 class MySQLLockSQL(LockSQL):
     now_us = "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6))"
     returning = False
+    # READ COMMITTED for this one transaction (never a session setting): a fresh
+    # consistent read per statement, and no gap locks that could deadlock two keys'
+    # transactions through neighbouring entries of the holders' key index.
+    begin = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION"
+
+    def touch(self, t: str, k: str) -> str:
+        return "ON DUPLICATE KEY UPDATE fencing_token = fencing_token"
 
     def upsert(self, t: str, k: str) -> str:
         """Takes the row if it is free or expired, else leaves it as it was. MySQL assigns
@@ -506,8 +675,10 @@ def _migrate_hint(error: BaseException, using: str) -> str:
 
 
 def _info(row: Any) -> LockInfo:
-    """A LockInfo from a row: the columns, then optionally the database's "now" (µs)."""
+    """A LockInfo from a row: the columns, then optionally the database's "now" (µs, or
+    NULL: not measured), then optionally shared and limit."""
     key, token, fencing_token, correlation_id, acquired_us, expires_us = row[:6]
+    now = row[6] if len(row) > 6 else None
     return LockInfo(
         key=key,
         token=token,
@@ -515,8 +686,23 @@ def _info(row: Any) -> LockInfo:
         correlation_id=correlation_id,
         acquired_at_us=int(acquired_us),
         expires_at_us=int(expires_us),
-        remaining_ms=max(0, (int(expires_us) - int(row[6])) // 1000) if len(row) > 6 else None,
+        remaining_ms=max(0, (int(expires_us) - int(now)) // 1000) if now is not None else None,
+        shared=bool(row[7]) if len(row) > 7 else False,
+        limit=int(row[8]) if len(row) > 8 else 1,
     )
+
+
+def _refusal(mode: Mode, blockers: list[Any]) -> int:
+    """From the ``blockers`` rows (µs left, kind: 0 non-shared holder, 1 shared holder,
+    2 writer mark), the ms until an acquisition in ``mode`` could succeed by expiry alone
+    (as MemoryLock's ``_refusal``)."""
+    if mode.shared:
+        left = [int(us) for us, kind in blockers if int(kind) != 1]
+        return max(left) // 1000 if left else 0
+    left = sorted(int(us) for us, kind in blockers if int(kind) != 2)
+    if len(left) < mode.limit:
+        return 0
+    return left[len(left) - mode.limit] // 1000
 
 
 class DatabaseLock(BaseLock):
@@ -600,8 +786,10 @@ class DatabaseLock(BaseLock):
         if self._sql is None:
             ops = connections[self.using].ops
             table = apps.get_model("django_locks", "Lock")._meta.db_table
+            holders = apps.get_model("django_locks", "Holder")._meta.db_table
             self._sql = _SQL_CLASSES[self.vendor](
-                ops.quote_name(table), ops.quote_name("key"), durable=self.durable
+                ops.quote_name(table), ops.quote_name("key"), durable=self.durable,
+                holders=ops.quote_name(holders),
             )
         return self._sql
 
@@ -686,12 +874,75 @@ class DatabaseLock(BaseLock):
                 f"LOCKS[{self.alias!r}]: database {self.using!r} failed: {_migrate_hint(e, self.using)}{e}"
             ) from e
 
+    def _script(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[list[Any], int]]:
+        """Run ``statements`` in one transaction on this thread's private connection, in
+        one round trip where the driver can (PostgreSQL with psycopg 3, MariaDB/MySQL);
+        (rows, rowcount) of each. A failure drops the connection, and with it the
+        transaction."""
+        connection = lock_connection(self.using)
+        wrapper = connection.wrapper
+        begin = self.sql.begin
+        try:
+            if not connection.connected:
+                self._connect(wrapper)
+            if self.vendor == "sqlite":
+                connection.sqlite_synchronous("FULL" if self.durable else "NORMAL")
+            cursor = connection.script_cursor()
+            results: list[tuple[list[Any], int]] = []
+            if cursor is None:  # one statement at a time (in-process SQLite, psycopg2)
+                cursor = connection.cursor()
+                cursor.execute(begin)
+                for sql, params in statements:
+                    cursor.execute(sql, params)
+                    results.append((cursor.fetchall() if cursor.description else [], cursor.rowcount))
+                cursor.execute("COMMIT")
+                return results
+            text = ";\n".join([begin, *(sql for sql, _ in statements), "COMMIT"])
+            cursor.execute(text, tuple(p for _, params in statements for p in params))
+            skip = begin.count(";") + 1  # the results of the BEGIN statements
+            while True:
+                if skip:
+                    skip -= 1
+                else:
+                    results.append((cursor.fetchall() if cursor.description else [], cursor.rowcount))
+                if not cursor.nextset():
+                    break
+            return results[: len(statements)]
+        except (wrapper.Database.Error, DjangoDatabaseError) as e:
+            connection.close()
+            raise LockBackendError(
+                f"LOCKS[{self.alias!r}]: database {self.using!r} failed: {_migrate_hint(e, self.using)}{e}"
+            ) from e
+        except BaseException:
+            connection.close()  # interrupted: whatever was left open goes with it
+            raise
+
     # ----------------------------------------------------------------------- storage operations
+
+    #: Remembered tokens (of the marks and holders below) per backend instance, at most.
+    REMEMBERED = 1024
+
+    def _remember(self, memory: dict[str, str], key: str, token: str) -> None:
+        if len(memory) >= self.REMEMBERED:
+            memory.clear()  # forgetting only costs a round trip, or an early mark clearing
+        memory[key] = token
+
+    @property
+    def _marks(self) -> dict[str, str]:
+        """key -> the token of this instance's exclusive waiter that set its writer mark."""
+        return self.__dict__.setdefault("_marks_", {})
+
+    @property
+    def _holder_tokens(self) -> dict[str, str]:
+        """token -> key of this instance's shared and semaphore holders (their release
+        and extension go to the holders' table at once)."""
+        return self.__dict__.setdefault("_holder_tokens_", {})
 
     def _cull(self) -> None:
         """Delete rows released or expired more than ``cull_grace`` ms ago (see the class)."""
         try:
             culled = self._run(self.sql.purge, (self.cull_grace * 1000,), fetch=False)[1]
+            culled += self._script([(self.sql.cull_holders, (self.cull_grace * 1000,))])[0][1]
         except LockBackendError as e:  # the attempt that follows reports the failure
             logger.warning("culling lock rows failed: %s (alias=%s)", e, self.alias)
             return
@@ -701,44 +952,120 @@ class DatabaseLock(BaseLock):
         self, key: str, token: str, ttl: int, correlation_id: str | None, mode: Mode,
         waiter: bool,
     ) -> Attempt:
-        if not mode.exclusive:
-            raise NotImplementedError("shared locks and semaphores: not yet on DatabaseLock")
         if self.cull_frequency:
             self._attempts_until_cull -= 1
             if self._attempts_until_cull <= 0:
                 self._attempts_until_cull = self.cull_frequency
                 self._cull()
-        sql = self.sql
-        params = (key, token, correlation_id, ttl * 1000)
         entry = getattr(_waiting, "entry", None)
         if entry is not None and entry[0] == key:
             entry[2] = entry[1].generation(key)  # a release from now on wakes this waiter
+        if not mode.exclusive:
+            return self._try_acquire_holder(key, token, ttl, correlation_id, mode, waiter)
+        sql = self.sql
+        params = (key, token, correlation_id, ttl * 1000)
         if sql.returning:
             rows, _ = self._run(sql.acquire, params)
             if not rows:
-                if entry is None or entry[0] != key:
+                if not waiter and (entry is None or entry[0] != key):
                     return Attempt(None)
                 # A notified waiter sleeps until the release: it needs the holder's
                 # remaining life to wake at its expiry too.
                 rows, _ = self._run(sql.read_row, (key,))
-                remaining = (rows[0][5] - rows[0][6]) // 1000 if rows else 0
-                return Attempt(None, max(remaining, 0))
+                return self._refused_exclusive(key, token, rows, waiter)
             fencing_token, acquired_us, expires_us = rows[0]
         else:
             self._run(sql.acquire, params, fetch=False)
             rows, _ = self._run(sql.read_row, (key,))
             if not rows or rows[0][1] != token:
-                remaining = (rows[0][5] - rows[0][6]) // 1000 if rows else None
-                return Attempt(None, max(remaining, 0) if remaining is not None else None)
+                return self._refused_exclusive(key, token, rows, waiter)
             _, _, fencing_token, _, acquired_us, expires_us, _ = rows[0]
+        if self._marks.get(key) == token:
+            del self._marks[key]
+            self._run(sql.unmark, (key, token), fetch=False)
         return Attempt(
             _info((key, token, fencing_token, correlation_id, acquired_us, expires_us, acquired_us))
         )
 
+    def _refused_exclusive(self, key: str, token: str, rows: list[Any], waiter: bool) -> Attempt:
+        """An exclusive attempt found the key row held: how long for. A waiter kept out by
+        shared or semaphore holders (the row has no token) sets the writer mark."""
+        if not rows:
+            return Attempt(None, 0 if self.sql.returning else None)
+        remaining = max((rows[0][5] - rows[0][6]) // 1000, 0)
+        if waiter and rows[0][1] is None and remaining > 0:
+            if self._run(self.sql.mark, (token, key), fetch=False)[1]:
+                self._remember(self._marks, key, token)
+        return Attempt(None, remaining)
+
+    def _try_acquire_holder(
+        self, key: str, token: str, ttl: int, correlation_id: str | None, mode: Mode,
+        waiter: bool,
+    ) -> Attempt:
+        """A shared or semaphore acquisition: one transaction (one round trip where the
+        driver can) that locks the key row, admits in SQL, moves an exclusive holder it
+        joins to the holders' table and settles the key row."""
+        sql = self.sql
+        admit = (token, correlation_id, ttl * 1000, mode.shared, mode.limit, key, token)
+        if mode.shared:
+            admission = (sql.admit_shared, (*admit, key))
+        else:
+            admission = (sql.admit_semaphore, (*admit, key, mode.limit))
+        t = token
+        if waiter and not mode.shared:
+            settle = (sql.settle_waiter, (t, t, t, t, t, t, t, t, t, key, key))
+        else:
+            settle = (sql.settle, (t, t, t, t, key, key, t))
+        statements = [(sql.lock_key, (key,)), admission]
+        if not mode.shared:
+            statements.append((sql.move_exclusive, (key, token)))
+        statements += [settle, (sql.own_holder, (token,))]
+        rows = self._script(statements)[-1][0]
+        if not rows:
+            blockers, _ = self._run(sql.blockers, (key, key, key))
+            return Attempt(None, _refusal(mode, blockers))
+        self._remember(self._holder_tokens, token, key)
+        fencing_token, acquired_us, expires_us = rows[0]
+        return Attempt(LockInfo(
+            key=key, token=token, fencing_token=int(fencing_token), correlation_id=correlation_id,
+            acquired_at_us=int(acquired_us), expires_at_us=int(expires_us),
+            remaining_ms=(int(expires_us) - int(acquired_us)) // 1000,
+            shared=mode.shared, limit=mode.limit,
+        ))
+
+    def _locking(self, key: str) -> list[tuple[str, tuple[Any, ...]]]:
+        """The statement that locks the key row first (SQLite: BEGIN IMMEDIATE did)."""
+        return [] if self.vendor == "sqlite" else [(self.sql.lock_row, (key,))]
+
     def _release(self, key: str, token: str) -> bool:
-        return self._run(self.sql.release, (key, token), fetch=False)[1] == 1
+        sql = self.sql
+        if self._holder_tokens.pop(token, None) is None:
+            if self._run(sql.release, (key, token), fetch=False)[1] == 1:
+                return True
+        results = self._script([
+            *self._locking(key),
+            (sql.release_holder, (token, key)),
+            (sql.recompute, (key, key)),
+        ])
+        return results[-2][1] == 1
 
     def _extend(self, key: str, token: str, ttl: int) -> int | None:
+        sql = self.sql
+        if token not in self._holder_tokens:
+            expires = self._extend_exclusive(key, token, ttl)
+            if expires is not None:
+                return expires
+        results = self._script([
+            *self._locking(key),
+            (sql.extend_holder, (ttl * 1000, token, key)),
+            (sql.recompute, (key, key)),
+            (sql.holder_expiry, (token,)),
+        ])
+        if results[-3][1] != 1 or not results[-1][0]:
+            return None
+        return int(results[-1][0][0][0])
+
+    def _extend_exclusive(self, key: str, token: str, ttl: int) -> int | None:
         sql = self.sql
         if sql.returning:
             rows, _ = self._run(sql.extend, (ttl * 1000, key, token))
@@ -751,15 +1078,18 @@ class DatabaseLock(BaseLock):
         return int(rows[0][5])
 
     def _force_release(self, key: str) -> bool:
-        return self._run(self.sql.force_release, (key,), fetch=False)[1] > 0
-
-    def _get(self, key: str) -> LockInfo | None:
-        rows, _ = self._run(self.sql.get, (key,))
-        return _info(rows[0]) if rows else None
+        sql = self.sql
+        results = self._script([
+            *self._locking(key),
+            (sql.force_holders, (key,)),
+            (sql.force_release, (key,)),
+            (sql.unmark_any, (key,)),
+        ])
+        return results[-2][1] > 0
 
     def _holders(self, key: str) -> list[LockInfo]:
-        info = self._get(key)
-        return [] if info is None else [info]
+        rows, _ = self._run(self.sql.holders, (key, key))
+        return [_info(row) for row in rows]
 
     def _held(self) -> list[LockInfo]:
         rows, _ = self._run(self.sql.held, ())
@@ -767,6 +1097,7 @@ class DatabaseLock(BaseLock):
 
     def _purge(self) -> int:
         cleared = self._run(self.sql.clear_expired, (), fetch=False)[1]
+        cleared += self._script([(self.sql.purge_holders, ())])[0][1]
         return cleared + self._run(self.sql.purge, (PURGE_AFTER_US,), fetch=False)[1]
 
     def expired_locks(self) -> list[LockInfo]:
