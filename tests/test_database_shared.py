@@ -426,3 +426,35 @@ def test_processes_mix_readers_and_writers(db_alias, tmp_path):
     assert fencing_in_order(records)
     ordered = sorted(writers)
     assert all(a[2] < b[2] for a, b in pairwise(ordered))
+
+
+# ----------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("db_alias", [a for a in DATABASE_ALIASES if a != "default"])
+def test_round_trips(db_alias, monkeypatch):
+    """Each _run is one statement and each _script one multi-statement round trip on
+    PostgreSQL and MariaDB: an exclusive pair costs what it did, a shared or semaphore
+    acquisition one round trip, and a holder's release by its instance one."""
+    from django_locks.backends.database import DatabaseLock
+
+    calls: list[str] = []
+    run, script = DatabaseLock._run, DatabaseLock._script
+    monkeypatch.setattr(DatabaseLock, "_run", lambda self, *a, **k: calls.append("run") or run(self, *a, **k))
+    monkeypatch.setattr(DatabaseLock, "_script",
+                        lambda self, *a, **k: calls.append("script") or script(self, *a, **k))
+    backend = fresh(db_alias)
+    backend.lock("trips", TTL).release()
+    assert calls == (["run", "run"] if backend.vendor == "postgresql" else ["run"] * 3)
+    for mode in ({"shared": True}, {"limit": 4}):
+        calls.clear()
+        backend.lock("trips", TTL, **mode).release()
+        assert calls == ["script", "script"], mode
+    calls.clear()
+    other = fresh(db_alias).lock("trips", TTL, limit=4)
+    with pytest.raises(LockTimeoutError):
+        fresh(db_alias).lock("trips", TTL, shared=True)
+    assert calls == ["script", "script", "run"]  # a refusal reads what keeps it out
+    calls.clear()
+    backend.release_lock(None, "trips", owner=other.token)  # not this instance's holder
+    assert calls == ["run", "script"]

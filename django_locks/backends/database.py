@@ -19,6 +19,9 @@ How it keeps the contract:
   ``fencing_token = max(previous + 1, now_us)``, so a key's tokens rise across releases,
   expiries and force releases, and also after :meth:`~DatabaseLock.purge` deleted the row
   (purge only deletes rows expired for over a minute, so the clock floor is above them).
+* **Shared locks and semaphores.** Their holders are rows of a second table, admitted
+  in SQL within one short transaction that first locks the key's row (see
+  :class:`DatabaseLock`).
 * **Reconnects.** A failing statement raises ``LockBackendError`` and drops the private
   connection; the next call opens a new one.
 * **Poolers.** The private connection never leaves session state behind, so it can share
@@ -549,7 +552,8 @@ class LockSQL:
             f"WHERE token = {p} AND {k} = {p} AND expires_at_us > {now}"
         )
         self.holder_expiry = f"SELECT expires_at_us FROM {h} WHERE token = {p}"
-        self.force_holders = f"DELETE FROM {h} WHERE {k} = {p} AND expires_at_us > 0{z}"
+        # Live ones only: expired rows are purge's (the two never wait for each other).
+        self.force_holders = f"DELETE FROM {h} WHERE {k} = {p} AND expires_at_us > {now}{z}"
         self.unmark_any = (
             f"UPDATE {t} SET mark_token = NULL, mark_expires_at_us = NULL{z} "
             f"WHERE {k} = {p} AND mark_token IS NOT NULL"
@@ -730,6 +734,39 @@ class DatabaseLock(BaseLock):
     within one µs), and the next acquisition of that key starts from the database clock
     in µs, which has moved at least the grace period past it. Only a database clock
     stepped back by more than the grace period could break that, as with ``purge``.
+
+    Shared locks and semaphores. The ``Lock`` row stays the key's row: its fencing
+    counter, its writer mark (``mark_token``, ``mark_expires_at_us``) and, as before, its
+    exclusive holder, so the exclusive path is unchanged (one upsert, one release
+    statement). Shared and semaphore holders are rows of ``Holder`` (``django_locks_holder``,
+    indexed by key and by expiry), and the key row stands for them: while any is alive,
+    the key row has no token and expires with the last of them. The exclusive upsert,
+    which only takes a row expired by the database clock, is thus refused without reading
+    the holders' table, and a key whose holders all went (released, force-released or
+    expired) is free for it at once. Every operation on holders is one short transaction
+    on the private connection that first locks the key row (PostgreSQL and MariaDB: an
+    upsert that creates it if missing, or ``SELECT ... FOR UPDATE``; SQLite:
+    ``BEGIN IMMEDIATE``), so the operations of one key are serialized and none can
+    deadlock with another (the key row is always the first lock, and a transaction locks
+    no other key row). The statements after the lock see everything committed before it:
+    the transaction is READ COMMITTED (PostgreSQL: a snapshot per statement; MariaDB:
+    ``SET TRANSACTION ISOLATION LEVEL READ COMMITTED`` for that one transaction, whose
+    consistent reads take no gap locks; SQLite has one writer). The admission is one
+    ``INSERT ... SELECT ... WHERE`` (fewer than N live holders, counting the key row's
+    exclusive holder; or, shared, no live non-shared holder and no live writer mark), with
+    the fencing token ``max(counter + 1, now_us)``; the same transaction moves an exclusive
+    holder that a semaphore joins into the holders' table, sets the key row's counter and
+    expiry, and sets (refused waiter) or clears (its own, when admitted) the writer mark
+    of a non-shared waiter. No read-then-write in Python: the application only reads the
+    outcome. PostgreSQL (psycopg 3, client-side binding) and MariaDB/MySQL get the whole
+    transaction as one multi-statement round trip (BEGIN ... COMMIT); SQLite, in-process,
+    runs it statement by statement. Releases and extensions of a holder lock the key row,
+    change the holder's row and recompute the key row's expiry from the live holders;
+    the release tries the key row first (an exclusive holder: one statement, as before)
+    unless this instance acquired the token as a holder. Release, force release, purge and
+    culling of holders NOTIFY the key on PostgreSQL within their transaction. An exclusive
+    waiter kept out by holders sets the mark with one more statement (only then), and
+    clears it with one more once it wins.
     """
 
     option_names = frozenset({"using", "durable", "cull_frequency", "cull_grace", "notify"})
