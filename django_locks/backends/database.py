@@ -492,27 +492,28 @@ class LockSQL:
             f"expires_at_us, {self.false}, 1 FROM {t} WHERE {k} = {p} AND {exclusive_live} "
             f"AND {mine}"
         )
-        # After an admission: the key row has no token, the holders' latest expiry and the
-        # new fencing counter (params: token x4, key, key).
+        # After an admission: the key row has no token (an exclusive holder it had was
+        # moved, or had expired), the new fencing counter, and expires with the last
+        # holder (it did with the others already) (params: token x2, key, token).
+        own = f"(SELECT o.COLUMN FROM {h} o WHERE o.token = {p})"
         settle = (
-            f"correlation_id = CASE WHEN {mine} THEN NULL ELSE correlation_id END, "
-            f"token = CASE WHEN {mine} THEN NULL ELSE token END, "
-            f"fencing_token = {greatest}(fencing_token, COALESCE((SELECT o.fencing_token "
-            f"FROM {h} o WHERE o.token = {p}), 0)), "
-            f"expires_at_us = CASE WHEN {mine} THEN COALESCE((SELECT MAX(o.expires_at_us) "
-            f"FROM {h} o WHERE o.{k} = {p} AND o.expires_at_us > {now}), {now}) "
-            f"ELSE expires_at_us END{z} "
+            f"correlation_id = NULL, token = NULL, "
+            f"fencing_token = {greatest}(fencing_token, {own.replace('COLUMN', 'fencing_token')}), "
+            f"expires_at_us = {greatest}(expires_at_us, {own.replace('COLUMN', 'expires_at_us')}){z} "
+            f"WHERE {k} = {p} AND {mine}"
         )
-        self.settle = f"UPDATE {t} SET {settle}WHERE {k} = {p} AND {mine}"
-        # A non-shared waiter: refused, it sets (renews) the writer mark; admitted, it
-        # clears its own. MySQL assigns left to right: the mark's expiry first, reading
-        # the old mark_token (params: token x4, then settle's with the last one, key).
+        self.settle = f"UPDATE {t} SET {settle}"
+        # A non-shared waiter clears its own writer mark once admitted (params: token x2,
+        # then settle's); refused, it sets (renews) it (params: token, key, token). MySQL
+        # assigns left to right: the mark's expiry first, reading the old mark_token.
         self.settle_waiter = (
-            f"UPDATE {t} SET mark_expires_at_us = CASE WHEN {mine} THEN (CASE WHEN "
-            f"mark_token = {p} THEN NULL ELSE mark_expires_at_us END) ELSE {now} + "
-            f"{WRITER_MARK_MS * 1000} END, mark_token = CASE WHEN {mine} THEN (CASE WHEN "
-            f"mark_token = {p} THEN NULL ELSE mark_token END) ELSE {p} END, {settle}"
-            f"WHERE {k} = {p}"
+            f"UPDATE {t} SET mark_expires_at_us = CASE WHEN mark_token = {p} THEN NULL "
+            f"ELSE mark_expires_at_us END, mark_token = CASE WHEN mark_token = {p} THEN NULL "
+            f"ELSE mark_token END, {settle}"
+        )
+        self.mark_refused = (
+            f"UPDATE {t} SET mark_expires_at_us = {now} + {WRITER_MARK_MS * 1000}{z}, "
+            f"mark_token = {p} WHERE {k} = {p} AND NOT {mine}"
         )
         self.own_holder = (
             f"SELECT fencing_token, acquired_at_us, expires_at_us FROM {h} WHERE token = {p}"
@@ -1048,15 +1049,16 @@ class DatabaseLock(BaseLock):
             admission = (sql.admit_shared, (*admit, key))
         else:
             admission = (sql.admit_semaphore, (*admit, key, mode.limit))
-        t = token
-        if waiter and not mode.shared:
-            settle = (sql.settle_waiter, (t, t, t, t, t, t, t, t, t, key, key))
-        else:
-            settle = (sql.settle, (t, t, t, t, key, key, t))
         statements = [(sql.lock_key, (key,)), admission]
         if not mode.shared:
             statements.append((sql.move_exclusive, (key, token)))
-        statements += [settle, (sql.own_holder, (token,))]
+        settle = (token, token, key, token)
+        if waiter and not mode.shared:
+            statements += [(sql.settle_waiter, (token, token, *settle)),
+                           (sql.mark_refused, (token, key, token))]
+        else:
+            statements.append((sql.settle, settle))
+        statements.append((sql.own_holder, (token,)))
         rows = self._script(statements)[-1][0]
         if not rows:
             blockers, _ = self._run(sql.blockers, (key, key, key))
