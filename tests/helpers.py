@@ -93,6 +93,18 @@ class RedisServer:
             self.process = None
 
 
+def dead_writer_mark(backend, key: str, mode=None) -> str:
+    """Leave the writer mark of a waiter that died mid-wait: one refused attempt of a
+    waiting (non-shared) call, driven as the wait loop does, which never gives up (a
+    waiter that gives up removes its mark). Returns its token."""
+    from django_locks.values import EXCLUSIVE, new_token
+
+    token = new_token()
+    attempt = backend._try_acquire(key, token, 60_000, None, mode or EXCLUSIVE, True)
+    assert attempt.info is None, "the key was free: nothing to wait for"
+    return token
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a child process using the test settings and test databases."""
     names = {alias: connections[alias].settings_dict["NAME"] for alias in connections}

@@ -18,9 +18,9 @@ from django.test import override_settings
 from django_locks import locks
 from django_locks.exceptions import LockNotHeldError, LockTimeoutError
 from django_locks.models import Holder, Lock
-from django_locks.values import EXCLUSIVE, WRITER_MARK_MS, new_token
+from django_locks.values import EXCLUSIVE, WRITER_MARK_MS, Mode, new_token
 from tests import proof
-from tests.helpers import DATABASE_ALIASES, ROOT, subprocess_env, wait_until
+from tests.helpers import DATABASE_ALIASES, ROOT, dead_writer_mark, subprocess_env, wait_until
 
 TTL = 60_000
 
@@ -160,18 +160,20 @@ def test_a_waiting_writer_holds_new_readers_back(db_alias, using):
 
 def test_a_waiting_semaphore_acquirer_also_marks(db_alias, using):
     full = [fresh(db_alias).lock("sem", TTL, limit=2) for _ in range(2)]
-    with pytest.raises(LockTimeoutError):
-        fresh(db_alias).lock("sem", TTL, limit=2, timeout=100)
+    dead_writer_mark(fresh(db_alias), "sem", Mode(limit=2))
     assert mark_of(using, "sem") is not None
     assert refused(db_alias, "sem", shared=True)
     for lease in full:
         lease.release()
 
 
-def test_the_mark_expires_after_the_writer_gave_up(db_alias, using):
+def test_the_mark_goes_with_the_writer_that_gave_up_or_died(db_alias, using):
     reader = fresh(db_alias).lock("given-up", TTL, shared=True)
     with pytest.raises(LockTimeoutError):
         fresh(db_alias).lock("given-up", TTL, timeout=300)
+    assert mark_of(using, "given-up") is None  # it removed its mark as it gave up
+    assert not refused(db_alias, "given-up", shared=True)
+    dead_writer_mark(fresh(db_alias), "given-up")  # a writer that died while waiting
     gave_up = time.monotonic()
     assert refused(db_alias, "given-up", shared=True)  # its last mark still lives
     wait_until(lambda: not refused(db_alias, "given-up", shared=True), timeout=WRITER_MARK_MS / 1000 + 5)

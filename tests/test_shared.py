@@ -16,7 +16,7 @@ import pytest
 
 from django_locks import locks
 from django_locks.exceptions import LockNotHeldError, LockTimeoutError
-from tests.helpers import ROOT, subprocess_env
+from tests.helpers import ROOT, dead_writer_mark, subprocess_env
 
 #: Hermetic: also in the unit tier (scripts/test --unit), on MemoryLock and LocMemCache.
 pytestmark = pytest.mark.unit
@@ -126,18 +126,42 @@ def test_async_semaphore(alias):
 
 
 def test_writer_mark_holds_new_readers_back_and_goes(alias):
-    """A waiting writer keeps new readers out; once it gives up, its mark goes away by
-    itself (WRITER_MARK_MS) and readers are admitted again."""
+    """A waiting writer keeps new readers out; a writer that gives up takes its mark with
+    it, and the mark of one that died mid-wait lapses by itself (WRITER_MARK_MS)."""
     backend = locks[alias]
     shared_or_skip(backend)
     reader = backend.lock("mark", TTL, shared=True)
-    with pytest.raises(LockTimeoutError):
-        locks.create_connection(alias).lock("mark", TTL, timeout=300)  # waits, marks
-    with pytest.raises(LockTimeoutError):
-        backend.lock("mark", TTL, shared=True)  # behind the writer's mark
+    waiting = threading.Event()
+
+    def write() -> None:
+        with pytest.raises(LockTimeoutError):
+            locks.create_connection(alias).lock("mark", TTL, timeout=3_000)
+        waiting.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    deadline = time.monotonic() + 2.5
+    while not refused_shared(backend, "mark"):  # once the writer waits, readers wait behind
+        assert time.monotonic() < deadline, "a waiting writer never held readers back"
+    assert not waiting.is_set()
+    writer.join(30)
+    assert waiting.is_set()
+    backend.lock("mark", TTL, shared=True).release()  # at once: its mark went with it
+    dead_writer_mark(locks.create_connection(alias), "mark")  # a writer that died waiting
+    assert refused_shared(backend, "mark")
+    started = time.monotonic()
     late = backend.lock("mark", TTL, shared=True, timeout=5_000)  # admitted once it lapses
+    assert time.monotonic() - started < 5
     assert late.fencing_token > reader.fencing_token
     assert backend.force_release("mark") is True
+
+
+def refused_shared(backend, key: str) -> bool:
+    try:
+        backend.lock(key, TTL, shared=True).release()
+    except LockTimeoutError:
+        return True
+    return False
 
 
 # ----------------------------------------------------------------------------- starvation

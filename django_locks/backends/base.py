@@ -512,6 +512,7 @@ class BaseLock:
         waits = 0
         waiting = False  # an attempt found the lock held: backend failures may be retried
         uncertain = False  # an attempt failed with a backend error: it may have won
+        marked = False  # a refused non-shared waiting attempt left a writer mark
         try:
             with self._waiting(key) if timeout else contextlib.nullcontext():
                 while True:
@@ -519,6 +520,7 @@ class BaseLock:
                         attempt = self._attempt(key, ttl, correlation_id, token, mode, waiter)
                         if attempt.info is not None:
                             return attempt.info
+                        marked = waiter and not mode.shared
                         seconds = self._wait_budget(
                             deadline, attempt, key, timeout, correlation_id, waits, mode
                         )
@@ -531,6 +533,8 @@ class BaseLock:
         except BaseException:
             if uncertain:
                 self._unsettled(key, token, ttl)
+            if marked:
+                self._give_up_mark(key, token)
             raise
 
     async def _aacquire(
@@ -543,6 +547,7 @@ class BaseLock:
         attempt_in_worker = self._in_worker(self._attempt)
         waits = 0
         uncertain = False  # an attempt failed with a backend error: it may have won
+        marked = False  # a refused non-shared waiting attempt left a writer mark
         try:
             waiting = False  # an attempt found the lock held: backend failures may be retried
             while True:
@@ -553,6 +558,7 @@ class BaseLock:
                     attempt = await asyncio.shield(running)
                     if attempt.info is not None:
                         return attempt.info
+                    marked = waiter and not mode.shared
                     seconds = self._wait_budget(
                         deadline, attempt, key, timeout, correlation_id, waits, mode
                     )
@@ -562,6 +568,8 @@ class BaseLock:
                     # The attempt goes on in its worker thread: if it wins the lock after
                     # all, release it, so that a cancelled waiter leaves nothing behind.
                     await self._undo_attempt(running, key, token)
+                    if waiter and not mode.shared:  # the attempt may have marked
+                        await self._in_worker(self._give_up_mark)(key, token)
                     raise
                 except LockBackendError as error:  # the attempt's, or the wait's
                     uncertain = uncertain or running.exception() is not None
@@ -569,9 +577,15 @@ class BaseLock:
                         self._retry_delay(error, waiting, deadline, key, correlation_id, waits)
                     )
                 waits += 1
+        except asyncio.CancelledError:
+            if uncertain:
+                self._unsettled(key, token, ttl)
+            raise
         except BaseException:
             if uncertain:
                 self._unsettled(key, token, ttl)
+            if marked:
+                await self._in_worker(self._give_up_mark)(key, token)
             raise
 
     async def _undo_attempt(self, running: asyncio.Future, key: str, token: str) -> None:
@@ -588,6 +602,15 @@ class BaseLock:
                     "(alias=%s); it expires with its ttl", key, e, self.alias,
                 )
             self._forget(key, token)
+
+    def _give_up_mark(self, key: str, token: str) -> None:
+        """A non-shared waiter gives up (timeout, cancellation, error): its writer mark, if
+        still its own, goes now rather than holding readers back for WRITER_MARK_MS."""
+        try:
+            self._unmark(key, token)
+        except LockBackendError as e:
+            logger.warning("lock %r: the writer mark of a waiter that gave up stays until it "
+                           "lapses: %s (alias=%s)", key, e, self.alias)
 
     def _waiting(self, key: str) -> contextlib.AbstractContextManager[None]:
         """Around the sync wait loop of ``key``: a backend that is woken by the release
@@ -750,6 +773,10 @@ class BaseLock:
     def _force_release(self, key: str) -> bool:
         """Remove every holder of ``key`` (and its writer mark). True if one was held."""
         raise NotImplementedError
+
+    def _unmark(self, key: str, token: str) -> None:
+        """Remove the writer mark of ``key`` if ``token`` set it (a waiter that gave up).
+        Default: nothing (a backend without marks)."""
 
     def _holders(self, key: str) -> list[LockInfo]:
         """Every live holder of ``key``."""

@@ -132,6 +132,9 @@ class CacheLock(BaseLock):
     def _held(self) -> list[LockInfo]:
         return self.client.held()
 
+    def _unmark(self, key: str, token: str) -> None:
+        self.client.unmark(self._keys(key), token)
+
     def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
         self.client.wait(self._keys(key), seconds, waits)
 

@@ -1278,6 +1278,11 @@ class DatabaseLock(BaseLock):
             return None
         return int(rows[0][5])
 
+    def _unmark(self, key: str, token: str) -> None:
+        if self._marks.get(key) == token:
+            del self._marks[key]
+        self._run(self.sql.unmark, (key, token), fetch=False)
+
     def _force_release(self, key: str) -> bool:
         sql = self.sql
         results = self._script([

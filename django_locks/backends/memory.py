@@ -151,6 +151,13 @@ class MemoryLock(BaseLock):
             holder.info = replace(holder.info, expires_at_us=expires_at_us)
             return expires_at_us
 
+    def _unmark(self, key: str, token: str) -> None:
+        store = self._store
+        with store.condition:
+            if store.marks.get(key, ("",))[0] == token:
+                del store.marks[key]
+                store.condition.notify_all()
+
     def _force_release(self, key: str) -> bool:
         store = self._store
         with store.condition:

@@ -88,6 +88,10 @@ class CacheLockClient(abc.ABC):
     def held(self) -> list[LockInfo]:
         """Every held lock of this cache (only if :attr:`supports_enumeration`)."""
 
+    def unmark(self, keys: LockKeys, token: str) -> None:  # noqa: B027 - optional
+        """Remove the writer mark of the waiter ``token`` that gave up, if it is its own.
+        Default: nothing (a client without marks)."""
+
     def retryable(self, error: LockBackendError) -> bool:
         """Whether a waiter may retry through ``error`` (a failover that ends by itself)."""
         return False

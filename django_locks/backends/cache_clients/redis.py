@@ -410,6 +410,13 @@ redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return 1
 """
 
+# Removes a writer mark only if it is this waiter's (a waiter that gave up), never another
+# waiter's mark. Returns 1 if it did.
+UNMARK_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # Reads a lock's hash (every holder) and its remaining life by the server's clock (PTTL)
 # in one command on one key, so a cluster client routes and retries it like any
 # single-key command. Returns {HGETALL, pttl}; see RedisLockClient._infos.
@@ -586,6 +593,7 @@ class RedisLockClient(CacheLockClient):
     release_script = _Script(RELEASE_SCRIPT)
     extend_script = _Script(EXTEND_SCRIPT)
     force_release_script = _Script(FORCE_RELEASE_SCRIPT)
+    unmark_script = _Script(UNMARK_SCRIPT)
     read_script = _Script(READ_SCRIPT)
 
     def __init__(self, backend: CacheLock) -> None:
@@ -694,6 +702,9 @@ class RedisLockClient(CacheLockClient):
     def extend(self, keys: LockKeys, token: str, ttl: int) -> int | None:
         expires_us = int(self._run(self.extend_script, [keys.lock, keys.fence], [token, ttl, FENCE_GRACE_MS]))
         return expires_us or None
+
+    def unmark(self, keys: LockKeys, token: str) -> None:
+        self._run(self.unmark_script, [keys.mark], [token])
 
     def force_release(self, keys: LockKeys) -> bool:
         return self._run(self.force_release_script, [keys.lock, keys.wake, keys.mark], [WAKE_TTL_MS]) == 1
