@@ -150,13 +150,13 @@ def run_uncontended(quick: bool) -> list[dict]:
 
 
 def run_contended(quick: bool) -> list[dict]:
-    from benchmarks.impls import CONTENDED
+    from benchmarks.impls import CONTENDED, FULL_ONLY
 
     seconds = 0.5 if quick else 3.0
     processes = 4
     results = []
     for section_ms in (1,) if quick else (0, 1):  # --quick stays under a minute
-        for row in CONTENDED:
+        for row in [name for name in CONTENDED if not (quick and name in FULL_ONLY)]:
             with tempfile.TemporaryDirectory() as tmp:
                 log = Path(tmp) / "log"
                 config = {"row": row, "key": f"bench:contended:{section_ms}:{row}",
@@ -281,12 +281,17 @@ def plot(contended: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from benchmarks.impls import CONTENDED, is_async
+
     rows = [r for r in contended if r["section_ms"] == 1 and r["handoffs_ms"]]
     figure, axis = plt.subplots(figsize=(10, 6.5))
-    for row in rows:
+    colors = plt.get_cmap("tab20").colors  # one color per row (the default cycle has 10)
+    for index, row in enumerate(rows):
         values = sorted(max(v, 1e-3) for v in row["handoffs_ms"])
         label = f"{row['name']} ({len(values)} handoffs; releaser re-took {row['same_process_share']:.0%})"
-        axis.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=label)
+        style = "--" if row["name"] in CONTENDED and is_async(row["name"]) else "-"  # async: dashed
+        axis.plot(values, [(i + 1) / len(values) for i in range(len(values))], style, label=label,
+                  color=colors[index % len(colors)])
     axis.set_xscale("log")
     axis.set_xlabel("handoff latency, a release to the next acquisition by a waiter (ms, log scale)")
     axis.set_ylabel("fraction of handoffs")

@@ -259,10 +259,19 @@ CONTENDED: dict[str, tuple[str, object]] = {
     "redis-py asyncio Lock (1 ms polling)": ("redis-py async", 0.001),
     "DatabaseLock (postgres, LISTEN/NOTIFY)": ("lock", "postgres"),
     "DatabaseLock (postgres, notify: False: polling)": ("lock", "postgres_poll"),
+    "DatabaseLock (postgres, durable: False, LISTEN/NOTIFY)": ("lock", "postgres_fast"),
+    "DatabaseLock (postgres, durable: False, notify: False)": ("lock", "postgres_fast_poll"),
     "DatabaseLock (pgbouncer, transaction: polling)": ("lock", "pgbouncer"),
     "DatabaseLock (mysql)": ("lock", "mysql"),
     "DatabaseLock (sqlite)": ("lock", "sqlite"),
 }
+#: Rows of the full run only (--quick stays under a minute): PostgreSQL without waiting for
+#: the disk at commit, which shows the handoff of notifications and of polling without the
+#: two commits' flushes that a durable handoff waits for.
+FULL_ONLY = frozenset({
+    "DatabaseLock (postgres, durable: False, LISTEN/NOTIFY)",
+    "DatabaseLock (postgres, durable: False, notify: False)",
+})
 #: The rows whose waiters are coroutines (one event loop per worker process).
 ASYNC_KINDS = frozenset({"alock", "redis-py async"})
 #: Goals of issue 14 (handoff p50 and p99 ms, releaser re-take share), by row.

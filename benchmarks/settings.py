@@ -68,6 +68,8 @@ LOCKS = {
     "postgres_fast": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "postgres", "durable": False}},
     # Waiters poll (1 to 10 ms backoff) instead of being woken by the release's NOTIFY.
     "postgres_poll": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "postgres", "notify": False}},
+    "postgres_fast_poll": {"BACKEND": DB_LOCK,
+                           "OPTIONS": {"using": "postgres", "durable": False, "notify": False}},
     "pgbouncer": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "pgbouncer"}},
     "mysql": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "mysql"}},
     "django_redis": {"BACKEND": CACHE_LOCK, "OPTIONS": {"cache": "django_redis"}},
