@@ -117,6 +117,13 @@ class LockRow:
         return self.info.mode_label(self.holders)
 
     @property
+    def mode_html(self) -> str:
+        """:attr:`mode_display` for the list, "exclusive" with soft hyphens: a narrow table
+        breaks it rather than overflow (as its column headers)."""
+        mode = self.mode_display
+        return "ex\u00adclu\u00adsive" if mode == "exclusive" else mode
+
+    @property
     def exclusive(self) -> bool:
         return self.info.mode.exclusive
 

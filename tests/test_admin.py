@@ -489,9 +489,9 @@ def row_cells(response) -> dict[str, tuple[str, str, str]]:
     found = {}
     for row in re.findall(r'<tr [^>]*data-key=.*?</tr>', page, re.S):
         key, alias = re.search(r'data-key="([^"]*)" data-alias="([^"]*)"', row).groups()
-        mode = re.search(r'<td data-label="Mode" class="mode">(.*?)</td>', row).group(1)
+        mode = re.search(r'<span class="mode">(.*?)</span>', row).group(1)
         token = re.search(r'<code title="([0-9a-f]{32})">', row).group(1)
-        found[token] = (html.unescape(alias), html.unescape(key), html.unescape(mode))
+        found[token] = (html.unescape(alias), html.unescape(key), html.unescape(mode).replace("\xad", ""))
     return found
 
 
