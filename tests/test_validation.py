@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from django.test import override_settings
 
@@ -48,6 +50,19 @@ BAD_CORRELATION_IDS = [
     ("\udc80", ValueError, "correlation_id must be encodable as UTF-8"),
 ]
 
+BAD_MODES = [
+    ({"limit": 0}, ValueError, "limit must be between 1 and"),
+    ({"limit": -3}, ValueError, "limit must be between 1 and"),
+    ({"limit": 10_001}, ValueError, "limit must be between 1 and"),
+    ({"limit": True}, TypeError, "limit must be an int, not bool"),
+    ({"limit": "3"}, TypeError, "limit must be an int, not str"),
+    ({"limit": 2.0}, TypeError, "limit must be an int, not float"),
+    ({"limit": None}, TypeError, "limit must be an int"),
+    ({"shared": 1}, TypeError, "shared must be True or False"),
+    ({"shared": "yes"}, TypeError, "shared must be True or False"),
+    ({"shared": None}, TypeError, "shared must be True or False"),
+    ({"shared": True, "limit": 2}, ValueError, "shared=True takes no limit"),
+]
 
 def calls_with_key(backend, key):
     return [
@@ -112,6 +127,27 @@ def test_bad_timeouts(held, timeout, error, message):
         proof.record_bad_inputs("Python API")
     assert state(held) == before
     assert held.get_lock("other") is None
+
+
+@pytest.mark.parametrize(("mode", "error", "message"), BAD_MODES)
+def test_bad_modes(held, mode, error, message):
+    """shared= and limit= are checked before anything is touched, sync and async."""
+    before = state(held), held.get_holders("held")
+    for call in (
+        lambda: held.lock("other", 1000, **mode),
+        lambda: held.lock("held", 1000, timeout=100, **mode),
+        lambda: asyncio.run(_alock(held, "other", mode)),
+    ):
+        with pytest.raises(error, match=message):
+            call()
+        proof.record_bad_inputs("Python API")
+    assert (state(held), held.get_holders("held")) == before
+    assert held.get_holders("other") == []
+
+
+async def _alock(backend, key, mode):
+    async with backend.alock(key, 1000, **mode):
+        pass
 
 
 @pytest.mark.parametrize(("correlation_id", "error", "message"), BAD_CORRELATION_IDS)

@@ -240,6 +240,8 @@ class BaseLock:
     option_names: frozenset[str] = frozenset()
     #: Whether :meth:`held_locks` can list what is held.
     supports_enumeration: bool = True
+    #: Whether ``shared=True`` acquisitions work (the ``cache.add`` fallback refuses them).
+    supports_shared: bool = True
     #: Polling bounds of the default wait, in seconds (backends that are woken override it).
     poll_interval_min: float = 0.001
     poll_interval_max: float = 0.010

@@ -84,6 +84,7 @@ class CacheLock(BaseLock):
         self._key_cache: dict[str, LockKeys] = {}
         self.client: CacheLockClient = client_class_for(backend_cls)(self)
         self.supports_enumeration = self.client.supports_enumeration
+        self.supports_shared = self.client.supports_shared
         self.process_local = self.client.process_local
 
     @property

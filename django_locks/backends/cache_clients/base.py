@@ -36,6 +36,8 @@ class CacheLockClient(abc.ABC):
 
     #: Whether :meth:`held` can list what is held.
     supports_enumeration: bool = True
+    #: Whether shared (read) locks work on this client.
+    supports_shared: bool = True
     #: Whether the cache lives in this process only (LocMemCache).
     process_local: bool = False
 

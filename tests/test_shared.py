@@ -1,0 +1,240 @@
+"""Shared locks and semaphores: the one admission rule of docs/contract.md, checked the same
+way on every backend, and writers not starved by a steady stream of readers (readers in
+OS processes on the backends that processes share)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from django_locks import locks
+from django_locks.exceptions import LockNotHeldError, LockTimeoutError
+from tests.helpers import ROOT, subprocess_env
+
+#: Hermetic: also in the unit tier (scripts/test --unit), on MemoryLock and LocMemCache.
+pytestmark = pytest.mark.unit
+
+TTL = 60_000
+
+
+def shared_or_skip(backend) -> None:
+    if not backend.supports_shared:
+        with pytest.raises(NotImplementedError, match="shared"):
+            backend.lock("refused", TTL, shared=True)
+        assert backend.get_holders("refused") == []
+        pytest.skip(f"{backend.alias}: shared locks are refused (asserted above)")
+
+
+def test_semaphore_admits_n_then_refuses(alias):
+    backend = locks[alias]
+    leases = [backend.lock("sem", TTL, limit=3, correlation_id=f"r{i}") for i in range(3)]
+    assert [(lease.shared, lease.limit) for lease in leases] == [(False, 3)] * 3
+    with pytest.raises(LockTimeoutError):
+        backend.lock("sem", TTL, limit=3)
+    assert not backend.try_acquire_lock(None, "sem", TTL)  # exclusive: limit 1
+    holders = backend.get_holders("sem")
+    assert sorted(h.token for h in holders) == sorted(lease.token for lease in leases)
+    assert {(h.shared, h.limit) for h in holders} == {(False, 3)}
+    assert [h.mode_label(len(holders)) for h in holders] == ["3 of 3"] * 3
+    # Every holder has its own token and a rising fencing token.
+    fencing = [lease.fencing_token for lease in leases]
+    assert fencing == sorted(set(fencing))
+    # A bigger N (a deploy that raised it) is admitted while old holders remain.
+    bigger = backend.lock("sem", TTL, limit=4)
+    assert bigger.fencing_token > fencing[-1]
+    with pytest.raises(LockTimeoutError):
+        backend.lock("sem", TTL, limit=4)
+    # Releasing one holder by its token frees one place and touches no other holder.
+    backend.release_lock(None, "sem", owner=leases[1].token)
+    assert sorted(h.token for h in backend.get_holders("sem")) == sorted(
+        [leases[0].token, leases[2].token, bigger.token]
+    )
+    again = backend.lock("sem", TTL, limit=4)
+    assert again.fencing_token > bigger.fencing_token
+    if backend.supports_enumeration:
+        assert sorted(i.token for i in backend.held_locks() if i.key == "sem") == sorted(
+            h.token for h in backend.get_holders("sem")
+        )
+    assert backend.force_release("sem") is True
+    assert backend.get_holders("sem") == []
+    assert backend.get_lock("sem") is None
+    with pytest.raises(LockNotHeldError):
+        leases[0].release()
+
+
+def test_release_without_owner_needs_one_holder(alias):
+    backend = locks[alias]
+    first = backend.lock("two", TTL, limit=2)
+    second = backend.lock("two", TTL, limit=2)
+    with pytest.raises(ValueError, match="pass owner=TOKEN"):
+        backend.release_lock(None, "two")
+    with pytest.raises(ValueError, match="pass owner=TOKEN"):
+        backend.extend_lock(None, "two", TTL)
+    assert len(backend.get_holders("two")) == 2  # nothing changed
+    backend.extend_lock(None, "two", TTL * 2, owner=second.token)
+    longest = backend.get_lock("two")
+    assert longest.token == second.token  # the holder that expires last
+    first.release()
+    backend.release_lock(None, "two")  # one holder left: no owner needed
+    assert backend.get_holders("two") == []
+
+
+def test_shared_and_exclusive_exclude_each_other(alias):
+    backend = locks[alias]
+    shared_or_skip(backend)
+    readers = [backend.lock("rw", TTL, shared=True) for _ in range(3)]
+    assert all(lease.shared and lease.limit == 1 for lease in readers)
+    assert [h.mode_label() for h in backend.get_holders("rw")] == ["shared"] * 3
+    assert not backend.try_acquire_lock(None, "rw", TTL)
+    with pytest.raises(LockTimeoutError):
+        backend.lock("rw", TTL, limit=2)  # three holders: a semaphore of 2 is full
+    semaphore = backend.lock("rw", TTL, limit=5)  # readers count as holders, 3 < 5
+    with pytest.raises(LockTimeoutError):
+        backend.lock("rw", TTL, shared=True)  # a non-shared holder keeps readers out
+    semaphore.release()
+    for lease in readers:
+        lease.release()
+    writer = backend.lock("rw", TTL)
+    with pytest.raises(LockTimeoutError):
+        backend.lock("rw", TTL, shared=True)
+    info = backend.get_lock("rw")
+    assert (info.token, info.shared, info.limit) == (writer.token, False, 1)
+    assert info.fencing_token > max(lease.fencing_token for lease in readers)
+    writer.release()
+    assert backend.lock("rw", TTL, shared=True).fencing_token > writer.fencing_token
+
+
+def test_async_semaphore(alias):
+    backend = locks[alias]
+
+    async def run() -> list[int]:
+        async with backend.alock("asem", TTL, limit=2) as one, backend.alock("asem", TTL, limit=2) as two:
+            with pytest.raises(LockTimeoutError):
+                await backend.alock("asem", TTL, limit=2)
+            return [one.fencing_token, two.fencing_token]
+
+    fencing = asyncio.run(run())
+    assert fencing[0] < fencing[1]
+    assert backend.get_holders("asem") == []
+
+
+def test_writer_mark_holds_new_readers_back_and_goes(alias):
+    """A waiting writer keeps new readers out; once it gives up, its mark goes away by
+    itself (WRITER_MARK_MS) and readers are admitted again."""
+    backend = locks[alias]
+    shared_or_skip(backend)
+    reader = backend.lock("mark", TTL, shared=True)
+    with pytest.raises(LockTimeoutError):
+        locks.create_connection(alias).lock("mark", TTL, timeout=300)  # waits, marks
+    with pytest.raises(LockTimeoutError):
+        backend.lock("mark", TTL, shared=True)  # behind the writer's mark
+    late = backend.lock("mark", TTL, shared=True, timeout=5_000)  # admitted once it lapses
+    assert late.fencing_token > reader.fencing_token
+    assert backend.force_release("mark") is True
+
+
+# ----------------------------------------------------------------------------- starvation
+
+READER = """
+import json, os, sys, time
+from pathlib import Path
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+import django
+django.setup()
+from django_locks import locks
+config = json.loads(sys.argv[1])
+backend = locks[config["alias"]]
+stop, ready = Path(config["stop"]), Path(config["ready"])
+sections = 0
+while not stop.exists():
+    with backend.lock(config["key"], 30_000, timeout=60_000, shared=True):
+        ready.touch()
+        sections += 1
+        time.sleep(config["hold"])
+print(sections)
+"""
+
+
+def test_writer_is_not_starved_by_a_stream_of_readers(shared_alias, tmp_path):
+    """Four reader processes keep the key read-held at every moment (each holds 50 ms and
+    takes it again at once); without the writer mark an exclusive acquirer would wait
+    forever. With it, each of five writers gets the key within a bound, and readers go on
+    between writers."""
+    backend = locks[shared_alias]
+    shared_or_skip(backend)
+    stop = tmp_path / "stop"
+    readers = []
+    for i in range(4):
+        config = {"alias": shared_alias, "key": "stream", "hold": 0.05, "stop": str(stop),
+                  "ready": str(tmp_path / f"ready{i}")}
+        readers.append(subprocess.Popen(
+            [sys.executable, "-c", READER, json.dumps(config)], cwd=ROOT, env=subprocess_env(),
+            stdout=subprocess.PIPE, text=True,
+        ))
+    try:
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"ready{i}").exists() for i in range(4)):
+            assert time.monotonic() < deadline, "the readers never started"
+            assert all(p.poll() is None for p in readers), "a reader died"
+            time.sleep(0.01)
+        waits = []
+        for _ in range(5):
+            started = time.monotonic()
+            with backend.lock("stream", 30_000, timeout=10_000) as lease:
+                waits.append(time.monotonic() - started)
+                assert [h.token for h in backend.get_holders("stream")] == [lease.token]
+            wait_until = time.monotonic() + 10
+            while not backend.get_holders("stream"):  # readers are admitted again
+                assert time.monotonic() < wait_until, "readers never came back after the writer"
+                time.sleep(0.005)
+    finally:
+        stop.touch()
+        sections = [int(p.communicate(timeout=60)[0] or 0) for p in readers]
+    assert all(p.returncode == 0 for p in readers)
+    assert min(sections) > 0
+    # A writer waits for the readers holding when it came (50 ms each) plus its own
+    # recheck; far below the 10 s timeout that a starved writer would hit.
+    assert max(waits) < 2.0, waits
+    Path(ROOT / "artifacts").mkdir(exist_ok=True)
+    with open(ROOT / "artifacts" / "writer-waits.jsonl", "a") as out:
+        out.write(json.dumps({"alias": shared_alias, "longest_ms": round(max(waits) * 1000, 1),
+                              "median_ms": round(sorted(waits)[2] * 1000, 1)}) + "\n")
+
+
+def test_writer_is_not_starved_in_process(tmp_path):
+    """The same on MemoryLock, with reader threads (its locks live in one process)."""
+    alias = "memory"
+    backend = locks[alias]
+    stop = threading.Event()
+    sections = [0] * 4
+
+    def read(i: int) -> None:
+        mine = locks.create_connection(alias)
+        while not stop.is_set():
+            with mine.lock("stream", 30_000, timeout=60_000, shared=True):
+                sections[i] += 1
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not all(sections):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        started = time.monotonic()
+        with backend.lock("stream", 30_000, timeout=10_000):
+            waited = time.monotonic() - started
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert waited < 2.0
