@@ -402,6 +402,15 @@ def test_a_backend_without_shared_locks_exits_2(monkeypatch):
     assert result.returncode == 2 and "cannot take a shared lock" in result.stderr, result
 
 
+def test_shared_on_a_backend_that_refuses_shared_locks_exits_2_before_trying(monkeypatch):
+    from django_locks.backends.memory import MemoryLock
+
+    monkeypatch.setattr(MemoryLock, "supports_shared", False)
+    result = locks_cmd("try", "k", "--ttl", "1000", "--shared", "--backend", "memory")
+    assert result.returncode == 2 and "cannot take shared locks (--shared)" in result.stderr, result
+    assert locks["memory"].get_holders("k") == []
+
+
 def test_show_and_list_use_the_backend_measured_remaining_life(monkeypatch):
     """Not this machine's clock: a holder whose expires_at (by a skewed backend clock) has
     passed still shows the remaining time the backend measured."""

@@ -306,6 +306,10 @@ class Command(BaseCommand):
         if (subcommand in TAKES_A_LOCK and backend is not None and backend.process_local
                 and self._called_from_command_line):
             raise CommandError(_process_local_refusal(backend), returncode=EXIT_USAGE)
+        if mode.shared and backend is not None and not backend.supports_shared:
+            raise CommandError(f"{_describe(backend)} cannot take shared locks (--shared): use an alias "
+                               "whose backend can (DatabaseLock, CacheLock on Redis, MemoryLock)",
+                               returncode=EXIT_USAGE)
         handler = self.handle_acquire if subcommand == "try" else getattr(self, f"handle_{subcommand}")
         options["mode"] = mode
         try:
