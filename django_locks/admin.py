@@ -559,12 +559,14 @@ class LockAdmin(admin.ModelAdmin):
             # holder of a shared key or semaphore).
             locks[row.alias].release_lock(f"admin:{user}", row.key, owner=row.info.token)
         except LockNotHeldError:
-            self.message_user(
-                request,
-                f"Nothing released on {row.alias}: lock {row.key!r} expired or changed hands since "
-                "the page was shown (its holder is no longer the one you confirmed).",
-                messages.WARNING,
-            )
+            if row.exclusive:
+                gone = (f"Nothing released on {row.alias}: lock {row.key!r} expired or changed hands "
+                        "since the page was shown (its holder is no longer the one you confirmed).")
+            else:
+                gone = (f"Nothing released on {row.alias}: holder {row.short_token} of {row.key!r} was "
+                        "released or expired since the page was shown; the key's other holders were "
+                        "left alone.")
+            self.message_user(request, gone, messages.WARNING)
             return
         except LockError as e:
             self.message_user(request, f"Could not release {row.key!r} on {row.alias}: {e}",

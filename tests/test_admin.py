@@ -543,9 +543,10 @@ def test_force_release_of_a_reader_leaves_the_other_readers(admin_client_, mode_
     assert done.status_code == 302
     assert [info.token for info in backend.get_holders("catalog")] == [readers[1].token]
     # A holder released meanwhile: nothing else of the key is touched.
-    again = force_release(admin_client_, LIST, [json.dumps([mode_alias, "catalog", readers[0].token])],
-                          post="yes")
-    assert again.status_code == 302
+    again = admin_client_.post(LIST, {"action": "force_release", "index": "0", "post": "yes",
+                                      SELECTED: [json.dumps([mode_alias, "catalog", readers[0].token])]},
+                               follow=True)
+    assert "Nothing released" in again.content.decode()
     assert [info.token for info in backend.get_holders("catalog")] == [readers[1].token]
 
 
@@ -656,3 +657,16 @@ def test_remaining_time_is_the_backend_measured_one(admin_client_, monkeypatch):
     page = admin_client_.get(LIST, {"alias": "memory"}).content.decode()
     row = re.search(r'<tr [^>]*data-key="k".*?</tr>', page, re.S).group(0)
     assert ">7.2 s<" in row and "1 of 3" in row
+
+
+def test_a_holder_gone_while_confirming_is_reported_and_the_others_untouched(admin_client_, monkeypatch):
+    from django_locks.backends.memory import MemoryLock
+
+    readers = [locks["memory"].lock("catalog", 60_000, shared=True) for _ in range(2)]
+    monkeypatch.setattr(MemoryLock, "_release", lambda self, key, token: False)  # gone meanwhile
+    done = admin_client_.post(LIST, {"action": "force_release", "index": "0", "post": "yes",
+                                     SELECTED: [json.dumps(["memory", "catalog", readers[0].token])]},
+                              follow=True)
+    page = html.unescape(done.content.decode())
+    assert f"holder {readers[0].token[:8]}… of 'catalog' was released or expired" in page
+    assert len(locks["memory"].get_holders("catalog")) == 2 and not LogEntry.objects.exists()
