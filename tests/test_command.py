@@ -364,6 +364,31 @@ def test_shared_holders_and_a_writer_in_show_and_list():
     assert shown["token"] in {h["token"] for h in shown["holders"]} and shown["mode"] == "shared"
 
 
+def test_a_reader_refused_because_a_writer_waits_is_told_so():
+    import threading
+
+    from tests.helpers import wait_until
+
+    reader = locks["memory"].lock("catalog", 60_000, shared=True)
+    backend_of_the_writer: list = []
+
+    def writer():
+        backend = locks["memory"]  # this thread's instance
+        backend_of_the_writer.append(backend)
+        with backend.lock("catalog", 60_000, timeout=20_000):
+            pass
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    wait_until(lambda: backend_of_the_writer and "catalog" in backend_of_the_writer[0]._store.marks)
+    refused = locks_cmd("try", "catalog", "--ttl", "60000", "--shared", "--backend", "memory")
+    assert refused.returncode == 1
+    assert "held by 1 holder (shared); an exclusive acquirer is waiting for it" in refused.stderr, refused
+    reader.release()
+    thread.join(20)
+    assert not thread.is_alive() and locks["memory"].get_holders("catalog") == []
+
+
 def test_a_bad_limit_names_the_option():
     for value, needle in [("0", "--limit must be between 1 and 10000, got 0"),
                           ("x", "argument --limit: invalid int value: 'x'")]:

@@ -159,9 +159,10 @@ def _holders_phrase(holders: list[LockInfo]) -> str:
 
 def _busy_detail(mode: Mode, holders: list[LockInfo]) -> str:
     """Why an acquisition in ``mode`` was refused, and when expiry alone would admit it."""
-    if not holders:
-        return ""
-    detail = f"; {_holders_phrase(holders)}"
+    detail = f"; {_holders_phrase(holders)}" if holders else ""
+    if mode.shared and all(info.shared for info in holders):
+        # Refused with no exclusive holder: a writer waits, and new readers queue behind it.
+        return f"{detail}; an exclusive acquirer is waiting for it, and new shared ones wait behind it"
     ms = free_in_ms(mode, holders)
     if ms is not None:
         detail += f"; by expiry alone it could be had in {ms / 1000:.3f} s"
