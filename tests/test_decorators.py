@@ -548,3 +548,19 @@ def test_bad_shared_or_limit_fail_at_decoration_naming_the_argument(mode, error,
         lock_view("k", ttl=1000, **mode)
     with pytest.raises(error, match=message):
         locked("k", ttl=1000, **mode)
+
+
+def test_async_view_with_a_limit(mode_alias):
+    from django.http import HttpResponse
+
+    @lock_view("async-sem", ttl=10_000, backend=mode_alias, limit=2)
+    async def view(request):
+        return HttpResponse(str(len(locks[mode_alias].get_holders("async-sem"))))
+
+    first = locks[mode_alias].lock("async-sem", 9_000, limit=2)
+    assert asyncio.run(view(RequestFactory().get("/"))).content == b"2"  # a second place
+    locks[mode_alias].lock("async-sem", 30_000, limit=2)
+    busy = asyncio.run(view(RequestFactory().get("/")))
+    assert busy.status_code == 423 and busy["Retry-After"] == "9"  # the first holder's expiry
+    first.release()
+    assert asyncio.run(view(RequestFactory().get("/"))).status_code == 200
