@@ -1,15 +1,26 @@
 """One worker process of a contended run: ``python -m benchmarks.contender CONFIG_JSON``.
 
-Waits for the common start time, then until the end time takes the lock, spins for the
-critical section, releases; writes "acquired released pid" (time.monotonic_ns, one clock for
-all processes of the machine) and the pid per section to CONFIG["log"]."""
+Sets up Django and the row, says "ready" on stdout, reads the common start and end times
+(JSON, one line on stdin), waits for the start, then until the end takes the lock, spins for
+the critical section, releases; writes "acquired released pid" (time.monotonic_ns, one clock for
+all processes of the machine) and the pid per section to CONFIG["log"]. The async rows run
+the same loop as one coroutine on an event loop (their waits hold no thread)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
 import time
+
+
+def spin(section_ns: int) -> tuple[int, int]:
+    """The critical section, busy (no sleep granularity): (acquired, released) times."""
+    acquired = time.monotonic_ns()
+    while time.monotonic_ns() - acquired < section_ns:
+        pass
+    return acquired, time.monotonic_ns()
 
 
 def main() -> None:
@@ -18,22 +29,32 @@ def main() -> None:
     import django
 
     django.setup()
-    from benchmarks.impls import contended
+    from benchmarks.impls import contended, is_async
 
     acquire, release = contended(config["row"], config["key"])
     section_ns = int(config["section_ms"] * 1_000_000)
-    start, end = config["start_ns"], config["end_ns"]
+    print("ready", flush=True)
+    times = json.loads(sys.stdin.readline())
+    start, end = times["start_ns"], times["end_ns"]
     records = []
     while time.monotonic_ns() < start:
         time.sleep(0.0005)
-    while time.monotonic_ns() < end:
-        handle = acquire()
-        acquired = time.monotonic_ns()
-        while time.monotonic_ns() - acquired < section_ns:  # busy: no sleep granularity
-            pass
-        released = time.monotonic_ns()
-        release(handle)
-        records.append(f"{acquired} {released} {os.getpid()}\n")
+    if is_async(config["row"]):
+
+        async def run() -> None:
+            while time.monotonic_ns() < end:
+                handle = await acquire()
+                acquired, released = spin(section_ns)
+                await release(handle)
+                records.append(f"{acquired} {released} {os.getpid()}\n")
+
+        asyncio.run(run())
+    else:
+        while time.monotonic_ns() < end:
+            handle = acquire()
+            acquired, released = spin(section_ns)
+            release(handle)
+            records.append(f"{acquired} {released} {os.getpid()}\n")
     with open(config["log"], "a") as log:
         log.write("".join(records))
 

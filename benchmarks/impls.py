@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.cache import caches
 from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
@@ -52,7 +53,7 @@ def _redis_floor_ping() -> Callable[[], None]:
 def _redis_floor_setnx(cache: str = "django_redis") -> Callable[[], None]:
     client = redis_client(cache)
     sha = client.script_load(COMPARE_AND_DELETE)
-    key = "django_locks_bench:floor"
+    key = f"{settings.BENCH_DB}:floor"
 
     def pair() -> None:
         token = uuid.uuid4().hex
@@ -243,28 +244,87 @@ UNCONTENDED += [
 # ----------------------------------------------------------------------------- contended
 
 
-def contended(name: str, key: str) -> tuple[Callable[[], object], Callable[[object], None]]:
-    """(acquire, release) of one worker; acquire blocks until it holds ``key``."""
-    if name.startswith("CacheLock") or name.startswith("DatabaseLock"):
-        alias = name.split("(")[1].rstrip(")")
-        backend = locks[alias]
+#: Contended rows: name -> (kind, argument). Kinds: "lock" (a LOCKS alias, blocking
+#: ``acquire_lock``), "alock" (a LOCKS alias, async ``alock``), "redis-py" and
+#: "redis-py async" (redis-py's ``Lock`` with this ``sleep`` between its polls: 0.1 s is
+#: its default), "python-redis-lock".
+CONTENDED: dict[str, tuple[str, object]] = {
+    "CacheLock (django_redis)": ("lock", "django_redis"),
+    "CacheLock (cluster)": ("lock", "cluster"),
+    "redis-py Lock (default 100 ms polling)": ("redis-py", 0.1),
+    "redis-py Lock (1 ms polling)": ("redis-py", 0.001),
+    "python-redis-lock": ("python-redis-lock", None),
+    "CacheLock async (django_redis, alock)": ("alock", "django_redis"),
+    "redis-py asyncio Lock (default 100 ms polling)": ("redis-py async", 0.1),
+    "redis-py asyncio Lock (1 ms polling)": ("redis-py async", 0.001),
+    "DatabaseLock (postgres, LISTEN/NOTIFY)": ("lock", "postgres"),
+    "DatabaseLock (postgres, notify: False: polling)": ("lock", "postgres_poll"),
+    "DatabaseLock (pgbouncer, transaction: polling)": ("lock", "pgbouncer"),
+    "DatabaseLock (mysql)": ("lock", "mysql"),
+    "DatabaseLock (sqlite)": ("lock", "sqlite"),
+}
+#: The rows whose waiters are coroutines (one event loop per worker process).
+ASYNC_KINDS = frozenset({"alock", "redis-py async"})
+#: Goals of issue 14 (handoff p50 and p99 ms, releaser re-take share), by row.
+GOALS: dict[str, tuple[float, float, float | None]] = {
+    "DatabaseLock (postgres, LISTEN/NOTIFY)": (1.0, 5.0, 0.5),
+    "CacheLock async (django_redis, alock)": (1.0, 5.0, None),
+}
+
+
+def is_async(name: str) -> bool:
+    return CONTENDED[name][0] in ASYNC_KINDS
+
+
+def contended(name: str, key: str) -> tuple[Callable[[], object], Callable[[object], object]]:
+    """(acquire, release) of one worker; acquire blocks until it holds ``key``. For the
+    async rows (:func:`is_async`) both are coroutine functions."""
+    kind, argument = CONTENDED[name]
+    if kind == "lock":
+        backend = locks[argument]
 
         def acquire() -> object:
             backend.acquire_lock(None, key, TTL_MS, WAIT_MS)
             return None
 
         return acquire, lambda _: backend.release_lock(None, key)
-    if name.startswith("redis-py Lock"):
-        sleep = 0.001 if "1 ms" in name else 0.1  # 0.1 s is redis-py's default
+    if kind == "alock":
+        backend = locks[argument]
+
+        async def aacquire() -> object:
+            return await backend.alock(key, TTL_MS, timeout=WAIT_MS)
+
+        async def arelease(lease) -> None:
+            await lease.arelease()
+
+        return aacquire, arelease
+    if kind == "redis-py":
         cache = caches["django_redis"]
 
         def acquire() -> object:
-            lock = cache.lock(key, timeout=TTL_MS / 1000, sleep=sleep)
+            lock = cache.lock(key, timeout=TTL_MS / 1000, sleep=argument)
             assert lock.acquire(blocking=True, blocking_timeout=WAIT_MS / 1000)
             return lock
 
         return acquire, lambda lock: lock.release()
-    if name == "python-redis-lock":
+    if kind == "redis-py async":
+        import redis.asyncio
+
+        from benchmarks.settings import REDIS_URL
+
+        name = caches["django_redis"].make_key(key)  # the key the sync rows' cache.lock uses
+        client = redis.asyncio.Redis.from_url(REDIS_URL)
+
+        async def aacquire() -> object:
+            lock = client.lock(name, timeout=TTL_MS / 1000, sleep=argument)
+            assert await lock.acquire(blocking=True, blocking_timeout=WAIT_MS / 1000)
+            return lock
+
+        async def arelease(lock) -> None:
+            await lock.release()
+
+        return aacquire, arelease
+    if kind == "python-redis-lock":
         import redis_lock
 
         client = redis_client()
@@ -276,16 +336,3 @@ def contended(name: str, key: str) -> tuple[Callable[[], object], Callable[[obje
 
         return acquire, lambda lock: lock.release()
     raise ValueError(f"unknown contended row {name!r}")
-
-
-CONTENDED = [
-    "CacheLock (django_redis)",
-    "CacheLock (cluster)",
-    "redis-py Lock (default 100 ms polling)",
-    "redis-py Lock (1 ms polling)",
-    "python-redis-lock",
-    "DatabaseLock (postgres)",
-    "DatabaseLock (pgbouncer)",
-    "DatabaseLock (mysql)",
-    "DatabaseLock (sqlite)",
-]

@@ -255,3 +255,53 @@ def test_async_waiters_block_on_the_wake_up_list(redis_alias, redis_server):
         # Nothing left behind but the fencing counter (and a wake-up that expires on its own).
         left = {k for k in set(observer.keys("*")) - keys_before if not k.endswith(b":wake")}
         assert all(k.endswith(b":fence") for k in left), left
+
+
+def test_scripts_run_on_the_pool_of_a_plain_client_and_reload_after_a_flush(redis_alias, redis_server):
+    """The hot scripts skip redis-py's command layers on a plain client's pool (one
+    connection, given back), and a server that lost its scripts (SCRIPT FLUSH, a restart)
+    gets them again by EVAL on that path too."""
+    with override_settings(CACHES={"own": own_cache(redis_alias, redis_server.url)},
+                           LOCKS={"own": {"BACKEND": "django_locks.backends.cache.CacheLock",
+                                          "OPTIONS": {"cache": "own"}}}):
+        backend = locks["own"]
+        client = backend.client.get_client()
+        assert backend.client._pool is not None
+        with backend.lock("job", 60_000) as lease:
+            assert backend.get_lock("job").token == lease.token
+            lease.extend(30_000)
+        client.script_flush()
+        with backend.lock("job", 60_000) as again:
+            assert again.fencing_token > lease.fencing_token
+            assert backend.get_lock("job").token == again.token
+        assert backend.force_release("job") is False
+        pool = client.connection_pool
+        assert not pool._in_use_connections  # every connection went back to the pool
+
+
+def test_wrapped_or_clustered_clients_keep_their_own_command_path():
+    """Tracing instrumentation wraps ``Redis.execute_command``; a cluster client has no
+    single pool: scripts go through the client's own ``evalsha`` for those."""
+    import functools
+
+    import redis
+    from redis.cluster import RedisCluster
+
+    from django_locks.backends.cache_clients.redis import _direct_pool
+
+    assert _direct_pool(redis.Redis()) is not None
+
+    class Traced(redis.Redis):
+        @functools.wraps(redis.Redis.execute_command)
+        def execute_command(self, *args, **options):
+            return super().execute_command(*args, **options)
+
+    class Wrapped(redis.Redis):
+        pass
+
+    Wrapped.execute_command = functools.wraps(redis.Redis.execute_command)(
+        lambda self, *args, **options: redis.Redis.execute_command(self, *args, **options))
+    assert _direct_pool(Traced()) is None
+    assert _direct_pool(Wrapped()) is None
+    assert _direct_pool(redis.Redis(single_connection_client=False)) is not None
+    assert _direct_pool(RedisCluster.__new__(RedisCluster)) is None

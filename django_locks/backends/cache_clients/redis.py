@@ -17,6 +17,7 @@ slot.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import inspect
 import os
@@ -34,6 +35,7 @@ from django_locks.values import Attempt, LockInfo, Mode
 
 try:  # redis is an optional dependency (the "redis" extra); without it no cache is Redis
     import redis.asyncio as redis_asyncio
+    from redis import Redis
     from redis.exceptions import (
         BusyLoadingError,
         ClusterDownError,
@@ -47,7 +49,7 @@ try:  # redis is an optional dependency (the "redis" extra); without it no cache
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError:  # pragma: no cover
-    redis_asyncio = None
+    redis_asyncio = Redis = None
     class RedisError(Exception):  # type: ignore[no-redef]
         pass
 
@@ -130,8 +132,7 @@ return {fence_s, now_s}
 # Deletes the lock only if ARGV[1] is its holder's token, then wakes one waiter.
 RELEASE_SCRIPT = """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('RPUSH', KEYS[2], '1')
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
@@ -183,6 +184,52 @@ class _Script:
             return client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             return client.eval(self.source, len(keys), *keys, *args)
+
+    def on_pool(self, pool: tuple[Callable[[], Any], Callable[[Any], None]],
+                keys: list[str], args: list[Any]) -> Any:
+        """The script on a pooled connection (``pool``: :func:`_direct_pool`'s get and
+        release), as ``redis.Redis.execute_command`` runs a command (the connection's
+        retries, a disconnect on failure) without the client's command layers."""
+        get_connection, release = pool
+        conn = get_connection()
+        try:
+            return conn.retry.call_with_retry(lambda: self._send(conn, keys, args),
+                                              lambda error: conn.disconnect())
+        finally:
+            release(conn)
+
+    def _send(self, conn: Any, keys: list[str], args: list[Any]) -> Any:
+        conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        try:
+            return conn.read_response()
+        except NoScriptError:
+            conn.send_command("EVAL", self.source, len(keys), *keys, *args)
+            return conn.read_response()
+
+
+def _direct_pool(client: Any) -> tuple[Callable[[], Any], Callable[[Any], None]] | None:
+    """How to get and release a connection of the pool on which scripts run directly
+    (:meth:`_Script.on_pool`), or None.
+
+    A plain ``redis.Redis`` (one server, or a Sentinel-managed master) spends about as
+    long in its command layers as the round trip to a local Redis takes; scripts skip them
+    on its pool. Any other client goes through its own ``evalsha``: a cluster, a subclass
+    that overrides ``execute_command``, one whose ``execute_command`` is wrapped (tracing
+    instrumentation), a client bound to one connection, client-side caching.
+    """
+    execute = getattr(type(client), "execute_command", None)
+    if (Redis is None or not isinstance(client, Redis) or execute is not Redis.execute_command
+            or hasattr(execute, "__wrapped__") or getattr(client, "connection", None) is not None):
+        return None
+    pool = getattr(client, "connection_pool", None)
+    if pool is None or getattr(pool, "cache", None) is not None:
+        return None
+    get_connection = pool.get_connection
+    # redis-py < 5.3 requires a command name (later ones deprecate passing one).
+    name = inspect.signature(get_connection).parameters.get("command_name")
+    if name is not None and name.default is inspect.Parameter.empty:
+        get_connection = functools.partial(get_connection, "EVALSHA")
+    return get_connection, pool.release
 
 
 def _text(value: Any) -> str:
@@ -294,6 +341,7 @@ class RedisLockClient(CacheLockClient):
             raise TypeError(f"{backend.cache_backend_class.__name__} is not a Redis cache")
         self._get_client = getter
         self._client: Any = None
+        self._pool: tuple[Callable[[], Any], Callable[[Any], None]] | None = None
 
     @classmethod
     def handles(cls, cache_class: type) -> bool:
@@ -302,7 +350,9 @@ class RedisLockClient(CacheLockClient):
     def get_client(self) -> Any:
         """The raw redis-py client (thread-safe; one per backend instance is enough)."""
         if self._client is None:
-            self._client = self._get_client(self.backend.cache)
+            client = self._get_client(self.backend.cache)
+            self._pool = _direct_pool(client)
+            self._client = client
         return self._client
 
     def keys(self, key: str) -> LockKeys:
@@ -315,10 +365,23 @@ class RedisLockClient(CacheLockClient):
         try:
             return operation(self.get_client())
         except (RedisError, RedisClusterException, OSError) as e:
-            raise LockBackendError(
-                f"LOCKS[{self.backend.alias!r}]: Redis behind cache "
-                f"{self.backend.cache_alias!r} failed: {e}"
-            ) from e
+            raise self._failed(e) from e
+
+    def _failed(self, error: BaseException) -> LockBackendError:
+        return LockBackendError(
+            f"LOCKS[{self.backend.alias!r}]: Redis behind cache "
+            f"{self.backend.cache_alias!r} failed: {error}"
+        )
+
+    def _run(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
+        """``script``'s reply: on the pool directly where it can (see :func:`_direct_pool`)."""
+        try:
+            client = self._client if self._client is not None else self.get_client()
+            if self._pool is not None:
+                return script.on_pool(self._pool, keys, args)
+            return script(client, keys, args)
+        except (RedisError, RedisClusterException, OSError) as e:
+            raise self._failed(e) from e
 
     def try_acquire(
         self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None, mode: Mode,
@@ -326,19 +389,19 @@ class RedisLockClient(CacheLockClient):
     ) -> Attempt:
         if not mode.exclusive:
             raise NotImplementedError("shared locks and semaphores: not yet on this client")
-        fence, second = self._call(
-            lambda c: self.acquire_script(
-                c, [keys.lock, keys.fence, keys.wake], [key, token, ttl, cid or "", FENCE_GRACE_MS]
-            )
+        fence, second = self._run(
+            self.acquire_script, [keys.lock, keys.fence, keys.wake],
+            [key, token, ttl, cid or "", FENCE_GRACE_MS],
         )
-        if _text(fence) == "0":
-            return Attempt(None, max(int(_text(second)), 0))
-        acquired_us = int(_text(second))
+        fence = int(fence)  # int() reads bytes and str replies alike
+        if not fence:
+            return Attempt(None, max(int(second), 0))
+        acquired_us = int(second)
         return Attempt(
             LockInfo(
                 key=key,
                 token=token,
-                fencing_token=int(_text(fence)),
+                fencing_token=fence,
                 correlation_id=cid,
                 acquired_at_us=acquired_us,
                 expires_at_us=acquired_us + ttl * 1000,
@@ -346,20 +409,14 @@ class RedisLockClient(CacheLockClient):
         )
 
     def release(self, keys: LockKeys, token: str) -> bool:
-        return self._call(
-            lambda c: self.release_script(c, [keys.lock, keys.wake], [token, WAKE_TTL_MS])
-        ) == 1
+        return self._run(self.release_script, [keys.lock, keys.wake], [token, WAKE_TTL_MS]) == 1
 
     def extend(self, keys: LockKeys, token: str, ttl: int) -> int | None:
-        expires_us = int(_text(self._call(
-            lambda c: self.extend_script(c, [keys.lock, keys.fence], [token, ttl, FENCE_GRACE_MS])
-        )))
+        expires_us = int(self._run(self.extend_script, [keys.lock, keys.fence], [token, ttl, FENCE_GRACE_MS]))
         return expires_us or None
 
     def force_release(self, keys: LockKeys) -> bool:
-        return self._call(
-            lambda c: self.force_release_script(c, [keys.lock, keys.wake], [WAKE_TTL_MS])
-        ) == 1
+        return self._run(self.force_release_script, [keys.lock, keys.wake], [WAKE_TTL_MS]) == 1
 
     @staticmethod
     def _info(fields: Any, pttl: Any) -> LockInfo | None:
@@ -389,7 +446,7 @@ class RedisLockClient(CacheLockClient):
         return [] if info is None else [info]
 
     def get(self, keys: LockKeys) -> LockInfo | None:
-        return self._info(*self._call(lambda c: self.read_script(c, [keys.lock], [])))
+        return self._info(*self._run(self.read_script, [keys.lock], []))
 
     def held(self) -> list[LockInfo]:
         sentinel = "\x00"  # cannot occur in a key or a prefix made by Django
