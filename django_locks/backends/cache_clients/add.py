@@ -2,6 +2,18 @@
 cache), with the weaker guarantees stated in the README: release and extend are a read
 then a write, ttl follows the cache's timeout precision, fencing counters may be evicted
 (the clock floor keeps tokens rising), waiters poll, and held locks cannot be listed.
+
+Semaphores (``limit=N``) are N slot keys, each taken with ``cache.add`` (see "semaphore
+slots" below), so at most N holders of one limit hold a key at once, by the slots alone.
+An acquisition with limit N first counts the holders of every slot used so far (a
+deploy that lowers N waits for the old holders), a read before the ``add``: across
+different limits two acquirers may both count before either adds. An exclusive
+acquisition is unchanged (``add`` of slot 0, which is the exclusive lock's key), so a
+key used both as an exclusive lock and as a semaphore may have an exclusive holder
+beside semaphore holders of slots above 0 (Redis and DatabaseLock count every holder
+atomically). Shared (read) locks are refused with
+``NotImplementedError``: readers would need a count that ``add`` and ``incr`` cannot
+keep atomically together with the writer's key (system check django_locks.I001).
 """
 
 from __future__ import annotations
@@ -14,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.cache.backends.locmem import LocMemCache
 from django.core.cache.backends.memcached import BaseMemcachedCache
-from django.core.checks import CheckMessage, Warning
+from django.core.checks import CheckMessage, Info, Warning
 
 from django_locks.backends.cache_clients.base import CacheLockClient, LockKeys
 from django_locks.exceptions import LockBackendError
@@ -35,6 +47,7 @@ class CacheAddLockClient(CacheLockClient):
     """
 
     supports_enumeration = False
+    supports_shared = False
     SAFETY_MARGIN_MS = 500
 
     def __init__(self, backend: CacheLock) -> None:
@@ -54,6 +67,14 @@ class CacheAddLockClient(CacheLockClient):
                 hint="Use a Redis cache (django-redis or Django's RedisCache), or DatabaseLock.",
                 obj=where, id="django_locks.W001",
             ))
+        messages.append(Info(
+            f"Cache {backend.cache_alias!r} ({backend.cache_backend_class.__name__}) has no "
+            "shared (read) locks: lock(..., shared=True) raises NotImplementedError on this "
+            "alias. Exclusive locks and limit=N semaphores work.",
+            hint="For shared locks use a Redis cache (django-redis or Django's RedisCache), "
+                 "or DatabaseLock.",
+            obj=where, id="django_locks.I001",
+        ))
         messages.append(Warning(
             f"Cache {backend.cache_alias!r} ({backend.cache_backend_class.__name__}) is used "
             "through the generic cache.add fallback: release and extend are not atomic, "
@@ -95,12 +116,42 @@ class CacheAddLockClient(CacheLockClient):
             cache.add(fence_key, self._now_us(), timeout=None)
             return cache.incr(fence_key)
 
+    # ------------------------------------------------------------------- semaphore slots
+    # A semaphore of limit N is N slot keys: slot 0 is the exclusive lock's own key, slot i
+    # (1 <= i < N) its own key; an acquisition takes the first free slot of its N with
+    # cache.add. A holder of slot i > 0 also leaves an owner entry (token -> i), so that a
+    # release or extend by token finds its slot; the largest N used (the high-water mark)
+    # says how many slots get_holders and force_release look at.
+
+    @staticmethod
+    def _slot(keys: LockKeys, index: int) -> str:
+        return keys.lock if index == 0 else f"{keys.lock}:{index}"
+
+    @staticmethod
+    def _owner_key(keys: LockKeys, token: str) -> str:
+        return f"{keys.lock}:owner:{token}"
+
+    @staticmethod
+    def _slots_key(keys: LockKeys) -> str:
+        return f"{keys.lock}:slots"
+
+    def _live(self, state: Any, now_us: int) -> bool:
+        return bool(state) and state["expires"] > now_us
+
     def try_acquire(
         self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None, mode: Mode,
         waiter: bool,
     ) -> Attempt:
-        if not mode.exclusive:
-            raise NotImplementedError("shared locks and semaphores: not yet on this client")
+        if mode.shared:
+            raise NotImplementedError(
+                f"LOCKS[{self.backend.alias!r}]: cache {self.backend.cache_alias!r} "
+                f"({self.backend.cache_backend_class.__name__}) is used through the cache.add "
+                "fallback, which has no shared (read) locks: use a Redis cache or DatabaseLock "
+                "for shared=True (exclusive locks and limit=N semaphores work here)"
+            )
+        if mode.limit > 1:
+            return self._call(lambda cache: self._acquire_slot(cache, keys, key, token, ttl, cid, mode))
+
         def acquire(cache: Any) -> Attempt:
             now_us = self._now_us()
             state = {"key": key, "token": token, "fence": 0, "cid": cid, "ttl": ttl,
@@ -117,41 +168,94 @@ class CacheAddLockClient(CacheLockClient):
 
         return self._call(acquire)
 
-    def _holder_with_margin(self, cache: Any, keys: LockKeys, token: str) -> tuple[dict | None, bool]:
-        holder = cache.get(keys.lock)
+    def _acquire_slot(
+        self, cache: Any, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None,
+        mode: Mode,
+    ) -> Attempt:
+        """A semaphore attempt: admitted while fewer than ``mode.limit`` holders hold the
+        key (counted over every slot used), into the first free of its first N slots."""
+        slots = [self._slot(keys, i) for i in range(mode.limit)]
+        slots_key = self._slots_key(keys)
+        found = cache.get_many([*slots, slots_key])
+        high_water = found.pop(slots_key, None) or 1
+        if high_water > mode.limit:  # holders of a larger limit may sit above our slots
+            found.update(cache.get_many([self._slot(keys, i) for i in range(mode.limit, high_water)]))
+        elif high_water < mode.limit:  # for counting and listing; a race may keep it lower, briefly
+            cache.set(slots_key, mode.limit, timeout=None)
+        now_us = self._now_us()
+        expiries = sorted(state["expires"] for state in found.values() if self._live(state, now_us))
+        if len(expiries) >= mode.limit:
+            # Admitted once len - limit + 1 of them have gone.
+            return Attempt(None, max((expiries[len(expiries) - mode.limit] - now_us) // 1000, 0))
+        state = {"key": key, "token": token, "fence": 0, "cid": cid, "ttl": ttl,
+                 "acquired": now_us, "expires": now_us + ttl * 1000, "limit": mode.limit}
+        for index, slot in enumerate(slots):
+            if self._live(found.get(slot), now_us):
+                continue
+            if not cache.add(slot, state, timeout=self._timeout(ttl)):
+                continue  # taken meanwhile
+            state["fence"] = self._next_fence(cache, keys.fence)
+            left_ms = (state["expires"] - self._now_us()) // 1000
+            if left_ms > self._margin_ms(state):
+                cache.set(slot, state, timeout=self._timeout(left_ms))
+                if index:
+                    cache.set(self._owner_key(keys, token), index, timeout=self._timeout(left_ms))
+            return Attempt(self._info(state))
+        return Attempt(None, 0)  # every free slot was taken meanwhile: try again soon
+
+    def _holder_with_margin(self, cache: Any, keys: LockKeys, token: str) -> tuple[str, dict | None, bool]:
+        """The slot ``token`` holds, its state (None if not held) and whether it is safe to
+        write (more than the safety margin left)."""
+        slot = keys.lock
+        holder = cache.get(slot)
+        if not holder or holder["token"] != token:
+            index = cache.get(self._owner_key(keys, token))
+            if not index:
+                return slot, None, False
+            slot = self._slot(keys, index)
+            holder = cache.get(slot)
         if not holder or holder["token"] != token or holder["expires"] <= self._now_us():
-            return None, False
-        return holder, (holder["expires"] - self._now_us()) // 1000 > self._margin_ms(holder)
+            return slot, None, False
+        return slot, holder, (holder["expires"] - self._now_us()) // 1000 > self._margin_ms(holder)
 
     def _margin_ms(self, state: dict[str, Any]) -> int:
         return min(self.SAFETY_MARGIN_MS, state["ttl"] // 4)
 
     def release(self, keys: LockKeys, token: str) -> bool:
         def release(cache: Any) -> bool:
-            holder, safe = self._holder_with_margin(cache, keys, token)
+            slot, holder, safe = self._holder_with_margin(cache, keys, token)
             if holder is not None and safe:
-                cache.delete(keys.lock)
+                cache.delete(slot)
+                if slot != keys.lock:
+                    cache.delete(self._owner_key(keys, token))
             return holder is not None
 
         return self._call(release)
 
     def extend(self, keys: LockKeys, token: str, ttl: int) -> int | None:
         def extend(cache: Any) -> int | None:
-            holder, safe = self._holder_with_margin(cache, keys, token)
+            slot, holder, safe = self._holder_with_margin(cache, keys, token)
             if holder is None or not safe:
                 return None
             holder["expires"] = self._now_us() + ttl * 1000
             holder["ttl"] = ttl
-            cache.set(keys.lock, holder, timeout=self._timeout(ttl))
+            cache.set(slot, holder, timeout=self._timeout(ttl))
+            if slot != keys.lock:
+                cache.touch(self._owner_key(keys, token), timeout=self._timeout(ttl))
             return holder["expires"]
 
         return self._call(extend)
 
+    def _all_slots(self, cache: Any, keys: LockKeys) -> list[str]:
+        return [self._slot(keys, i) for i in range(cache.get(self._slots_key(keys)) or 1)]
+
     def force_release(self, keys: LockKeys) -> bool:
         def force_release(cache: Any) -> bool:
-            holder = cache.get(keys.lock)
-            cache.delete(keys.lock)
-            return bool(holder) and holder["expires"] > self._now_us()
+            slots = self._all_slots(cache, keys)
+            found = cache.get_many(slots)
+            cache.delete_many(slots)
+            now_us = self._now_us()
+            return any(self._live(state, now_us) for state in found.values())
 
         return self._call(force_release)
 
@@ -166,18 +270,13 @@ class CacheAddLockClient(CacheLockClient):
             expires_at_us=state["expires"],
             # This client's times are all the application server's clock.
             remaining_ms=None if now_us is None else (state["expires"] - now_us) // 1000,
+            limit=state.get("limit", 1),
         )
 
     def holders(self, keys: LockKeys) -> list[LockInfo]:
-        info = self.get(keys)
-        return [] if info is None else [info]
-
-    def get(self, keys: LockKeys) -> LockInfo | None:
-        holder = self._call(lambda cache: cache.get(keys.lock))
+        found = self._call(lambda cache: cache.get_many(self._all_slots(cache, keys)))
         now_us = self._now_us()
-        if not holder or holder["expires"] <= now_us:
-            return None
-        return self._info(holder, now_us)
+        return [self._info(state, now_us) for state in found.values() if self._live(state, now_us)]
 
     def held(self) -> list[LockInfo]:
         raise NotImplementedError(

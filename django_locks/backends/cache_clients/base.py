@@ -23,11 +23,13 @@ if TYPE_CHECKING:
 
 
 class LockKeys(NamedTuple):
-    """The cache keys of one lock: its holder, its fencing counter, its wake-up list."""
+    """The cache keys of one lock: its holders, its fencing counter, its wake-up list, its
+    writer mark (a client without wake-ups or marks leaves those empty)."""
 
     lock: str
     fence: str
     wake: str
+    mark: str = ""
 
 
 class CacheLockClient(abc.ABC):

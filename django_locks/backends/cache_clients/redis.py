@@ -12,11 +12,45 @@ The raw client may be a ``redis.Redis`` (one server, or a Sentinel-managed maste
 ``redis.cluster.RedisCluster`` (:mod:`django_locks.cluster`): only commands both have are
 used, each on the keys of one lock, so a cluster sends each to the node of that lock's
 slot.
+
+Shared locks and semaphores, the layout. A lock's hash holds its exclusive holder as it
+always did (fields ``key token fence cid acquired expires``, the key's PEXPIRE being its
+expiry), so the exclusive acquire script, which refuses whenever the hash exists, needs
+no extra command. Every other holder (shared, or of a semaphore) is one field of the same
+hash, ``h:<token>`` -> ``expires|fence|shared|limit|acquired|cid`` (times in µs by the
+server's clock), and the key's PEXPIRE is the latest holder's expiry: the hash exists
+exactly while some holder is alive, whatever its mode. The top-level fields are only ever
+a holder alone (an exclusive acquisition is admitted only among no holders); when a
+semaphore acquisition joins it, it is first moved into its own ``h:`` field. Scripts
+prune expired ``h:`` fields whenever they read them. The writer mark (a waiting
+non-shared acquirer holds new shared acquisitions back) is a key of its own,
+``...:{TAG}:mark`` (the waiter's token, PX ``WRITER_MARK_MS``): as a field it would keep the
+hash alive and block exclusive acquisitions. Every key of a lock, the mark included, is
+under the lock's hash tag, so in one cluster slot.
+
+Which script: an exclusive attempt runs ACQUIRE_SCRIPT, unchanged (the hash exists while
+any holder lives, so it refuses exactly when an exclusive acquisition must be refused,
+and PTTL is then the last holder's life); every other attempt runs MODE_ACQUIRE_SCRIPT,
+and so does an exclusive waiter once refused (it must set, renew, then clear the writer
+mark). RELEASE_SCRIPT and EXTEND_SCRIPT keep their exclusive path as it was and only fall
+back to the holder's own field when the token is not the exclusive holder's.
+
+Wake-ups: every release pushes one wake-up (as an exclusive release always did); an
+admitted waiter that leaves room for more (a shared holder, a semaphore below its limit)
+passes one wake-up on if the list is empty, so a writer's release wakes every waiting
+reader, one after the other, each within its own admission's round trip. A woken waiter
+that cannot proceed passes its wake-up on when another waiter might (a reader held back
+by a writer's mark alone: the writer; fewer holders than a holder's limit: a semaphore
+waiter), at most ``WAKE_HOPS`` times per wake-up (the hop count is the value pushed), so
+the one that can proceed is reached and waiters that all cannot stop passing it round.
+Beyond that, a non-shared waiter re-attempts every ``WRITER_RECHECK_MS`` anyway, a
+shared one every ``MAX_BLOCK_SECONDS``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import hashlib
 import inspect
@@ -25,13 +59,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 
 from django_locks.backends.cache_clients.base import CacheLockClient, LockKeys
 from django_locks.exceptions import LockBackendError
-from django_locks.values import Attempt, LockInfo, Mode
+from django_locks.values import WRITER_MARK_MS, Attempt, LockInfo, Mode
 
 try:  # redis is an optional dependency (the "redis" extra); without it no cache is Redis
     import redis.asyncio as redis_asyncio
@@ -77,6 +112,16 @@ FENCE_GRACE_MS = 60_000
 WAKE_TTL_MS = 5_000
 #: Longest single block of a waiter (s), a bound for a lost wake-up.
 MAX_BLOCK_SECONDS = 0.5
+#: How many times one wake-up is passed on by woken waiters that cannot proceed (see
+#: MODE_ACQUIRE_SCRIPT): enough to reach a waiter that can behind a few that cannot, few
+#: enough that waiters that all cannot stop passing it round soon.
+WAKE_HOPS = 8
+
+#: The wake-up a waiter of this context (thread, or asyncio task: sync_to_async runs the
+#: next attempt in a copy of it) was woken by: (wake-up list, its hop count), or None.
+_woken: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+    "django_locks_woken", default=None
+)
 #: Redis ends a blocking command's timeout up to one server tick (1/hz, 100 ms by
 #: default) late; a block is kept this much shorter than the client's socket timeout.
 BLOCK_TIMEOUT_SLACK = 0.15
@@ -129,9 +174,209 @@ redis.call('DEL', KEYS[3])
 return {fence_s, now_s}
 """
 
-# Deletes the lock only if ARGV[1] is its holder's token, then wakes one waiter.
-RELEASE_SCRIPT = """
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+# The functions of the scripts that see every holder of a lock (prepended to them). Key
+# names are passed in; in RELEASE_SCRIPT and EXTEND_SCRIPT, KEYS[1] is the lock's hash and
+# KEYS[2] its wake-up list or fencing counter.
+#   live_holders: every live holder, the exclusive one included, as tables; deletes the
+#     fields of expired holders (and stale top-level fields) on the way.
+#   set_life: the hash's PEXPIRE becomes the latest holder's expiry; no holder: deleted.
+#   release_field / extend_field: RELEASE_SCRIPT / EXTEND_SCRIPT for a shared or semaphore
+#     holder: only its own field changes, only while it is alive; the others are kept.
+HOLDERS_LUA = """
+local function clock_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function fmt(n) return string.format('%.0f', n) end
+
+local function pack(h)
+  return fmt(h.expires) .. '|' .. h.fence .. '|' .. h.shared .. '|' .. h.limit .. '|'
+         .. h.acquired .. '|' .. h.cid
+end
+
+local function live_holders(lock, now)
+  local all = redis.call('HGETALL', lock)
+  local holders, expired, top = {}, {}, {}
+  for i = 1, #all, 2 do
+    local name, value = all[i], all[i + 1]
+    if string.sub(name, 1, 2) == 'h:' then
+      local expires, fence, shared, limit, acquired, cid =
+        string.match(value, '^(%d+)|(%d+)|(%d)|(%d+)|(%d+)|(.*)$')
+      expires = tonumber(expires)
+      if expires > now then
+        holders[#holders + 1] = {token = string.sub(name, 3), expires = expires, fence = fence,
+                                 shared = shared, limit = limit, acquired = acquired, cid = cid}
+      else
+        expired[#expired + 1] = name
+      end
+    else
+      top[name] = value
+    end
+  end
+  for i = 1, #expired, 1000 do
+    redis.call('HDEL', lock, unpack(expired, i, math.min(i + 999, #expired)))
+  end
+  if top.token then
+    if tonumber(top.expires) > now then
+      holders[#holders + 1] = {token = top.token, expires = tonumber(top.expires), fence = top.fence,
+                               shared = '0', limit = '1', acquired = top.acquired,
+                               cid = top.cid or '', top = true}
+    else
+      redis.call('HDEL', lock, 'token', 'fence', 'cid', 'acquired', 'expires')
+    end
+  end
+  return holders
+end
+
+local function set_life(lock, holders, now)
+  local latest = 0
+  for _, h in ipairs(holders) do
+    if h.expires > latest then latest = h.expires end
+  end
+  if latest == 0 then
+    redis.call('DEL', lock)
+  else
+    redis.call('PEXPIRE', lock, math.ceil((latest - now) / 1000))
+  end
+end
+
+local function release_field(token, wake_ttl)
+  local field = 'h:' .. token
+  if redis.call('HEXISTS', KEYS[1], field) == 0 then return 0 end
+  local now = clock_us()
+  local rest, found = {}, false
+  for _, h in ipairs(live_holders(KEYS[1], now)) do
+    if h.token == token then found = true else rest[#rest + 1] = h end
+  end
+  if not found then return 0 end
+  redis.call('HDEL', KEYS[1], field)
+  set_life(KEYS[1], rest, now)
+  redis.call('DEL', KEYS[2])
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('PEXPIRE', KEYS[2], wake_ttl)
+  return 1
+end
+
+local function extend_field(token, ttl, grace)
+  local field = 'h:' .. token
+  if redis.call('HEXISTS', KEYS[1], field) == 0 then return '0' end
+  local now = clock_us()
+  local holders = live_holders(KEYS[1], now)
+  local mine = nil
+  for _, h in ipairs(holders) do
+    if h.token == token then mine = h end
+  end
+  if mine == nil then return '0' end
+  mine.expires = now + ttl * 1000
+  redis.call('HSET', KEYS[1], field, pack(mine))
+  set_life(KEYS[1], holders, now)
+  if redis.call('PTTL', KEYS[2]) < ttl + grace then redis.call('PEXPIRE', KEYS[2], ttl + grace) end
+  return fmt(mine.expires)
+end
+"""
+
+# One attempt in any mode (shared, a semaphore, or exclusive by a waiter), atomically on
+# the server's clock. KEYS: lock hash, fencing counter, wake-up list, writer mark. ARGV:
+# key, token, ttl ms, correlation id, FENCE_GRACE_MS, shared (1/0), limit, waiter (1/0),
+# WRITER_MARK_MS, WAKE_TTL_MS, hops (the hop count of the wake-up that woke this waiter,
+# 0 if none), WAKE_HOPS. Admission (Mode): a non-shared attempt with limit N while
+# fewer than N live holders hold the key; a shared one while no live non-shared holder
+# does and no writer mark is alive. Refused: a non-shared waiter sets the mark to its
+# token for WRITER_MARK_MS; a waiter woken by a wake-up it cannot use passes it on (hop
+# count + 1, up to WAKE_HOPS) when another might use it: a shared one held back by the
+# mark alone (the writer that set it may proceed), any one while there are fewer holders
+# than the largest limit among them (a semaphore waiter may proceed). So a waiter behind
+# it that can proceed does not sleep through the release, and exclusive waiters of a
+# held key pass nothing round. Returns {"0", ms until it could succeed by expiry alone}.
+# Admitted: clears the mark if it is its own, advances the fencing counter exactly as
+# ACQUIRE_SCRIPT does (max(last + 1, server clock µs)); an exclusive holder is written in
+# ACQUIRE_SCRIPT's layout (and clears stale wake-ups, as there), any other into its own
+# ``h:<token>`` field (an exclusive holder it joins is moved into its field first), the
+# hash living until its latest holder's expiry; an admitted waiter that leaves room for
+# more passes a wake-up on if none is pending. Returns {fencing token, acquired µs}. As
+# in ACQUIRE_SCRIPT, a token that already holds the key gets its acquisition back.
+MODE_ACQUIRE_SCRIPT = HOLDERS_LUA + """
+local token, ttl = ARGV[2], tonumber(ARGV[3])
+local shared, limit, waiter = ARGV[6] == '1', tonumber(ARGV[7]), ARGV[8] == '1'
+local now = clock_us()
+if not shared and limit == 1 and redis.call('EXISTS', KEYS[1]) == 0 then
+  -- an exclusive attempt on a free key: ACQUIRE_SCRIPT's steps, and its mark goes
+  if redis.call('GET', KEYS[4]) == token then redis.call('DEL', KEYS[4]) end
+  local fence_s = fmt(math.max(tonumber(redis.call('GET', KEYS[2]) or 0) + 1, now))
+  local now_s = fmt(now)
+  redis.call('SET', KEYS[2], fence_s, 'PX', ttl + tonumber(ARGV[5]))
+  redis.call('HSET', KEYS[1], 'key', ARGV[1], 'token', token, 'fence', fence_s,
+             'cid', ARGV[4], 'acquired', now_s, 'expires', fmt(now + ttl * 1000))
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('DEL', KEYS[3])
+  return {fence_s, now_s}
+end
+local holders = live_holders(KEYS[1], now)
+for _, h in ipairs(holders) do
+  if h.token == token then return {h.fence, h.acquired} end
+end
+local wait_us = nil
+local widest = 1
+for _, h in ipairs(holders) do widest = math.max(widest, tonumber(h.limit)) end
+if shared then
+  for _, h in ipairs(holders) do
+    if h.shared == '0' and (wait_us == nil or h.expires - now > wait_us) then
+      wait_us = h.expires - now
+    end
+  end
+  if wait_us == nil then widest = math.huge end
+  local mark = redis.call('PTTL', KEYS[4])
+  if mark > 0 then wait_us = math.max(wait_us or 0, mark * 1000) end
+elseif #holders >= limit then
+  local expiries = {}
+  for i, h in ipairs(holders) do expiries[i] = h.expires end
+  table.sort(expiries)
+  wait_us = expiries[#holders - limit + 1] - now
+end
+if wait_us ~= nil then
+  if waiter and not shared then redis.call('SET', KEYS[4], token, 'PX', ARGV[9]) end
+  local hops = tonumber(ARGV[11])
+  if hops > 0 and hops < tonumber(ARGV[12]) and #holders < widest then
+    redis.call('RPUSH', KEYS[3], tostring(hops + 1))
+    redis.call('PEXPIRE', KEYS[3], ARGV[10])
+  end
+  return {'0', fmt(math.floor(wait_us / 1000))}
+end
+if not shared and redis.call('GET', KEYS[4]) == token then redis.call('DEL', KEYS[4]) end
+local fence_s = fmt(math.max(tonumber(redis.call('GET', KEYS[2]) or 0) + 1, now))
+local now_s = fmt(now)
+redis.call('SET', KEYS[2], fence_s, 'PX', ttl + tonumber(ARGV[5]))
+if not shared and limit == 1 then
+  redis.call('HSET', KEYS[1], 'key', ARGV[1], 'token', token, 'fence', fence_s,
+             'cid', ARGV[4], 'acquired', now_s, 'expires', fmt(now + ttl * 1000))
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('DEL', KEYS[3])
+  return {fence_s, now_s}
+end
+for _, h in ipairs(holders) do
+  if h.top then
+    redis.call('HDEL', KEYS[1], 'token', 'fence', 'cid', 'acquired', 'expires')
+    redis.call('HSET', KEYS[1], 'h:' .. h.token, pack(h))
+  end
+end
+local mine = {expires = now + ttl * 1000, fence = fence_s, shared = shared and '1' or '0',
+              limit = ARGV[7], acquired = now_s, cid = ARGV[4]}
+redis.call('HSET', KEYS[1], 'key', ARGV[1], 'h:' .. token, pack(mine))
+holders[#holders + 1] = mine
+set_life(KEYS[1], holders, now)
+if waiter and (shared or #holders < limit) and redis.call('LLEN', KEYS[3]) == 0 then
+  redis.call('RPUSH', KEYS[3], '1')
+  redis.call('PEXPIRE', KEYS[3], ARGV[10])
+end
+return {fence_s, now_s}
+"""
+
+# Deletes the lock only if ARGV[1] is its holder's token, then wakes one waiter. A token
+# that is not the exclusive holder's may be a shared or semaphore holder's field: then
+# only that field goes (release_field, HOLDERS_LUA), the others stay.
+RELEASE_SCRIPT = HOLDERS_LUA + """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return release_field(ARGV[1], ARGV[2]) end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('RPUSH', KEYS[2], '1')
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
@@ -139,9 +384,12 @@ return 1
 """
 
 # Resets the lock's life to ARGV[2] ms only if ARGV[1] still holds it (and keeps the
-# fencing counter alive as long). Returns the new expiry in µs, or 0 if not held.
-EXTEND_SCRIPT = """
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return '0' end
+# fencing counter alive as long). Returns the new expiry in µs, or 0 if not held. A
+# shared or semaphore holder's field is extended alone (extend_field, HOLDERS_LUA).
+EXTEND_SCRIPT = HOLDERS_LUA + """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
+  return extend_field(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+end
 local ttl = tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local expires = string.format('%.0f', tonumber(clock[1]) * 1000000 + tonumber(clock[2]) + ttl * 1000)
@@ -151,8 +399,10 @@ redis.call('PEXPIRE', KEYS[2], ttl + tonumber(ARGV[3]))
 return expires
 """
 
-# Deletes the lock whoever holds it and wakes one waiter. 1 if something was held.
+# Deletes the lock whoever holds it (every holder: they are all in its hash) and the
+# writer mark KEYS[3], and wakes one waiter. 1 if something was held.
 FORCE_RELEASE_SCRIPT = """
+redis.call('DEL', KEYS[3])
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[2])
 redis.call('RPUSH', KEYS[2], '1')
@@ -160,15 +410,11 @@ redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return 1
 """
 
-#: The fields of a lock's hash, in the order LockInfo is read from them.
-LOCK_FIELDS = ("key", "token", "fence", "cid", "acquired", "expires")
-
-# Reads a lock's fields (LOCK_FIELDS order) and its remaining life by the server's clock
-# (PTTL) in one command on one key, so a cluster client routes and retries it like any
-# single-key command. Returns {fields, pttl}.
+# Reads a lock's hash (every holder) and its remaining life by the server's clock (PTTL)
+# in one command on one key, so a cluster client routes and retries it like any
+# single-key command. Returns {HGETALL, pttl}; see RedisLockClient._infos.
 READ_SCRIPT = """
-return {redis.call('HMGET', KEYS[1], 'key', 'token', 'fence', 'cid', 'acquired', 'expires'),
-        redis.call('PTTL', KEYS[1])}
+return {redis.call('HGETALL', KEYS[1]), redis.call('PTTL', KEYS[1])}
 """
 
 
@@ -236,6 +482,13 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _flat(fields: Any) -> list[Any]:
+    """HGETALL's reply as a flat list (redis-py turns it into a dict outside scripts)."""
+    if isinstance(fields, dict):
+        return [item for pair in fields.items() for item in pair]
+    return list(fields or [])
+
+
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
@@ -298,7 +551,7 @@ def hash_tag(key: str) -> str:
 
     Redis hashes a name by the text between its first ``{`` and the first ``}`` after it,
     if that text is not empty. Inside ``django_locks:{TAG}:...`` a tag without braces is
-    exactly that text, and it is never empty (keys are), so a lock's three names always
+    exactly that text, and it is never empty (keys are), so a lock's names (lock, fence, wake, mark) always
     share one slot, for any key (``}x``, ``{}``, ``a{b}c``...). The encoding is one-to-one
     (``%`` is encoded too), so two keys never share names, and a key without ``%``, ``{``
     or ``}`` is its own tag, readable as it always was.
@@ -329,6 +582,7 @@ class RedisLockClient(CacheLockClient):
     """Redis used natively through the cache's raw redis-py client."""
 
     acquire_script = _Script(ACQUIRE_SCRIPT)
+    mode_acquire_script = _Script(MODE_ACQUIRE_SCRIPT)
     release_script = _Script(RELEASE_SCRIPT)
     extend_script = _Script(EXTEND_SCRIPT)
     force_release_script = _Script(FORCE_RELEASE_SCRIPT)
@@ -342,6 +596,9 @@ class RedisLockClient(CacheLockClient):
         self._get_client = getter
         self._client: Any = None
         self._pool: tuple[Callable[[], Any], Callable[[Any], None]] | None = None
+        #: Tokens of exclusive waiters refused once: they hold the writer mark, so their
+        #: next attempts go through MODE_ACQUIRE_SCRIPT (see try_acquire).
+        self._marking: set[str] = set()
 
     @classmethod
     def handles(cls, cache_class: type) -> bool:
@@ -356,10 +613,11 @@ class RedisLockClient(CacheLockClient):
         return self._client
 
     def keys(self, key: str) -> LockKeys:
-        """Full Redis keys; ``{TAG}`` (:func:`hash_tag`) puts the three in one cluster slot."""
+        """Full Redis keys; ``{TAG}`` (:func:`hash_tag`) puts the four in one cluster slot."""
         base = f"django_locks:{{{hash_tag(key)}}}"
         make_key = self.backend.cache.make_key
-        return LockKeys(make_key(base + ":lock"), make_key(base + ":fence"), make_key(base + ":wake"))
+        return LockKeys(make_key(base + ":lock"), make_key(base + ":fence"), make_key(base + ":wake"),
+                        make_key(base + ":mark"))
 
     def _call(self, operation: Callable[[Any], Any]) -> Any:
         try:
@@ -387,13 +645,33 @@ class RedisLockClient(CacheLockClient):
         self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None, mode: Mode,
         waiter: bool,
     ) -> Attempt:
-        if not mode.exclusive:
-            raise NotImplementedError("shared locks and semaphores: not yet on this client")
-        fence, second = self._run(
-            self.acquire_script, [keys.lock, keys.fence, keys.wake],
-            [key, token, ttl, cid or "", FENCE_GRACE_MS],
-        )
+        woken = _woken.get()
+        if woken is not None:
+            _woken.set(None)
+        fence: Any = 0
+        if mode.exclusive and (not waiter or token not in self._marking):
+            # The plain path (ACQUIRE_SCRIPT): an exclusive attempt that has no writer mark
+            # to clear, since it never set one. An exclusive waiter refused here must set
+            # the mark at once: it attempts again through MODE_ACQUIRE_SCRIPT, and so do
+            # its later attempts until it wins (a second round trip, on contention only).
+            fence, second = self._run(
+                self.acquire_script, [keys.lock, keys.fence, keys.wake],
+                [key, token, ttl, cid or "", FENCE_GRACE_MS],
+            )
+            if waiter and not int(fence):
+                if len(self._marking) >= 1024:  # waiters that timed out never said so
+                    self._marking.clear()
+                self._marking.add(token)
+        if not int(fence) and (waiter or not mode.exclusive):
+            hops = woken[1] if woken is not None and woken[0] == keys.wake else 0
+            fence, second = self._run(
+                self.mode_acquire_script, [keys.lock, keys.fence, keys.wake, keys.mark],
+                [key, token, ttl, cid or "", FENCE_GRACE_MS, int(mode.shared), mode.limit,
+                 int(waiter), WRITER_MARK_MS, WAKE_TTL_MS, hops, WAKE_HOPS],
+            )
         fence = int(fence)  # int() reads bytes and str replies alike
+        if fence and mode.exclusive and waiter:
+            self._marking.discard(token)
         if not fence:
             return Attempt(None, max(int(second), 0))
         acquired_us = int(second)
@@ -405,6 +683,8 @@ class RedisLockClient(CacheLockClient):
                 correlation_id=cid,
                 acquired_at_us=acquired_us,
                 expires_at_us=acquired_us + ttl * 1000,
+                shared=mode.shared,
+                limit=mode.limit,
             )
         )
 
@@ -416,37 +696,60 @@ class RedisLockClient(CacheLockClient):
         return expires_us or None
 
     def force_release(self, keys: LockKeys) -> bool:
-        return self._run(self.force_release_script, [keys.lock, keys.wake], [WAKE_TTL_MS]) == 1
+        return self._run(self.force_release_script, [keys.lock, keys.wake, keys.mark], [WAKE_TTL_MS]) == 1
 
     @staticmethod
-    def _info(fields: Any, pttl: Any) -> LockInfo | None:
-        """A LockInfo from the hash's fields and its PTTL (the server's remaining life)."""
-        if not fields or fields[1] is None:
-            return None
-        key, token, fence, cid, acquired, expires = (
-            _text(f) if f is not None else None for f in fields
-        )
-        return LockInfo(
-            key=key,
-            token=token,
-            fencing_token=int(fence),
-            correlation_id=cid or None,
-            acquired_at_us=int(acquired),
-            expires_at_us=int(expires),
-            remaining_ms=max(int(pttl), 0),
-        )
+    def _infos(fields: Any, pttl: Any) -> list[LockInfo]:
+        """Every live holder from a lock hash's HGETALL (a flat list) and its PTTL.
 
-    @staticmethod
-    def _read(pipe: Any, name: str) -> None:
-        pipe.hmget(name, LOCK_FIELDS)
-        pipe.pttl(name)
+        Remaining lives are the server's: the hash's PTTL is its latest holder's (see the
+        layout in the module docstring), and each holder's is that less how much sooner,
+        by the server's clock, it expires. A holder already expired, not yet pruned, is
+        left out.
+        """
+        pttl = int(pttl)
+        if not fields or pttl == -2:
+            return []
+        pairs = dict(zip(map(_text, fields[::2]), map(_text, fields[1::2]), strict=True))
+        key = pairs.get("key")
+        if key is None:
+            return []
+        holders: list[tuple[int, LockInfo]] = []
+        if "token" in pairs:
+            holders.append((int(pairs["expires"]), LockInfo(
+                key=key,
+                token=pairs["token"],
+                fencing_token=int(pairs["fence"]),
+                correlation_id=pairs.get("cid") or None,
+                acquired_at_us=int(pairs["acquired"]),
+                expires_at_us=int(pairs["expires"]),
+            )))
+        for name, value in pairs.items():
+            if not name.startswith("h:"):
+                continue
+            expires, fence, shared, limit, acquired, cid = value.split("|", 5)
+            holders.append((int(expires), LockInfo(
+                key=key,
+                token=name[2:],
+                fencing_token=int(fence),
+                correlation_id=cid or None,
+                acquired_at_us=int(acquired),
+                expires_at_us=int(expires),
+                shared=shared == "1",
+                limit=int(limit),
+            )))
+        if not holders:
+            return []
+        latest = max(expires for expires, _ in holders)
+        infos = []
+        for expires, info in holders:
+            remaining = pttl + (expires - latest) // 1000 if pttl >= 0 else None
+            if remaining is None or remaining > 0 or expires == latest:
+                infos.append(replace(info, remaining_ms=None if remaining is None else max(remaining, 0)))
+        return infos
 
     def holders(self, keys: LockKeys) -> list[LockInfo]:
-        info = self.get(keys)
-        return [] if info is None else [info]
-
-    def get(self, keys: LockKeys) -> LockInfo | None:
-        return self._info(*self._run(self.read_script, [keys.lock], []))
+        return self._infos(*self._run(self.read_script, [keys.lock], []))
 
     def held(self) -> list[LockInfo]:
         sentinel = "\x00"  # cannot occur in a key or a prefix made by Django
@@ -460,14 +763,17 @@ class RedisLockClient(CacheLockClient):
             for start in range(0, len(names), 500):
                 pipe = client.pipeline(transaction=False)
                 for name in names[start:start + 500]:
-                    self._read(pipe, name)
+                    pipe.hgetall(name)
+                    pipe.pttl(name)
                 found.extend(pipe.execute())
             return found
 
-        # A lock that expires between SCAN and HMGET reads as all None and is skipped.
+        # A lock that expires between SCAN and HGETALL reads as empty and is skipped.
         replies = self._call(scan)
-        infos = (self._info(fields, pttl) for fields, pttl in zip(replies[::2], replies[1::2], strict=True))
-        return [info for info in infos if info is not None]
+        return [
+            info for fields, pttl in zip(replies[::2], replies[1::2], strict=True)
+            for info in self._infos(_flat(fields), pttl)
+        ]
 
     def _block_seconds(self, seconds: float) -> float:
         """How long one BLPOP may block: at most MAX_BLOCK_SECONDS and ``seconds``, and it
@@ -481,18 +787,33 @@ class RedisLockClient(CacheLockClient):
     def retryable(self, error: LockBackendError) -> bool:
         return isinstance(error.__cause__, TRANSIENT_ERRORS)
 
+    @staticmethod
+    def _remember_wake(keys: LockKeys, popped: Any) -> None:
+        """Note the wake-up BLPOP returned (for the next attempt to pass on if it cannot
+        use it: MODE_ACQUIRE_SCRIPT), or none."""
+        hops = 0
+        if popped:
+            try:
+                hops = int(_text(popped[1]))
+            except ValueError:
+                hops = 1
+        _woken.set((keys.wake, hops) if hops > 0 else None)
+
     def wait(self, keys: LockKeys, seconds: float, waits: int) -> None:
         block = self._block_seconds(seconds)
         if block < 0.001:  # too short to block on the server: a short sleep instead
+            _woken.set(None)
             time.sleep(min(max(block, 0.001), seconds, 0.01))
             return
-        self._call(lambda c: c.blpop([keys.wake], timeout=round(block, 3)))
+        popped = self._call(lambda c: c.blpop([keys.wake], timeout=round(block, 3)))
+        self._remember_wake(keys, popped)
 
     async def await_release(self, keys: LockKeys, seconds: float, waits: int) -> None:
         """Block on the wake-up list through ``redis.asyncio``: woken by the release at
         once, holding no thread (the event loop's own connection pool)."""
         block = self._block_seconds(seconds)
         client = self._async_client()
+        _woken.set(None)
         if client is None:  # a cluster or Sentinel client: no asyncio twin here, poll
             await asyncio.sleep(self.backend._poll_delay(seconds, waits))
             return
@@ -500,7 +821,7 @@ class RedisLockClient(CacheLockClient):
             await asyncio.sleep(min(max(block, 0.001), seconds, 0.01))
             return
         try:
-            await client.blpop([keys.wake], timeout=round(block, 3))
+            self._remember_wake(keys, await client.blpop([keys.wake], timeout=round(block, 3)))
         except (RedisError, OSError) as e:
             raise LockBackendError(
                 f"LOCKS[{self.backend.alias!r}]: Redis behind cache "
