@@ -313,7 +313,8 @@ class LockChangeList:
         rows, _duplicates = model_admin.get_search_results(request, rows, self.query)
         rows.sort(key=lambda row: (row.info.expires_at, row.alias, row.key), reverse=self.descending)
         self.result_list = LockRows(rows, errors=self.all_rows.errors)
-        self.result_count = len(self.result_list)
+        self.result_count = len(self.result_list)  # holders (one row each)
+        self.lock_count = len({(row.alias, row.key) for row in self.result_list})
         self.full_result_count = len(self.all_rows)
         self.order_query_string = self.get_query_string({ORDER_VAR: None if self.descending else DESCENDING})
 

@@ -511,8 +511,10 @@ def test_one_row_per_holder_with_its_mode(admin_client_, mode_alias):
         **{lease.token: (mode_alias, "catalog", "shared") for lease in readers},
         writer.token: (mode_alias, "nightly", "exclusive"),
     }
+    assert "6 holders of 3 locks" in admin_client_.get(LIST, {"alias": mode_alias}).content.decode()
     renders[0].release()
     assert row_cells(admin_client_.get(LIST, {"q": "pdf"}))[renders[1].token][2] == "1 of 3"
+    assert "1 lock ·" in admin_client_.get(LIST, {"q": "pdf"}).content.decode()
 
 
 def test_force_release_of_one_holder_leaves_the_other_holders(admin_client_, mode_alias):

@@ -236,6 +236,8 @@ def test_force_release_one_holder_of_a_semaphore_then_the_whole_key(live_server_
     assert rows.count() == 3
     assert all("3 of 3" in rows.nth(i).inner_text().replace("\u00ad", "") for i in range(3))
     assert_fits(page, "1280x800, a semaphore's holders")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "admin-locks-semaphore.png"), full_page=True)
     rows.first.locator("a").first.click()  # the key: the lock's page, every holder
     page.wait_for_selector("fieldset.lock-holder")
     assert page.locator("fieldset.lock-holder").count() == 3
