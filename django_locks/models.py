@@ -29,7 +29,8 @@ class Lock(models.Model):
     """A lock row. Times are microseconds since the Unix epoch by the database's clock.
 
     A released row keeps its ``fencing_token`` (the next acquisition continues from it);
-    ``token`` is NULL and ``expires_at_us`` is the release time.
+    ``token`` is NULL and ``expires_at_us`` is the release time (or, on MariaDB/MySQL and
+    SQLite, a few ms later when a waiter waits: reserved for waiters, see DatabaseLock).
     """
 
     key = ExactTextField(max_length=MAX_KEY_LENGTH, primary_key=True)
@@ -40,6 +41,10 @@ class Lock(models.Model):
     # Not indexed: every acquire and release rewrites it, and without an index on it
     # PostgreSQL updates the row in place (HOT). Listing scans the table (a row per key).
     expires_at_us = models.BigIntegerField()
+    # MariaDB/MySQL and SQLite (fair handoff, see DatabaseLock): since when a waiter waits
+    # for this key (the oldest since the last acquisition), NULL when nobody does. A
+    # release of a row with a waiter reserves it for waiters for a few ms.
+    waiting_since_us = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         verbose_name = "lock"

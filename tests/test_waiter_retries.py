@@ -14,6 +14,7 @@ from django.test import override_settings
 
 from django_locks import locks
 from django_locks.exceptions import LockBackendError
+from django_locks.values import EXCLUSIVE
 from tests import proof
 from tests.helpers import wait_until
 from tests.test_redis import own_cache
@@ -70,9 +71,9 @@ def test_a_retried_attempt_that_already_won_gets_its_acquisition_back(redis_alia
     same owner token: it gets the acquisition it made, not "held by someone"."""
     backend = locks[redis_alias]
     keys = backend._keys("job")
-    first = backend.client.try_acquire(keys, "job", "a" * 32, 60_000, None)
-    again = backend.client.try_acquire(keys, "job", "a" * 32, 60_000, None)
+    first = backend.client.try_acquire(keys, "job", "a" * 32, 60_000, None, EXCLUSIVE, True)
+    again = backend.client.try_acquire(keys, "job", "a" * 32, 60_000, None, EXCLUSIVE, True)
     assert again.info == first.info
-    other = backend.client.try_acquire(keys, "job", "b" * 32, 60_000, None)
+    other = backend.client.try_acquire(keys, "job", "b" * 32, 60_000, None, EXCLUSIVE, True)
     assert other.info is None and other.holder_remaining_ms > 0
     assert backend.force_release("job")
