@@ -1,4 +1,5 @@
-"""The table behind DatabaseLock: one row per key ever locked (until purged)."""
+"""The tables behind DatabaseLock: one row per key ever locked (until purged), and one per
+shared or semaphore holder."""
 
 from __future__ import annotations
 
@@ -45,6 +46,10 @@ class Lock(models.Model):
     # for this key (the oldest since the last acquisition), NULL when nobody does. A
     # release of a row with a waiter reserves it for waiters for a few ms.
     waiting_since_us = models.BigIntegerField(null=True, blank=True)
+    # The writer mark: a waiting non-shared acquirer keeps new shared acquisitions of this
+    # key waiting behind it until this time (see DatabaseLock). NULL: none.
+    mark_token = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001
+    mark_expires_at_us = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         verbose_name = "lock"
@@ -64,3 +69,27 @@ class Lock(models.Model):
     @property
     def expires_at(self) -> datetime:
         return datetime_from_us(self.expires_at_us)
+
+
+class Holder(models.Model):
+    """A shared or semaphore holder of a key (an exclusive holder lives in its key's
+    :class:`Lock` row, until a semaphore joins it). Times as in :class:`Lock`; an expired
+    holder's row stays until purged or culled, and counts for nothing."""
+
+    token = models.CharField(max_length=32, primary_key=True)
+    key = ExactTextField(max_length=MAX_KEY_LENGTH, db_index=True)
+    correlation_id = ExactTextField(max_length=255, null=True, blank=True)
+    fencing_token = models.BigIntegerField()
+    acquired_at_us = models.BigIntegerField()
+    expires_at_us = models.BigIntegerField(db_index=True)
+    shared = models.BooleanField(default=False)
+    # "limit" is a reserved word in SQL.
+    limit = models.IntegerField(default=1, db_column="holder_limit")
+
+    class Meta:
+        verbose_name = "lock holder"
+        verbose_name_plural = "lock holders"
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.token})"

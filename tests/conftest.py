@@ -117,10 +117,11 @@ def _remove_sqlite_leftovers() -> None:
 
 def _clean_lock_state() -> None:
     """Remove the lock state of every configured alias, through each backend's storage."""
-    from django_locks.models import Lock
+    from django_locks.models import Holder, Lock
 
     for using in set(DATABASE_ALIASES.values()):
         Lock.objects.using(using).all().delete()
+        Holder.objects.using(using).all().delete()
     for alias in REDIS_ALIASES:
         backend = locks[alias]
         client = backend.client.get_client()

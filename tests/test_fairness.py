@@ -22,6 +22,7 @@ from django_locks import locks
 from django_locks.backends import database
 from django_locks.exceptions import LockTimeoutError
 from django_locks.models import Lock
+from django_locks.values import EXCLUSIVE
 from tests.helpers import DATABASE_ALIASES, ROOT, subprocess_env, wait_until
 
 FAIR_ALIASES = [alias for alias, using in DATABASE_ALIASES.items()
@@ -206,3 +207,24 @@ def test_waiters_get_the_lock_before_the_releaser(fair_alias, tmp_path):
                f"handoff p50 {statistics.median(handoffs) if handoffs else float('nan'):.2f} ms")
     assert len(pairs) >= sections, summary
     assert retaken < 0.6, summary
+
+
+def test_a_reader_in_a_reservation_keeps_the_waiter_out(fair_alias, monkeypatch):
+    """A reader barging into a reservation makes the key row stand for its holders (token
+    NULL, a future expiry, like a reservation): the waiter the reservation was for must
+    not take the row from under the reader. Driven attempt by attempt, with one owner
+    token, as the wait loop does."""
+    monkeypatch.setattr(database, "FAIR_RESERVE_US", 5_000_000)
+    backend, waiter = locks[fair_alias], locks.create_connection(fair_alias)
+    assert backend.try_acquire_lock(None, "job", 60_000)
+    token = "e" * 32
+    for _ in range(2):  # its first attempt records the holder, the next marks the row
+        assert waiter._try_acquire("job", token, 60_000, None, EXCLUSIVE, True).info is None
+    assert marked(fair_alias, "job")
+    backend.release_lock(None, "job")  # reserved for that waiter
+    reader = backend.lock("job", 60_000, shared=True)  # barges in
+    attempt = waiter._try_acquire("job", token, 60_000, None, EXCLUSIVE, True)
+    assert attempt.info is None and attempt.holder_remaining_ms > 50_000
+    assert [h.token for h in backend.get_holders("job")] == [reader.token]
+    reader.release()
+    assert waiter._try_acquire("job", token, 60_000, None, EXCLUSIVE, True).info is not None

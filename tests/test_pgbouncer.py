@@ -55,6 +55,16 @@ def lock_traffic(alias: str) -> None:
     with pytest.raises(LockTimeoutError):  # polls the busy key for a while
         locks[alias].acquire_lock(None, "job", 60_000, 200)
     lease.release()
+    # Shared locks and semaphores: multi-statement transactions, the writer mark.
+    readers = [backend.lock("shared", 60_000, shared=True) for _ in range(2)]
+    semaphore = backend.lock("semaphore", 60_000, limit=2)
+    with pytest.raises(LockTimeoutError):  # an exclusive waiter behind readers (marks)
+        locks[alias].acquire_lock(None, "shared", 60_000, 300)
+    assert len(backend.get_holders("shared")) == 2
+    readers[0].extend()
+    readers[0].release()
+    assert backend.force_release("shared")
+    semaphore.release()
     assert backend.try_acquire_lock(None, "other", 60_000)
     assert backend.force_release("other")
     backend.try_acquire_lock(None, "short", 1)

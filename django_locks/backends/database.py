@@ -19,6 +19,9 @@ How it keeps the contract:
   ``fencing_token = max(previous + 1, now_us)``, so a key's tokens rise across releases,
   expiries and force releases, and also after :meth:`~DatabaseLock.purge` deleted the row
   (purge only deletes rows expired for over a minute, so the clock floor is above them).
+* **Shared locks and semaphores.** Their holders are rows of a second table, admitted
+  in SQL within one short transaction that first locks the key's row (see
+  :class:`DatabaseLock`).
 * **Reconnects.** A failing statement raises ``LockBackendError`` and drops the private
   connection; the next call opens a new one.
 * **Poolers.** The private connection never leaves session state behind, so it can share
@@ -48,7 +51,7 @@ from django.db.utils import load_backend
 
 from django_locks.backends.base import BaseLock, logger
 from django_locks.exceptions import InvalidLockBackendError, LockBackendError
-from django_locks.values import Attempt, LockInfo, Mode
+from django_locks.values import WRITER_MARK_MS, Attempt, LockInfo, Mode
 
 #: Purge deletes only rows that expired longer ago than this (microseconds).
 PURGE_AFTER_US = 60 * 1_000_000
@@ -94,6 +97,8 @@ class LockConnection:
         self.wrapper = wrapper_class(settings_dict, using)
         self._cursor: Any = None
         self._cursor_of: Any = None  # the raw connection ``_cursor`` belongs to
+        self._script: Any = None
+        self._script_of: Any = None
         self._synchronous: tuple[Any, str] | None = None  # (raw connection, SQLite mode)
 
     @property
@@ -106,6 +111,22 @@ class LockConnection:
         if self._cursor_of is not raw:
             self._cursor, self._cursor_of = raw.cursor(), raw
         return self._cursor
+
+    def script_cursor(self) -> Any:
+        """A cursor that runs several statements in one round trip (several result sets),
+        or None where the driver cannot (SQLite, psycopg2): they run one by one."""
+        raw = self.wrapper.connection
+        if self._script_of is not raw:
+            self._script, self._script_of = None, raw
+            if self.wrapper.vendor == "mysql":
+                self._script = raw.cursor()  # mysqlclient enables multi-statements
+            elif self.wrapper.vendor == "postgresql" and hasattr(raw, "pipeline"):
+                import psycopg
+
+                # Client-side binding sends the statements as one simple query (a
+                # server-side binding alias's own cursors could not).
+                self._script = psycopg.ClientCursor(raw)
+        return self._script
 
     def sqlite_synchronous(self, mode: str) -> None:
         """SQLite: ``PRAGMA synchronous`` of the open connection, set when it changes (a
@@ -121,7 +142,7 @@ class LockConnection:
             self.wrapper.close()
         except Exception:
             self.wrapper.connection = None
-        self._cursor = self._cursor_of = None
+        self._cursor = self._cursor_of = self._script = self._script_of = None
 
     def close_if_unusable_or_obsolete(self) -> None:
         """Apply ``CONN_MAX_AGE`` and health checks, like ``close_old_connections``."""
@@ -379,12 +400,18 @@ class LockSQL:
     #: and a release of a marked row leaves it reserved for waiters (not held: token NULL).
     fair = False
 
-    def __init__(self, table: str, key: str, durable: bool = True) -> None:
+    #: What opens the transaction of a multi-statement operation on the holders.
+    begin = "BEGIN ISOLATION LEVEL READ COMMITTED"
+    #: Locks the key row for the rest of the transaction (SQLite: BEGIN IMMEDIATE did).
+    lock_row_suffix = " FOR UPDATE"
+    false = "FALSE"
+
+    def __init__(self, table: str, key: str, durable: bool = True, holders: str | None = None) -> None:
         t, k, now, p = table, key, self.now_us, self.placeholder
         z = "" if durable or not self.nosync else f" + {self.nosync}"
-        held = "token IS NOT NULL AND " if self.fair else ""  # not a reservation
         reserve = (f" + CASE WHEN waiting_since_us IS NULL THEN 0 ELSE {FAIR_RESERVE_US} END"
                    if self.fair else "")
+        self.holder_statements(t, holders or f"{key[0]}django_locks_holder{key[-1]}", k, z)
         self.columns = f"{k}, token, fencing_token, correlation_id, acquired_at_us, expires_at_us"
         self.insert = (
             f"INSERT INTO {t} ({k}, token, correlation_id, fencing_token, acquired_at_us, "
@@ -396,9 +423,12 @@ class LockSQL:
             f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now}{reserve}{z} "
             f"WHERE {k} = {p} AND token = {p} AND expires_at_us > {now}"
         )
+        # Every holder of the key goes (the holders' rows first, in the same transaction),
+        # and its writer mark.
         self.force_release = (
-            f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now}{z} "
-            f"WHERE {k} = {p} AND {held}expires_at_us > {now}"
+            f"UPDATE {t} SET token = NULL, correlation_id = NULL, mark_token = NULL, "
+            f"mark_expires_at_us = NULL, expires_at_us = {now}{z} "
+            f"WHERE {k} = {p} AND token IS NOT NULL AND expires_at_us > {now}"
         )
         self.extend = (
             f"UPDATE {t} SET expires_at_us = {now} + {p}{z} "
@@ -406,11 +436,21 @@ class LockSQL:
             + (" RETURNING expires_at_us" if self.returning else "")
         )
         # With the database clock's "now", for the holder's remaining life.
-        self.held = f"SELECT {self.columns}, {now} FROM {t} WHERE {held}expires_at_us > {now}"
-        self.get = f"{self.held} AND {k} = {p}"
+        # (A key row with no token and a future expiry stands for its holders' rows.)
+        self.held = (
+            f"SELECT {self.columns}, {now}, {self.false}, 1 FROM {t} "
+            f"WHERE token IS NOT NULL AND expires_at_us > {now}"
+        )
+        self.holders = (
+            f"{self.held} AND {k} = {p} UNION ALL {self.holder_columns} "
+            f"WHERE {k} = {p} AND expires_at_us > {now}"
+        )
+        self.held = f"{self.held} UNION ALL {self.holder_columns} WHERE expires_at_us > {now}"
         # Holders that expired without releasing: shown until purged.
         self.expired = (
-            f"SELECT {self.columns} FROM {t} WHERE token IS NOT NULL AND expires_at_us <= {now}"
+            f"SELECT {self.columns}, NULL, {self.false}, 1 FROM {t} "
+            f"WHERE token IS NOT NULL AND expires_at_us <= {now} "
+            f"UNION ALL {self.holder_columns.replace(now, 'NULL')} WHERE expires_at_us <= {now}"
         )
         self.read_row = f"SELECT {self.columns}, {now} FROM {t} WHERE {k} = {p}"
         # Rows expired long ago go; recently expired holders are cleared (the row, and its
@@ -421,6 +461,129 @@ class LockSQL:
             + (f", expires_at_us = expires_at_us{z}" if z else "")
             + f" WHERE token IS NOT NULL AND expires_at_us <= {now}"
         )
+
+    def holder_statements(self, t: str, h: str, k: str, z: str) -> None:
+        """The statements of shared and semaphore holders (see DatabaseLock). Each
+        operation runs them in one transaction that first locks the key row, so each
+        one after the lock sees every change committed before it (READ COMMITTED: a
+        snapshot per statement; SQLite: one writer at a time)."""
+        now, p, greatest = self.now_us, self.placeholder, self.greatest
+        columns = (f"{k}, token, fencing_token, correlation_id, acquired_at_us, expires_at_us")
+        self.holder_columns = f"SELECT {columns}, {now}, shared, holder_limit FROM {h}"
+        insert = (f"INSERT INTO {h} (token, {k}, correlation_id, fencing_token, acquired_at_us, "
+                  "expires_at_us, shared, holder_limit) ")
+        # The key row, created free if missing, locked until the end of the transaction.
+        self.lock_key = (
+            f"INSERT INTO {t} ({k}, token, correlation_id, fencing_token, acquired_at_us, "
+            f"expires_at_us) VALUES ({p}, NULL, NULL, {now}, {now}, {now}{z}) "
+            + self.touch(t, k)
+        )
+        self.lock_row = f"SELECT 1 FROM {t} WHERE {k} = {p}{self.lock_row_suffix}"
+        mine = f"EXISTS (SELECT 1 FROM {h} o WHERE o.token = {p})"
+        exclusive_live = f"{t}.token IS NOT NULL AND {t}.expires_at_us > {now}"
+        # Params: token, correlation_id, ttl (µs), shared, limit, key, token, then the rule's.
+        admit = (
+            f"{insert}SELECT {p}, {k}, {p}, {greatest}(fencing_token + 1, {now}), {now}, "
+            f"{now} + {p}, {p}, {p} FROM {t} WHERE {k} = {p} AND NOT {mine} AND "
+        )
+        # Fewer than N live holders of any mode (params: key, limit).
+        self.admit_semaphore = (
+            f"{admit}(CASE WHEN {exclusive_live} THEN 1 ELSE 0 END) + (SELECT COUNT(*) FROM "
+            f"{h} o WHERE o.{k} = {p} AND o.expires_at_us > {now}) < {p}"
+        )
+        # No live non-shared holder and no live writer mark (params: key).
+        self.admit_shared = (
+            f"{admit}NOT ({exclusive_live}) AND NOT (mark_expires_at_us IS NOT NULL AND "
+            f"mark_expires_at_us > {now}) AND NOT EXISTS (SELECT 1 FROM {h} o WHERE "
+            f"o.{k} = {p} AND o.expires_at_us > {now} AND NOT o.shared)"
+        )
+        # A semaphore admitted next to the key row's exclusive holder: that one moves to
+        # the holders' table, so that the key row stands for its holders (params: key, token).
+        self.move_exclusive = (
+            f"{insert}SELECT token, {k}, correlation_id, fencing_token, acquired_at_us, "
+            f"expires_at_us, {self.false}, 1 FROM {t} WHERE {k} = {p} AND {exclusive_live} "
+            f"AND {mine}"
+        )
+        # After an admission: the key row has no token (an exclusive holder it had was
+        # moved, or had expired), the new fencing counter, and expires with the last
+        # holder (it did with the others already) (params: token x2, key, token).
+        own = f"(SELECT o.COLUMN FROM {h} o WHERE o.token = {p})"
+        settle = (
+            f"correlation_id = NULL, token = NULL, waiting_since_us = NULL, "
+            f"fencing_token = {greatest}(fencing_token, {own.replace('COLUMN', 'fencing_token')}), "
+            f"expires_at_us = {greatest}(expires_at_us, {own.replace('COLUMN', 'expires_at_us')}){z} "
+            f"WHERE {k} = {p} AND {mine}"
+        )
+        self.settle = f"UPDATE {t} SET {settle}"
+        # A non-shared waiter clears its own writer mark once admitted (params: token x2,
+        # then settle's); refused, it sets (renews) it (params: token, key, token). MySQL
+        # assigns left to right: the mark's expiry first, reading the old mark_token.
+        self.settle_waiter = (
+            f"UPDATE {t} SET mark_expires_at_us = CASE WHEN mark_token = {p} THEN NULL "
+            f"ELSE mark_expires_at_us END, mark_token = CASE WHEN mark_token = {p} THEN NULL "
+            f"ELSE mark_token END, {settle}"
+        )
+        self.mark_refused = (
+            f"UPDATE {t} SET mark_expires_at_us = {now} + {WRITER_MARK_MS * 1000}{z}, "
+            f"mark_token = {p} WHERE {k} = {p} AND NOT {mine}"
+        )
+        self.own_holder = (
+            f"SELECT fencing_token, acquired_at_us, expires_at_us FROM {h} WHERE token = {p}"
+        )
+        # What keeps an acquisition out, in µs from now: 0 a non-shared holder, 1 a shared
+        # one, 2 the writer mark (params: key x3).
+        self.blockers = (
+            f"SELECT expires_at_us - {now}, CASE WHEN shared THEN 1 ELSE 0 END FROM {h} "
+            f"WHERE {k} = {p} AND expires_at_us > {now} "
+            f"UNION ALL SELECT expires_at_us - {now}, 0 FROM {t} "
+            f"WHERE {k} = {p} AND token IS NOT NULL AND expires_at_us > {now} "
+            f"UNION ALL SELECT mark_expires_at_us - {now}, 2 FROM {t} "
+            f"WHERE {k} = {p} AND mark_expires_at_us > {now}"
+        )
+        # An exclusive waiter kept out by shared or semaphore holders (params: token, key).
+        self.mark = (
+            f"UPDATE {t} SET mark_expires_at_us = {now} + {WRITER_MARK_MS * 1000}{z}, "
+            f"mark_token = {p} WHERE {k} = {p} AND token IS NULL AND expires_at_us > {now}"
+        )
+        # Its own mark, once it won (params: key, token).
+        self.unmark = (
+            f"UPDATE {t} SET mark_token = NULL, mark_expires_at_us = NULL{z} "
+            f"WHERE {k} = {p} AND mark_token = {p}"
+        )
+        # The key row's expiry follows its live holders (now when none is left), after a
+        # release or an extension (params: key, key).
+        self.recompute = (
+            f"UPDATE {t} SET expires_at_us = COALESCE((SELECT MAX(o.expires_at_us) FROM {h} o "
+            f"WHERE o.{k} = {p} AND o.expires_at_us > {now}), {now}){z} "
+            f"WHERE {k} = {p} AND token IS NULL AND expires_at_us > {now}"
+        )
+        self.release_holder = (
+            f"DELETE FROM {h} WHERE token = {p} AND {k} = {p} AND expires_at_us > {now}{z}"
+        )
+        self.extend_holder = (
+            f"UPDATE {h} SET expires_at_us = {now} + {p}{z} "
+            f"WHERE token = {p} AND {k} = {p} AND expires_at_us > {now}"
+        )
+        self.holder_expiry = f"SELECT expires_at_us FROM {h} WHERE token = {p}"
+        # After a force release: a key row standing for holders (deleted just before) is
+        # free at once; a reservation for waiters (marked waited for) stays (params: key).
+        self.clear_standing = (
+            f"UPDATE {t} SET expires_at_us = {now}{z} WHERE {k} = {p} AND token IS NULL "
+            f"AND waiting_since_us IS NULL AND expires_at_us > {now}"
+        )
+        # Live ones only: expired rows are purge's (the two never wait for each other).
+        self.force_holders = f"DELETE FROM {h} WHERE {k} = {p} AND expires_at_us > {now}{z}"
+        self.unmark_any = (
+            f"UPDATE {t} SET mark_token = NULL, mark_expires_at_us = NULL{z} "
+            f"WHERE {k} = {p} AND mark_token IS NOT NULL"
+        )
+        # Expired holders go at once on purge, and after the grace period on culling.
+        self.purge_holders = f"DELETE FROM {h} WHERE expires_at_us <= {now}{z}"
+        self.cull_holders = f"DELETE FROM {h} WHERE expires_at_us < {now} - {p}{z}"
+
+    def touch(self, t: str, k: str) -> str:
+        """What follows the insert of a free key row when the row exists: it locks it."""
+        return f"ON CONFLICT ({k}) DO UPDATE SET fencing_token = {t}.fencing_token"
 
     def upsert(self, t: str, k: str) -> str:
         """Takes the row if it is free or expired; returns nothing if it is held."""
@@ -450,16 +613,19 @@ NOTIFY_CHANNEL = "django_locks"
 class PostgreSQLLockSQL(LockSQL):
     now_us = "(EXTRACT(EPOCH FROM statement_timestamp()) * 1000000)::bigint"
 
-    def __init__(self, table: str, key: str, durable: bool = True) -> None:
-        super().__init__(table, key, durable)
+    def __init__(self, table: str, key: str, durable: bool = True, holders: str | None = None) -> None:
+        super().__init__(table, key, durable, holders)
         # Release, force release and the clearing of expired holders tell the waiters of
         # those keys, in the same statement: NOTIFY is delivered when its transaction
         # commits, so a wake-up is never sent for a change that did not commit.
-        for name in ("release", "force_release", "clear_expired"):
+        # The holders' rows likewise (the waiters of a semaphore are woken by a release).
+        for name in ("release", "force_release", "clear_expired", "release_holder",
+                     "force_holders", "purge_holders", "cull_holders"):
             setattr(self, name, self.notifying(getattr(self, name), key))
 
     @staticmethod
     def notifying(update: str, key: str) -> str:
+        # PostgreSQL sends one of identical notifications of a transaction.
         return (
             f"WITH changed AS ({update} RETURNING {key}) "
             f"SELECT pg_notify('{NOTIFY_CHANNEL}', {key}) FROM changed"
@@ -482,8 +648,12 @@ class SQLiteLockSQL(LockSQL):
         this attempt take it (see :meth:`acquire_params`); else a waiting call's later
         attempt (``?5 > 0``) marks the row waited for, if it is not yet (the only failed
         attempts that write). Returns the row it wrote: this token's if it is in it."""
+        # A reservation is a row without token, marked waited for: never the stand-in
+        # of shared or semaphore holders (their admission clears the mark, and a
+        # waiter only marks a row with an exclusive holder).
         take = (f"({t}.expires_at_us <= excluded.acquired_at_us "
-                f"OR ({t}.token IS NULL AND {t}.fencing_token >= ?5))")
+                f"OR ({t}.token IS NULL AND {t}.waiting_since_us IS NOT NULL "
+                f"AND {t}.fencing_token >= ?5))")
         assignments = ", ".join(
             f"{column} = CASE WHEN {take} THEN {new} ELSE {t}.{column} END"
             for column, new in (
@@ -497,7 +667,7 @@ class SQLiteLockSQL(LockSQL):
         return (
             f"{self.insert} ON CONFLICT ({k}) DO UPDATE SET {assignments}, waiting_since_us = "
             f"CASE WHEN {take} THEN NULL ELSE excluded.acquired_at_us END "
-            f"WHERE {take} OR (?5 > 0 AND {t}.waiting_since_us IS NULL) "
+            f"WHERE {take} OR (?5 > 0 AND {t}.waiting_since_us IS NULL AND {t}.token IS NOT NULL) "
             "RETURNING token, fencing_token, acquired_at_us, expires_at_us"
         )
 
@@ -505,11 +675,25 @@ class SQLiteLockSQL(LockSQL):
                        since: int | None) -> tuple[Any, ...]:
         return (key, token, correlation_id, ttl_us, since)  # ?1 to ?4, then ?5
 
+    # One writer at a time: BEGIN IMMEDIATE takes the database's write lock at once.
+    begin = "BEGIN IMMEDIATE"
+    lock_row_suffix = ""
+
+    def touch(self, t: str, k: str) -> str:
+        return f"ON CONFLICT ({k}) DO NOTHING"
+
 
 class MySQLLockSQL(LockSQL):
     now_us = "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6))"
     returning = False
     fair = True
+    # READ COMMITTED for this one transaction (never a session setting): a fresh
+    # consistent read per statement, and no gap locks that could deadlock two keys'
+    # transactions through neighbouring entries of the holders' key index.
+    begin = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION"
+
+    def touch(self, t: str, k: str) -> str:
+        return "ON DUPLICATE KEY UPDATE fencing_token = fencing_token"
 
     def upsert(self, t: str, k: str) -> str:
         """Takes the row if it is free, expired, or reserved for waiters and the second
@@ -518,7 +702,8 @@ class MySQLLockSQL(LockSQL):
         right: the token is assigned first, by the condition; every later column then
         asks whether the row now has this statement's token. The row is read back to
         learn whether this token won."""
-        take = "expires_at_us <= VALUES(acquired_at_us) OR (token IS NULL AND fencing_token >= %s)"
+        take = ("expires_at_us <= VALUES(acquired_at_us) OR (token IS NULL AND "
+                "waiting_since_us IS NOT NULL AND fencing_token >= %s)")
         won = "token <=> VALUES(token)"
         assignments = ", ".join(
             [f"token = IF({take}, VALUES(token), token)"]
@@ -531,7 +716,7 @@ class MySQLLockSQL(LockSQL):
                     ("expires_at_us", "VALUES(expires_at_us)"),
                 )
             ]
-            + [f"waiting_since_us = IF({won}, NULL, IF(%s > 0, "
+            + [f"waiting_since_us = IF({won}, NULL, IF(%s > 0 AND token IS NOT NULL, "
                "COALESCE(waiting_since_us, VALUES(acquired_at_us)), waiting_since_us))"]
         )
         return f"{self.insert} ON DUPLICATE KEY UPDATE {assignments}"
@@ -611,8 +796,10 @@ class WaitingCalls:
 
 
 def _info(row: Any) -> LockInfo:
-    """A LockInfo from a row: the columns, then optionally the database's "now" (µs)."""
+    """A LockInfo from a row: the columns, then optionally the database's "now" (µs, or
+    NULL: not measured), then optionally shared and limit."""
     key, token, fencing_token, correlation_id, acquired_us, expires_us = row[:6]
+    now = row[6] if len(row) > 6 else None
     return LockInfo(
         key=key,
         token=token,
@@ -620,8 +807,23 @@ def _info(row: Any) -> LockInfo:
         correlation_id=correlation_id,
         acquired_at_us=int(acquired_us),
         expires_at_us=int(expires_us),
-        remaining_ms=max(0, (int(expires_us) - int(row[6])) // 1000) if len(row) > 6 else None,
+        remaining_ms=max(0, (int(expires_us) - int(now)) // 1000) if now is not None else None,
+        shared=bool(row[7]) if len(row) > 7 else False,
+        limit=int(row[8]) if len(row) > 8 else 1,
     )
+
+
+def _refusal(mode: Mode, blockers: list[Any]) -> int:
+    """From the ``blockers`` rows (µs left, kind: 0 non-shared holder, 1 shared holder,
+    2 writer mark), the ms until an acquisition in ``mode`` could succeed by expiry alone
+    (as MemoryLock's ``_refusal``)."""
+    if mode.shared:
+        left = [int(us) for us, kind in blockers if int(kind) != 1]
+        return max(left) // 1000 if left else 0
+    left = sorted(int(us) for us, kind in blockers if int(kind) != 2)
+    if len(left) < mode.limit:
+        return 0
+    return left[len(left) - mode.limit] // 1000
 
 
 class DatabaseLock(BaseLock):
@@ -672,6 +874,39 @@ class DatabaseLock(BaseLock):
     reservation, once. Not first come, first served: any waiter that waited since before
     the release may win. Reserving for the oldest waiter only would make the handoff wait
     for that one waiter's poll (p99 near a full backoff step) instead of the first of them.
+
+    Shared locks and semaphores. The ``Lock`` row stays the key's row: its fencing
+    counter, its writer mark (``mark_token``, ``mark_expires_at_us``) and, as before, its
+    exclusive holder, so the exclusive path is unchanged (one upsert, one release
+    statement). Shared and semaphore holders are rows of ``Holder`` (``django_locks_holder``,
+    indexed by key and by expiry), and the key row stands for them: while any is alive,
+    the key row has no token and expires with the last of them. The exclusive upsert,
+    which only takes a row expired by the database clock, is thus refused without reading
+    the holders' table, and a key whose holders all went (released, force-released or
+    expired) is free for it at once. Every operation on holders is one short transaction
+    on the private connection that first locks the key row (PostgreSQL and MariaDB: an
+    upsert that creates it if missing, or ``SELECT ... FOR UPDATE``; SQLite:
+    ``BEGIN IMMEDIATE``), so the operations of one key are serialized and none can
+    deadlock with another (the key row is always the first lock, and a transaction locks
+    no other key row). The statements after the lock see everything committed before it:
+    the transaction is READ COMMITTED (PostgreSQL: a snapshot per statement; MariaDB:
+    ``SET TRANSACTION ISOLATION LEVEL READ COMMITTED`` for that one transaction, whose
+    consistent reads take no gap locks; SQLite has one writer). The admission is one
+    ``INSERT ... SELECT ... WHERE`` (fewer than N live holders, counting the key row's
+    exclusive holder; or, shared, no live non-shared holder and no live writer mark), with
+    the fencing token ``max(counter + 1, now_us)``; the same transaction moves an exclusive
+    holder that a semaphore joins into the holders' table, sets the key row's counter and
+    expiry, and sets (refused waiter) or clears (its own, when admitted) the writer mark
+    of a non-shared waiter. No read-then-write in Python: the application only reads the
+    outcome. PostgreSQL (psycopg 3, client-side binding) and MariaDB/MySQL get the whole
+    transaction as one multi-statement round trip (BEGIN ... COMMIT); SQLite, in-process,
+    runs it statement by statement. Releases and extensions of a holder lock the key row,
+    change the holder's row and recompute the key row's expiry from the live holders;
+    the release tries the key row first (an exclusive holder: one statement, as before)
+    unless this instance acquired the token as a holder. Release, force release, purge and
+    culling of holders NOTIFY the key on PostgreSQL within their transaction. An exclusive
+    waiter kept out by holders sets the mark with one more statement (only then), and
+    clears it with one more once it wins.
     """
 
     option_names = frozenset({"using", "durable", "cull_frequency", "cull_grace", "notify"})
@@ -729,8 +964,10 @@ class DatabaseLock(BaseLock):
         if self._sql is None:
             ops = connections[self.using].ops
             table = apps.get_model("django_locks", "Lock")._meta.db_table
+            holders = apps.get_model("django_locks", "Holder")._meta.db_table
             self._sql = _SQL_CLASSES[self.vendor](
-                ops.quote_name(table), ops.quote_name("key"), durable=self.durable
+                ops.quote_name(table), ops.quote_name("key"), durable=self.durable,
+                holders=ops.quote_name(holders),
             )
         return self._sql
 
@@ -815,12 +1052,75 @@ class DatabaseLock(BaseLock):
                 f"LOCKS[{self.alias!r}]: database {self.using!r} failed: {_migrate_hint(e, self.using)}{e}"
             ) from e
 
+    def _script(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[list[Any], int]]:
+        """Run ``statements`` in one transaction on this thread's private connection, in
+        one round trip where the driver can (PostgreSQL with psycopg 3, MariaDB/MySQL);
+        (rows, rowcount) of each. A failure drops the connection, and with it the
+        transaction."""
+        connection = lock_connection(self.using)
+        wrapper = connection.wrapper
+        begin = self.sql.begin
+        try:
+            if not connection.connected:
+                self._connect(wrapper)
+            if self.vendor == "sqlite":
+                connection.sqlite_synchronous("FULL" if self.durable else "NORMAL")
+            cursor = connection.script_cursor()
+            results: list[tuple[list[Any], int]] = []
+            if cursor is None:  # one statement at a time (in-process SQLite, psycopg2)
+                cursor = connection.cursor()
+                cursor.execute(begin)
+                for sql, params in statements:
+                    cursor.execute(sql, params)
+                    results.append((cursor.fetchall() if cursor.description else [], cursor.rowcount))
+                cursor.execute("COMMIT")
+                return results
+            text = ";\n".join([begin, *(sql for sql, _ in statements), "COMMIT"])
+            cursor.execute(text, tuple(p for _, params in statements for p in params))
+            skip = begin.count(";") + 1  # the results of the BEGIN statements
+            while True:
+                if skip:
+                    skip -= 1
+                else:
+                    results.append((cursor.fetchall() if cursor.description else [], cursor.rowcount))
+                if not cursor.nextset():
+                    break
+            return results[: len(statements)]
+        except (wrapper.Database.Error, DjangoDatabaseError) as e:
+            connection.close()
+            raise LockBackendError(
+                f"LOCKS[{self.alias!r}]: database {self.using!r} failed: {_migrate_hint(e, self.using)}{e}"
+            ) from e
+        except BaseException:
+            connection.close()  # interrupted: whatever was left open goes with it
+            raise
+
     # ----------------------------------------------------------------------- storage operations
+
+    #: Remembered tokens (of the marks and holders below) per backend instance, at most.
+    REMEMBERED = 1024
+
+    def _remember(self, memory: dict[str, str], key: str, token: str) -> None:
+        if len(memory) >= self.REMEMBERED:
+            memory.clear()  # forgetting only costs a round trip, or an early mark clearing
+        memory[key] = token
+
+    @property
+    def _marks(self) -> dict[str, str]:
+        """key -> the token of this instance's exclusive waiter that set its writer mark."""
+        return self.__dict__.setdefault("_marks_", {})
+
+    @property
+    def _holder_tokens(self) -> dict[str, str]:
+        """token -> key of this instance's shared and semaphore holders (their release
+        and extension go to the holders' table at once)."""
+        return self.__dict__.setdefault("_holder_tokens_", {})
 
     def _cull(self) -> None:
         """Delete rows released or expired more than ``cull_grace`` ms ago (see the class)."""
         try:
             culled = self._run(self.sql.purge, (self.cull_grace * 1000,), fetch=False)[1]
+            culled += self._script([(self.sql.cull_holders, (self.cull_grace * 1000,))])[0][1]
         except LockBackendError as e:  # the attempt that follows reports the failure
             logger.warning("culling lock rows failed: %s (alias=%s)", e, self.alias)
             return
@@ -830,21 +1130,21 @@ class DatabaseLock(BaseLock):
         self, key: str, token: str, ttl: int, correlation_id: str | None, mode: Mode,
         waiter: bool,
     ) -> Attempt:
-        if not mode.exclusive:
-            raise NotImplementedError("shared locks and semaphores: not yet on DatabaseLock")
         if self.cull_frequency:
             self._attempts_until_cull -= 1
             if self._attempts_until_cull <= 0:
                 self._attempts_until_cull = self.cull_frequency
                 self._cull()
+        entry = getattr(_waiting, "entry", None)
+        if entry is not None and entry[0] == key:
+            entry[2] = entry[1].generation(key)  # a release from now on wakes this waiter
+        if not mode.exclusive:
+            return self._try_acquire_holder(key, token, ttl, correlation_id, mode, waiter)
         sql = self.sql
         # None: a waiting call's first attempt; its later ones: since when it waits (a
         # fencing token); 0: a call that does not wait, which may take a reservation.
         since = (self._waiting_calls.since(token) if waiter else 0) if sql.fair else None
         params = sql.acquire_params(key, token, correlation_id, ttl * 1000, since)
-        entry = getattr(_waiting, "entry", None)
-        if entry is not None and entry[0] == key:
-            entry[2] = entry[1].generation(key)  # a release from now on wakes this waiter
         if sql.returning:
             rows, _ = self._run(sql.acquire, params)
             if sql.fair:  # the row comes back if taken, or marked waited for
@@ -852,13 +1152,12 @@ class DatabaseLock(BaseLock):
                 if not rows:
                     return self._lost(key, token, since, waiter)
             if not rows:
-                if entry is None or entry[0] != key:
+                if not waiter and (entry is None or entry[0] != key):
                     return Attempt(None)
                 # A notified waiter sleeps until the release: it needs the holder's
                 # remaining life to wake at its expiry too.
                 rows, _ = self._run(sql.read_row, (key,))
-                remaining = (rows[0][5] - rows[0][6]) // 1000 if rows else 0
-                return Attempt(None, max(remaining, 0))
+                return self._refused_exclusive(key, token, rows, waiter)
             fencing_token, acquired_us, expires_us = rows[0]
         else:
             self._run(sql.acquire, params, fetch=False)
@@ -868,28 +1167,106 @@ class DatabaseLock(BaseLock):
             _, _, fencing_token, _, acquired_us, expires_us, _ = rows[0]
         if since:
             self._waiting_calls.won(token)
+        if self._marks.get(key) == token:
+            del self._marks[key]
+            self._run(sql.unmark, (key, token), fetch=False)
         return Attempt(
             _info((key, token, fencing_token, correlation_id, acquired_us, expires_us, acquired_us))
         )
 
     def _lost(self, key: str, token: str, since: int | None, waiter: bool,
               rows: Any = None) -> Attempt:
-        """A failed attempt (fair vendors): a waiting call's first failure records since
-        when it waits, from the row (read here if not given)."""
-        if rows is None and (since is not None or not waiter):
-            return Attempt(None)
+        """A failed exclusive attempt on a fair vendor: a waiting call's first failure
+        records since when it waits, from the row (read here if not given); then as
+        :meth:`_refused_exclusive`."""
         if rows is None:
+            if not waiter:
+                return Attempt(None)
             rows, _ = self._run(self.sql.read_row, (key,))
-        if not rows:
-            return Attempt(None)
-        if since is None and waiter:
+        if rows and since is None and waiter:
             self._waiting_calls.failed(token, rows[0])
-        return Attempt(None, max((rows[0][5] - rows[0][6]) // 1000, 0))
+        return self._refused_exclusive(key, token, rows, waiter)
+
+    def _refused_exclusive(self, key: str, token: str, rows: list[Any], waiter: bool) -> Attempt:
+        """An exclusive attempt found the key row held: how long for. A waiter kept out by
+        shared or semaphore holders (the row has no token) sets the writer mark."""
+        if not rows:
+            return Attempt(None, 0 if self.sql.returning else None)
+        remaining = max((rows[0][5] - rows[0][6]) // 1000, 0)
+        if waiter and rows[0][1] is None and remaining > 0:
+            if self._run(self.sql.mark, (token, key), fetch=False)[1]:
+                self._remember(self._marks, key, token)
+        return Attempt(None, remaining)
+
+    def _try_acquire_holder(
+        self, key: str, token: str, ttl: int, correlation_id: str | None, mode: Mode,
+        waiter: bool,
+    ) -> Attempt:
+        """A shared or semaphore acquisition: one transaction (one round trip where the
+        driver can) that locks the key row, admits in SQL, moves an exclusive holder it
+        joins to the holders' table and settles the key row."""
+        sql = self.sql
+        admit = (token, correlation_id, ttl * 1000, mode.shared, mode.limit, key, token)
+        if mode.shared:
+            admission = (sql.admit_shared, (*admit, key))
+        else:
+            admission = (sql.admit_semaphore, (*admit, key, mode.limit))
+        statements = [(sql.lock_key, (key,)), admission]
+        if not mode.shared:
+            statements.append((sql.move_exclusive, (key, token)))
+        settle = (token, token, key, token)
+        if waiter and not mode.shared:
+            statements += [(sql.settle_waiter, (token, token, *settle)),
+                           (sql.mark_refused, (token, key, token))]
+        else:
+            statements.append((sql.settle, settle))
+        statements.append((sql.own_holder, (token,)))
+        rows = self._script(statements)[-1][0]
+        if not rows:
+            blockers, _ = self._run(sql.blockers, (key, key, key))
+            return Attempt(None, _refusal(mode, blockers))
+        self._remember(self._holder_tokens, token, key)
+        fencing_token, acquired_us, expires_us = rows[0]
+        return Attempt(LockInfo(
+            key=key, token=token, fencing_token=int(fencing_token), correlation_id=correlation_id,
+            acquired_at_us=int(acquired_us), expires_at_us=int(expires_us),
+            remaining_ms=(int(expires_us) - int(acquired_us)) // 1000,
+            shared=mode.shared, limit=mode.limit,
+        ))
+
+    def _locking(self, key: str) -> list[tuple[str, tuple[Any, ...]]]:
+        """The statement that locks the key row first (SQLite: BEGIN IMMEDIATE did)."""
+        return [] if self.vendor == "sqlite" else [(self.sql.lock_row, (key,))]
 
     def _release(self, key: str, token: str) -> bool:
-        return self._run(self.sql.release, (key, token), fetch=False)[1] == 1
+        sql = self.sql
+        if self._holder_tokens.pop(token, None) is None:
+            if self._run(sql.release, (key, token), fetch=False)[1] == 1:
+                return True
+        results = self._script([
+            *self._locking(key),
+            (sql.release_holder, (token, key)),
+            (sql.recompute, (key, key)),
+        ])
+        return results[-2][1] == 1
 
     def _extend(self, key: str, token: str, ttl: int) -> int | None:
+        sql = self.sql
+        if token not in self._holder_tokens:
+            expires = self._extend_exclusive(key, token, ttl)
+            if expires is not None:
+                return expires
+        results = self._script([
+            *self._locking(key),
+            (sql.extend_holder, (ttl * 1000, token, key)),
+            (sql.recompute, (key, key)),
+            (sql.holder_expiry, (token,)),
+        ])
+        if results[-3][1] != 1 or not results[-1][0]:
+            return None
+        return int(results[-1][0][0][0])
+
+    def _extend_exclusive(self, key: str, token: str, ttl: int) -> int | None:
         sql = self.sql
         if sql.returning:
             rows, _ = self._run(sql.extend, (ttl * 1000, key, token))
@@ -902,15 +1279,20 @@ class DatabaseLock(BaseLock):
         return int(rows[0][5])
 
     def _force_release(self, key: str) -> bool:
-        return self._run(self.sql.force_release, (key,), fetch=False)[1] > 0
-
-    def _get(self, key: str) -> LockInfo | None:
-        rows, _ = self._run(self.sql.get, (key,))
-        return _info(rows[0]) if rows else None
+        sql = self.sql
+        results = self._script([
+            *self._locking(key),
+            (sql.force_holders, (key,)),
+            (sql.force_release, (key,)),
+            (sql.clear_standing, (key,)),
+            (sql.unmark_any, (key,)),
+        ])
+        # Live holders deleted, or the exclusive holder released (a reservation is no one's).
+        return results[-4][1] > 0 or results[-3][1] > 0
 
     def _holders(self, key: str) -> list[LockInfo]:
-        info = self._get(key)
-        return [] if info is None else [info]
+        rows, _ = self._run(self.sql.holders, (key, key))
+        return [_info(row) for row in rows]
 
     def _held(self) -> list[LockInfo]:
         rows, _ = self._run(self.sql.held, ())
@@ -918,6 +1300,7 @@ class DatabaseLock(BaseLock):
 
     def _purge(self) -> int:
         cleared = self._run(self.sql.clear_expired, (), fetch=False)[1]
+        cleared += self._script([(self.sql.purge_holders, ())])[0][1]
         return cleared + self._run(self.sql.purge, (PURGE_AFTER_US,), fetch=False)[1]
 
     def expired_locks(self) -> list[LockInfo]:
