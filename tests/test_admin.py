@@ -468,10 +468,12 @@ def test_bad_force_release_selections_change_nothing(admin_client_, url, selecte
 KEY_PAGE_FORCE = "/admin/django_locks/lock/force-release-key/"
 
 
-@pytest.fixture(params=["memory", "default", "redis"])
+@pytest.fixture(params=["memory", "default", "redis", "django_redis", "postgres", "mysql"])
 def mode_alias(request) -> str:
     """An alias whose backend takes shared locks and semaphores (MemoryLock always; the
     others once their backend has them: skipped, saying so, until then)."""
+    if request.param not in list(locks):
+        pytest.skip(f"LOCKS[{request.param!r}] is not configured in this run")
     probe = None
     try:
         probe = locks[request.param].lock("mode-probe", 1000, limit=2)
