@@ -15,18 +15,27 @@ Permissions: ``django_locks.view_lock`` to look; ``django_locks.force_release`` 
 release a holder or purge expired state. A force release names the exact holder token
 that was shown: if the lock changed hands since, nothing is released.
 
-A lock's object id is ``"<alias>:<key>"``; its detail page is at
-``<admin-quoted object id>/``, a single path segment whatever the key holds (``/``, ``%``,
-``?``, ``#``, and never a bare ``.`` or ``..``).
+A key may have several holders (shared locks, semaphores): the list has one row per
+holder, with its mode ("exclusive", "shared", or "2 of 3": holders of the key now, of the
+limit that holder was admitted with). Force release of a row releases that holder alone
+(``release_lock(..., owner=token)``), never another holder of the key; the lock's page
+also offers to force-release the whole key (``force_release``: every holder), after the
+same confirmation page.
+
+A lock's object id is ``"<alias>:<key>"``; its detail page, listing every holder of the
+key, is at ``<admin-quoted object id>/``, a single path segment whatever the key holds
+(``/``, ``%``, ``?``, ``#``, and never a bare ``.`` or ``..``). One holder's page is at
+``<admin-quoted object id>/<token>/`` (owner tokens are 32 hex digits).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin, messages
@@ -36,7 +45,7 @@ from django.contrib.admin.views.main import ORDER_VAR, SEARCH_VAR
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import path, re_path, reverse
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
@@ -58,7 +67,13 @@ def object_id(alias: str, key: str) -> str:
 
 
 def detail_url(alias: str, key: str) -> str:
+    """The lock's page: every holder of ``key`` on ``alias``."""
     return reverse("admin:django_locks_lock_detail", args=[quote(object_id(alias, key))])
+
+
+def holder_url(alias: str, key: str, token: str) -> str:
+    """One holder's page: the holder ``token`` of ``key`` on ``alias``."""
+    return reverse("admin:django_locks_lock_holder", args=[quote(object_id(alias, key)), token])
 
 
 @dataclass
@@ -68,6 +83,8 @@ class LockRow:
     alias: str
     info: LockInfo
     expired: bool = False
+    #: How many live holders its key has on its alias (None: not counted, or expired).
+    holders: int | None = None
 
     @property
     def key(self) -> str:
@@ -94,12 +111,30 @@ class LockRow:
         return self.fencing_display if len(token) <= 7 else f"…{token[-6:-3]}\u2009{token[-3:]}"
 
     @property
+    def mode_display(self) -> str:
+        """"exclusive", "shared", or for a semaphore holder "2 of 3" (holders of its key
+        now, of the limit it was admitted with)."""
+        return self.info.mode_label(self.holders)
+
+    @property
+    def mode_html(self) -> str:
+        """:attr:`mode_display` for the list, "exclusive" with soft hyphens: a narrow table
+        breaks it rather than overflow (as its column headers)."""
+        mode = self.mode_display
+        return "ex\u00adclu\u00adsive" if mode == "exclusive" else mode
+
+    @property
+    def exclusive(self) -> bool:
+        return self.info.mode.exclusive
+
+    @property
     def remaining_display(self) -> str:
         if self.expired:
             return "expired"
-        remaining = self.info.remaining  # as the backend measured it, on its own clock
+        # As the backend measured it, on its own clock: never this server's.
+        remaining = self.info.remaining
         if remaining is None:
-            remaining = self.info.expires_at - datetime.now(timezone.utc)
+            return "unknown"
         seconds = max(remaining, timedelta(0)).total_seconds()
         if seconds < 60:
             return f"{seconds:.1f} s"
@@ -109,7 +144,13 @@ class LockRow:
 
     @property
     def url(self) -> str:
+        """The lock's page (every holder of the key)."""
         return detail_url(self.alias, self.info.key)
+
+    @property
+    def holder_url(self) -> str:
+        """This holder's page."""
+        return holder_url(self.alias, self.info.key, self.info.token)
 
     def __str__(self) -> str:
         return f"{self.alias}: {self.info.key}"
@@ -186,11 +227,13 @@ def _report(alias: str) -> AliasReport:
         )
         return report
     try:
-        report.rows = [LockRow(alias, info) for info in backend.held_locks()]
+        held = backend.held_locks()
         expired = backend.expired_locks()
     except LockError as e:
         report.error = str(e)
         return report
+    counts = Counter(info.key for info in held)  # live holders per key
+    report.rows = [LockRow(alias, info, holders=counts[info.key]) for info in held]
     report.rows += [LockRow(alias, info, expired=True) for info in expired]
     report.can_purge = backend.keeps_expired_state
     return report
@@ -270,7 +313,8 @@ class LockChangeList:
         rows, _duplicates = model_admin.get_search_results(request, rows, self.query)
         rows.sort(key=lambda row: (row.info.expires_at, row.alias, row.key), reverse=self.descending)
         self.result_list = LockRows(rows, errors=self.all_rows.errors)
-        self.result_count = len(self.result_list)
+        self.result_count = len(self.result_list)  # holders (one row each)
+        self.lock_count = len({(row.alias, row.key) for row in self.result_list})
         self.full_result_count = len(self.all_rows)
         self.order_query_string = self.get_query_string({ORDER_VAR: None if self.descending else DESCENDING})
 
@@ -317,9 +361,14 @@ class LockAdmin(admin.ModelAdmin):
         name = f"{self.opts.app_label}_{self.opts.model_name}"
         return [
             path("force-release/", wrap(self.force_release_view), name=f"{name}_force_release"),
+            path("force-release-key/", wrap(self.force_release_key_view),
+                 name=f"{name}_force_release_key"),
             path("purge/", wrap(self.purge_view), name=f"{name}_purge"),
             # One path segment, before the admin's own object URLs (.../change/ and the rest).
             path("<str:object_id>/", wrap(self.detail_view), name=f"{name}_detail"),
+            # One holder: the lock's segment and an owner token (never "change", "history"...).
+            re_path(r"^(?P<object_id>[^/]+)/(?P<token>[0-9a-f]{32})/$", wrap(self.holder_view),
+                    name=f"{name}_holder"),
             *super().get_urls(),
         ]
 
@@ -414,12 +463,36 @@ class LockAdmin(admin.ModelAdmin):
         return alias, key
 
     def detail_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The lock's page: every holder of the key, each with its force release, and the
+        force release of the whole key."""
         if not self.has_view_permission(request):
             raise PermissionDenied
         alias, key = self._split_object_id(object_id)
+        return self._detail(request, alias, key, None)
+
+    def holder_view(self, request: HttpRequest, object_id: str, token: str) -> HttpResponse:
+        """One holder's page (the lock's page narrowed to ``token``)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if unquote(object_id) in list(locks):
+            # A link of the first version, "<alias>/<key>/", whose key looks like a token.
+            return HttpResponseRedirect(detail_url(unquote(object_id), token))
+        alias, key = self._split_object_id(object_id)
+        return self._detail(request, alias, key, token)
+
+    def _detail(self, request: HttpRequest, alias: str, key: str, token: str | None) -> HttpResponse:
         report = _report(alias)
-        row = next((row for row in report.rows if row.key == key), None)
-        context = self._context(request, f"Lock {key}", row=row, report=report, key=key)
+        rows = [row for row in report.rows if row.key == key]
+        held = [row for row in rows if not row.expired]
+        if token is not None:
+            rows = [row for row in rows if row.info.token == token]
+        title = f"Lock {key}" if token is None else f"Lock {key}, holder {token[:8]}…"
+        context = self._context(
+            request, title, rows=rows, row=rows[0] if rows else None, report=report, key=key,
+            token=token, held_count=len(held), lock_url=detail_url(alias, key),
+            # The whole key: offered where a release of one holder may not free it.
+            offer_key_release=token is None and (len(held) > 1 or any(not r.exclusive for r in held)),
+        )
         request.current_app = self.admin_site.name
         return TemplateResponse(request, self.detail_template, context)
 
@@ -483,27 +556,41 @@ class LockAdmin(admin.ModelAdmin):
     def _force_release_one(self, request: HttpRequest, row: LockRow) -> None:
         user = request.user.get_username()
         try:
-            # Only the holder that was shown: release by its owner token.
+            # Only the holder that was shown: release by its owner token (never another
+            # holder of a shared key or semaphore).
             locks[row.alias].release_lock(f"admin:{user}", row.key, owner=row.info.token)
         except LockNotHeldError:
-            self.message_user(
-                request,
-                f"Nothing released on {row.alias}: lock {row.key!r} expired or changed hands since "
-                "the page was shown (its holder is no longer the one you confirmed).",
-                messages.WARNING,
-            )
+            if row.exclusive:
+                gone = (f"Nothing released on {row.alias}: lock {row.key!r} expired or changed hands "
+                        "since the page was shown (its holder is no longer the one you confirmed).")
+            else:
+                gone = (f"Nothing released on {row.alias}: holder {row.short_token} of {row.key!r} was "
+                        "released or expired since the page was shown; the key's other holders were "
+                        "left alone.")
+            self.message_user(request, gone, messages.WARNING)
             return
         except LockError as e:
             self.message_user(request, f"Could not release {row.key!r} on {row.alias}: {e}",
                               messages.ERROR)
             return
         logger.warning(
-            "lock %r force-released from the admin by %s (alias=%s, holder token=%s)",
-            row.key, user, row.alias, row.info.token,
+            "lock %r force-released from the admin by %s (alias=%s, holder token=%s, mode=%s)",
+            row.key, user, row.alias, row.info.token, row.info.mode.label(),
         )
+        if row.exclusive:
+            self.log_change(request, LogObject(object_id(row.alias, row.key), str(row)),
+                            f"Force-released the lock held by token {row.info.token}.")
+            self.message_user(request, f"Released {row.key!r} on {row.alias}.", messages.SUCCESS)
+            return
         self.log_change(request, LogObject(object_id(row.alias, row.key), str(row)),
-                        f"Force-released the lock held by token {row.info.token}.")
-        self.message_user(request, f"Released {row.key!r} on {row.alias}.", messages.SUCCESS)
+                        f"Force-released the {row.info.mode.label()} holder with token "
+                        f"{row.info.token}; the lock's other holders were left alone.")
+        self.message_user(
+            request,
+            f"Released holder {row.short_token} ({row.mode_display}) of {row.key!r} on {row.alias}; "
+            "its other holders are untouched.",
+            messages.SUCCESS,
+        )
 
     def force_release_view(self, request: HttpRequest) -> HttpResponse:
         """The force_release action at a URL of its own: the detail page's button posts here."""
@@ -514,6 +601,53 @@ class LockAdmin(admin.ModelAdmin):
             return HttpResponseRedirect(changelist)
         rows = _all_rows(self._reports()).filter(request.POST.getlist(helpers.ACTION_CHECKBOX_NAME))
         return self.force_release(request, rows) or HttpResponseRedirect(changelist)
+
+    def force_release_key_view(self, request: HttpRequest) -> HttpResponse:
+        """Release every holder of one key (``force_release``), after the confirmation page.
+
+        Unlike the release of a holder, this releases whoever holds the key when it is
+        confirmed, holders that came after the page was shown included: the page says so.
+        """
+        if not (self.has_view_permission(request) and self.has_force_release_permission(request)):
+            raise PermissionDenied
+        changelist = reverse("admin:django_locks_lock_changelist")
+        if request.method != "POST":
+            return HttpResponseRedirect(changelist)
+        alias, key = request.POST.get("alias", ""), request.POST.get("key", "")
+        if alias not in list(locks):
+            raise Http404(f"no lock alias {alias!r}")
+        report = _report(alias)
+        rows = [row for row in report.rows if row.key == key and not row.expired]
+        if request.POST.get("post") != "yes":
+            return self.render_confirmation(
+                request,
+                crumb="Force release every holder",
+                question=f"Force-release every holder of {key} on {alias}? Whoever holds it when "
+                         "you confirm is released, holders that arrived after this page was "
+                         f"shown included. Held now by {len(rows)} "
+                         f"holder{'s' if len(rows) != 1 else ''}:",
+                rows=rows,
+                hidden=[("alias", alias), ("key", key)],
+            )
+        backend = locks[alias]
+        user = request.user.get_username()
+        try:
+            before = [info.token for info in backend.get_holders(key)]
+            released = backend.force_release(key)
+        except (TypeError, ValueError, LockError) as e:
+            self.message_user(request, f"Could not release {key!r} on {alias}: {e}", messages.ERROR)
+            return HttpResponseRedirect(changelist)
+        if not released:
+            self.message_user(request, f"Nothing released on {alias}: lock {key!r} is not held.",
+                              messages.WARNING)
+            return HttpResponseRedirect(changelist)
+        logger.warning("lock %r force-released (every holder) from the admin by %s (alias=%s, holders=%s)",
+                       key, user, alias, before)
+        self.log_change(request, LogObject(object_id(alias, key), f"{alias}: {key}"),
+                        f"Force-released every holder of the lock (held just before by "
+                        f"{', '.join(before) or 'none seen'}).")
+        self.message_user(request, f"Released every holder of {key!r} on {alias}.", messages.SUCCESS)
+        return HttpResponseRedirect(changelist)
 
     # ----------------------------------------------------------------------- purge
 

@@ -22,10 +22,10 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from django_locks.backends.base import BaseLock
 from django_locks.exceptions import LockError, LockTimeoutError
-from django_locks.guard import KeySpec, LockGuard, build_key, safe_key, warn_if_short_ttl
+from django_locks.guard import KeySpec, LockGuard, build_key, free_in_ms, safe_key, warn_if_short_ttl
 from django_locks.handler import DEFAULT_LOCK_ALIAS
 from django_locks.lease import Lease
-from django_locks.values import Milliseconds, validate_correlation_id
+from django_locks.values import Milliseconds, Mode, validate_correlation_id
 
 logger = logging.getLogger("django_locks")
 
@@ -45,6 +45,8 @@ def locked(
     timeout: Milliseconds = 0,
     backend: str = DEFAULT_LOCK_ALIAS,
     auto_renew: bool = False,
+    shared: bool = False,
+    limit: int = 1,
 ) -> LockGuard:
     """Run the function (or coroutine function) while holding a lock.
 
@@ -55,8 +57,14 @@ def locked(
     ``ttl`` and ``timeout`` are milliseconds or ``datetime.timedelta``; an int ttl under
     1000 raises a :class:`~django_locks.exceptions.ShortTTLWarning` when the function is
     decorated.
+
+    ``shared=True``: a shared (read) lock, held together with other shared holders and
+    never with an exclusive one. ``limit=N``: at most N calls at once (a counting
+    semaphore). ``shared=True`` with ``limit > 1`` is a ``ValueError``; bad values of
+    either fail here, when the function is decorated, naming the argument.
     """
-    return LockGuard(key, ttl=ttl, timeout=timeout, backend=backend, auto_renew=auto_renew)
+    return LockGuard(key, ttl=ttl, timeout=timeout, backend=backend, auto_renew=auto_renew,
+                     shared=shared, limit=limit)
 
 
 # ----------------------------------------------------------------------------- views
@@ -73,16 +81,18 @@ def _request_correlation_id(request: HttpRequest) -> str:
     return uuid.uuid4().hex
 
 
-def _retry_after(backend: BaseLock, key: str) -> int:
-    """Whole seconds (at least 1) until the current holder's lock expires, as the backend
-    measures it (this server's clock may be skewed against the backend's)."""
+def _retry_after(backend: BaseLock, key: str, mode: Mode) -> int:
+    """Whole seconds (at least 1) until an acquisition in ``mode`` could be admitted by
+    the expiry of the holders blocking it, as the backend measures their remaining life
+    (this server's clock may be skewed against the backend's): for a full semaphore the
+    holder that expires first, for an exclusive lock the last of its holders, for a
+    shared lock its exclusive holder. See :func:`~django_locks.guard.free_in_ms`."""
     try:
-        info = backend.get_lock(key)
+        holders = backend.get_holders(key)
     except LockError:
         return 1
-    if info is None or info.remaining_ms is None:
-        return 1
-    return max(1, math.ceil(info.remaining_ms / 1000))
+    ms = free_in_ms(mode, holders)
+    return 1 if ms is None else max(1, math.ceil(ms / 1000))
 
 
 def _release_quietly(lease: Lease) -> None:
@@ -129,7 +139,7 @@ class _ViewLock:
             return self.on_locked(request, *args, **kwargs)
         response = HttpResponse("Locked: this resource is busy, retry later.\n", status=self.status,
                                 content_type="text/plain; charset=utf-8")
-        response["Retry-After"] = str(_retry_after(self.guard.lock_backend(), key))
+        response["Retry-After"] = str(_retry_after(self.guard.lock_backend(), key, self.guard.mode))
         return response
 
 
@@ -142,6 +152,8 @@ def lock_view(
     status: int = 423,
     on_locked: Callable[..., Any] | None = None,
     auto_renew: bool = False,
+    shared: bool = False,
+    limit: int = 1,
 ) -> Callable[[F], F]:
     """Run the view while holding a lock; answer ``status`` (423) when it is busy.
 
@@ -153,8 +165,16 @@ def lock_view(
     ``Retry-After`` (whole seconds, at least 1, from the holder's remaining life), unless
     ``on_locked(request, *args, **kwargs)`` supplies the response. Works on sync and
     async function views, and on class-based views through ``method_decorator``.
+
+    ``limit=N``: at most N requests run the view at once (a counting semaphore); the
+    next gets ``status`` with ``Retry-After`` from the holder that expires first.
+    ``shared=True``: a shared (read) lock, run together with other shared requests and
+    never with an exclusive holder of the key (a ``lock_view``/``locked`` without
+    ``shared``, or a ``lock()``). ``shared=True`` with ``limit > 1`` is a ``ValueError``;
+    bad values fail when ``lock_view`` is called, naming the argument.
     """
-    guard = LockGuard(key, ttl=ttl, timeout=timeout, backend=backend, auto_renew=auto_renew)
+    guard = LockGuard(key, ttl=ttl, timeout=timeout, backend=backend, auto_renew=auto_renew,
+                      shared=shared, limit=limit)
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
         raise ValueError(f"status must be an HTTP status code (100-599), not {status!r}")
     if on_locked is not None and not callable(on_locked):

@@ -33,9 +33,12 @@ from django_locks.lease import Lease
 from django_locks.values import (
     CONTROL_CHARACTERS,
     MAX_KEY_LENGTH,
+    LockInfo,
     Milliseconds,
+    Mode,
     validate_correlation_id,
     validate_key,
+    validate_mode,
     validate_timeout,
     validate_ttl,
 )
@@ -141,6 +144,28 @@ def build_key(key: KeySpec, what: str, args: tuple, kwargs: dict[str, Any]) -> s
         ) from None
 
 
+def free_in_ms(mode: Mode, holders: list[LockInfo]) -> int | None:
+    """How long (ms) until an acquisition in ``mode`` could be admitted among ``holders``
+    by their expiry alone, from each holder's ``remaining_ms`` as the backend measured it
+    (never this server's clock). ``None`` when it is admitted already (a holder left
+    meanwhile), or when a holder it waits for has no measured ``remaining_ms``.
+
+    The rule of :class:`~django_locks.values.Mode`: a non-shared acquisition with limit N
+    waits until ``len(holders) - N + 1`` holders have gone (a full semaphore: the holder
+    that expires first; an exclusive one: the last holder); a shared one until every
+    non-shared holder has gone (a waiting writer's mark is not a holder: not counted).
+    """
+    if mode.shared:
+        blocking = [info.remaining_ms for info in holders if not info.shared]
+        if not blocking:
+            return None
+        return None if None in blocking else max(blocking)  # type: ignore[type-var]
+    if len(holders) < mode.limit:
+        return None
+    ordered = sorted(holders, key=lambda info: (info.remaining_ms is None, info.remaining_ms or 0))
+    return ordered[len(holders) - mode.limit].remaining_ms
+
+
 class LockGuard:
     """Hold ``key`` for ``ttl`` ms around a block or each call of a function.
 
@@ -152,8 +177,11 @@ class LockGuard:
 
     ``timeout`` ms to wait (0: one attempt; :class:`~django_locks.exceptions.LockTimeoutError`
     when it runs out), ``backend`` the LOCKS alias, ``auto_renew`` keeps the lease alive
-    while the block runs, ``correlation_id`` is stored with the lock. Leaving releases the
-    lease; a lease lost meanwhile is reported as :class:`~django_locks.lease.Lease` does.
+    while the block runs, ``correlation_id`` is stored with the lock. ``shared=True`` takes
+    a shared (read) lock, ``limit=N`` a place in a counting semaphore of N (see
+    :class:`~django_locks.values.Mode`); both are checked when the guard is made. Leaving
+    releases the lease; a lease lost meanwhile is reported as
+    :class:`~django_locks.lease.Lease` does.
     """
 
     def __init__(
@@ -165,6 +193,8 @@ class LockGuard:
         backend: str = DEFAULT_LOCK_ALIAS,
         auto_renew: bool = False,
         correlation_id: str | None = None,
+        shared: bool = False,
+        limit: int = 1,
     ) -> None:
         if not (isinstance(key, str) or callable(key)):
             raise TypeError(f"key must be a format string or a callable, not {type(key).__name__}")
@@ -182,6 +212,8 @@ class LockGuard:
         self.backend = backend
         self.auto_renew = auto_renew
         self.correlation_id = validate_correlation_id(correlation_id)
+        #: How the key is shared: exclusive, shared, or a semaphore of ``limit``.
+        self.mode = validate_mode(shared, limit)
         # The leases of the blocks entered and not yet left, per thread and async task.
         self._entered: ContextVar[tuple[Lease, ...]] = ContextVar(f"django_locks_guard_{id(self)}",
                                                                   default=())
@@ -195,13 +227,15 @@ class LockGuard:
     def acquire(self, key: str, correlation_id: str | None = None) -> Lease:
         """Take ``key`` (waiting up to ``timeout``), renewing it if ``auto_renew``."""
         lease = self.lock_backend().lock(key, self.ttl, self.timeout,
-                                         correlation_id or self.correlation_id)
+                                         correlation_id or self.correlation_id,
+                                         shared=self.mode.shared, limit=self.mode.limit)
         return self._started(lease)
 
     async def aacquire(self, key: str, correlation_id: str | None = None) -> Lease:
         """:meth:`acquire` for async code (the wait holds no thread)."""
         lease = await self.lock_backend().alock(key, self.ttl, self.timeout,
-                                                correlation_id or self.correlation_id)
+                                                correlation_id or self.correlation_id,
+                                                shared=self.mode.shared, limit=self.mode.limit)
         return self._started(lease)
 
     def _started(self, lease: Lease) -> Lease:
@@ -277,4 +311,5 @@ class LockGuard:
         return functools.wraps(function)(sync_wrapper)  # type: ignore[return-value]
 
     def __repr__(self) -> str:
-        return f"<LockGuard {self.backend}:{self.key!r} ttl={self.ttl} timeout={self.timeout}>"
+        mode = "" if self.mode.exclusive else f" {self.mode.label()}"
+        return f"<LockGuard {self.backend}:{self.key!r}{mode} ttl={self.ttl} timeout={self.timeout}>"

@@ -19,7 +19,7 @@ from django.test import Client
 from django.utils.timezone import localtime
 
 from django_locks import locks
-from django_locks.admin import detail_url
+from django_locks.admin import detail_url, holder_url
 from django_locks.models import Lock
 from tests.helpers import wait_until
 
@@ -461,3 +461,216 @@ def test_bad_force_release_selections_change_nothing(admin_client_, url, selecte
             or "Could not release" in page), page[-2000:]
     assert {alias: locks[alias].held_locks() for alias in ("default", "redis", "memory")} == before
     assert locks["default"].get_lock("job").token == lease.token
+
+
+# ----------------------------------------------------------------------------- shared and limit
+
+KEY_PAGE_FORCE = "/admin/django_locks/lock/force-release-key/"
+
+
+@pytest.fixture(params=["memory", "default", "redis", "django_redis", "postgres", "mysql"])
+def mode_alias(request) -> str:
+    """An alias whose backend takes shared locks and semaphores (MemoryLock always; the
+    others once their backend has them: skipped, saying so, until then)."""
+    if request.param not in list(locks):
+        pytest.skip(f"LOCKS[{request.param!r}] is not configured in this run")
+    probe = None
+    try:
+        probe = locks[request.param].lock("mode-probe", 1000, limit=2)
+    except NotImplementedError as e:
+        pytest.skip(f"LOCKS[{request.param!r}]: {e}")
+    finally:
+        if probe is not None:
+            probe.release()
+    return request.param
+
+
+def row_cells(response) -> dict[str, tuple[str, str, str]]:
+    """token -> (alias, key, mode) of every row of the list."""
+    page = response.content.decode()
+    found = {}
+    for row in re.findall(r'<tr [^>]*data-key=.*?</tr>', page, re.S):
+        key, alias = re.search(r'data-key="([^"]*)" data-alias="([^"]*)"', row).groups()
+        mode = re.search(r'<span class="mode">(.*?)</span>', row).group(1)
+        token = re.search(r'<code title="([0-9a-f]{32})">', row).group(1)
+        found[token] = (html.unescape(alias), html.unescape(key), html.unescape(mode).replace("\xad", ""))
+    return found
+
+
+def holder_forms(response) -> list[dict]:
+    page = Page(response, response.wsgi_request.get_full_path())
+    return [form for form in page.forms if urlsplit(form["action"]).path == FORCE]
+
+
+def test_one_row_per_holder_with_its_mode(admin_client_, mode_alias):
+    backend = locks[mode_alias]
+    renders = [backend.lock("pdf", 60_000, limit=3, correlation_id=f"render-{i}") for i in range(2)]
+    readers = [backend.lock("catalog", 60_000, shared=True) for _ in range(3)]
+    writer = backend.lock("nightly", 60_000)
+    cells = row_cells(admin_client_.get(LIST, {"alias": mode_alias}))
+    assert cells == {
+        **{lease.token: (mode_alias, "pdf", "2 of 3") for lease in renders},
+        **{lease.token: (mode_alias, "catalog", "shared") for lease in readers},
+        writer.token: (mode_alias, "nightly", "exclusive"),
+    }
+    assert "6 holders of 3 locks" in admin_client_.get(LIST, {"alias": mode_alias}).content.decode()
+    renders[0].release()
+    assert row_cells(admin_client_.get(LIST, {"q": "pdf"}))[renders[1].token][2] == "1 of 3"
+    assert "1 lock ·" in admin_client_.get(LIST, {"q": "pdf"}).content.decode()
+
+
+def test_force_release_of_one_holder_leaves_the_other_holders(admin_client_, mode_alias):
+    backend = locks[mode_alias]
+    holders = [backend.lock("imports", 60_000, limit=3) for _ in range(3)]
+    target = holders[1]
+    selected = json.dumps([mode_alias, "imports", target.token])
+    confirm = force_release(admin_client_, LIST, [selected])
+    assert confirm.status_code == 200 and "Force-release these locks?" in confirm.content.decode()
+    listed = re.findall(r"holder token <code>([0-9a-f]{32})</code>, ([^,]+),", confirm.content.decode())
+    assert listed == [(target.token, "3 of 3")]  # exactly the holder selected, with its mode
+    assert len(backend.get_holders("imports")) == 3  # not before confirming
+    done = submit(admin_client_, confirmation_form(confirm))
+    assert f"Released holder {target.token[:8]}… (3 of 3) of &#x27;imports&#x27; on {mode_alias}" in (
+        done.content.decode())
+    assert {info.token for info in backend.get_holders("imports")} == {holders[0].token, holders[2].token}
+    entry = LogEntry.objects.get()
+    assert entry.object_id == f"{mode_alias}:imports" and target.token in entry.change_message
+    assert "other holders were left alone" in entry.change_message
+    assert holders[0].token not in entry.change_message and holders[2].token not in entry.change_message
+
+
+def test_force_release_of_a_reader_leaves_the_other_readers(admin_client_, mode_alias):
+    backend = locks[mode_alias]
+    readers = [backend.lock("catalog", 60_000, shared=True) for _ in range(2)]
+    done = force_release(admin_client_, LIST, [json.dumps([mode_alias, "catalog", readers[0].token])],
+                         post="yes")
+    assert done.status_code == 302
+    assert [info.token for info in backend.get_holders("catalog")] == [readers[1].token]
+    # A holder released meanwhile: nothing else of the key is touched.
+    again = admin_client_.post(LIST, {"action": "force_release", "index": "0", "post": "yes",
+                                      SELECTED: [json.dumps([mode_alias, "catalog", readers[0].token])]},
+                               follow=True)
+    assert "Nothing released" in again.content.decode()
+    assert [info.token for info in backend.get_holders("catalog")] == [readers[1].token]
+
+
+def test_the_lock_page_lists_every_holder_and_each_holder_has_its_own_page(admin_client_, mode_alias):
+    backend = locks[mode_alias]
+    holders = [backend.lock("a/b:c?", 60_000, limit=2, correlation_id=f"cid-{i}") for i in range(2)]
+    listing = admin_client_.get(LIST, {"alias": mode_alias})
+    lock_page = admin_client_.get(Page(listing, LIST).row_links[("a/b:c?", mode_alias)])
+    page = lock_page.content.decode()
+    assert all(lease.token in page for lease in holders) and "cid-0" in page and "cid-1" in page
+    assert page.count("Force release this holder…") == 2 and "Force release every holder…" in page
+    selections = [field["value"] for form in holder_forms(lock_page) for field in form["inputs"]
+                  if field.get("name") == SELECTED]
+    assert sorted(selections) == sorted(json.dumps([mode_alias, "a/b:c?", lease.token]) for lease in holders)
+    for lease, other in (holders, holders[::-1]):
+        # The holder's link, from its row and from the lock's page.
+        url = holder_url(mode_alias, "a/b:c?", lease.token)
+        assert html.escape(url) in page and html.escape(url) in listing.content.decode()
+        assert url == f"{detail_url(mode_alias, 'a/b:c?')}{lease.token}/"  # the lock's, then the token
+        one = admin_client_.get(url)
+        assert one.status_code == 200
+        assert lease.token in one.content.decode() and other.token not in one.content.decode()
+        assert "2 of 2" in one.content.decode() and "every holder (2)" in one.content.decode()
+        assert "Force release every holder…" not in one.content.decode()
+        assert len(holder_forms(one)) == 1
+    # The holder page's own button releases that holder only.
+    confirm = submit(admin_client_, holder_forms(admin_client_.get(holder_url(mode_alias, "a/b:c?",
+                                                                              holders[0].token)))[0])
+    done = submit(admin_client_, confirmation_form(confirm))
+    assert done.wsgi_request.path == LIST
+    assert [info.token for info in backend.get_holders("a/b:c?")] == [holders[1].token]
+    gone = admin_client_.get(holder_url(mode_alias, "a/b:c?", holders[0].token))
+    assert gone.status_code == 200
+    assert f"Holder {holders[0].token} of lock a/b:c? is not held" in html.unescape(gone.content.decode())
+    assert "every holder" not in gone.content.decode() and "holders now (1)" in gone.content.decode()
+
+
+def test_force_release_of_the_whole_key(admin_client_, mode_alias):
+    backend = locks[mode_alias]
+    readers = [backend.lock("catalog", 60_000, shared=True) for _ in range(3)]
+    bystander = backend.lock("other", 60_000, shared=True)
+    lock_page = admin_client_.get(detail_url(mode_alias, "catalog"))
+    form = next(form for form in Page(lock_page, detail_url(mode_alias, "catalog")).forms
+                if any(f.get("value") == "Force release every holder…" for f in form["inputs"]))
+    assert urlsplit(form["action"]).path == KEY_PAGE_FORCE
+    confirm = submit(admin_client_, form)
+    text = html.unescape(confirm.content.decode())
+    assert "Force-release every holder of catalog on" in text and "Held now by 3 holders" in text
+    assert "arrived after this page was shown" in text
+    assert all(lease.token in text for lease in readers)
+    assert re.search(r"&rsaquo; Force release every holder\s*</div>", confirm.content.decode())
+    assert len(backend.get_holders("catalog")) == 3  # not before confirming
+    late = backend.lock("catalog", 60_000, shared=True)  # arrives after the page was shown
+    done = submit(admin_client_, confirmation_form(confirm))
+    assert f"Released every holder of &#x27;catalog&#x27; on {mode_alias}." in done.content.decode()
+    assert backend.get_holders("catalog") == []
+    assert [info.token for info in backend.get_holders("other")] == [bystander.token]
+    entry = LogEntry.objects.get()
+    assert entry.object_id == f"{mode_alias}:catalog" and "every holder" in entry.change_message
+    assert all(lease.token in entry.change_message for lease in [*readers, late])
+    nothing = admin_client_.post(KEY_PAGE_FORCE, {"alias": mode_alias, "key": "catalog", "post": "yes"},
+                                 follow=True)
+    assert "Nothing released" in nothing.content.decode()
+
+
+def test_a_single_exclusive_holder_is_not_offered_the_whole_key_release(admin_client_):
+    locks["memory"].lock("job", 60_000)
+    page = admin_client_.get(detail_url("memory", "job")).content.decode()
+    assert "Force release…" in page and "every holder" not in page and "this holder" not in page
+
+
+def test_whole_key_release_needs_the_permission():
+    reader = locks["memory"].lock("catalog", 60_000, shared=True)
+    data = {"alias": "memory", "key": "catalog", "post": "yes"}
+    assert Client().post(KEY_PAGE_FORCE, data).status_code == 302  # to the login page
+    viewer = user("viewer", "view_lock")
+    assert "every holder" not in viewer.get(detail_url("memory", "catalog")).content.decode()
+    assert viewer.post(KEY_PAGE_FORCE, data).status_code == 403
+    operator = user("operator", "view_lock", "force_release")
+    assert operator.get(KEY_PAGE_FORCE).status_code == 302  # a GET does nothing
+    assert operator.post(KEY_PAGE_FORCE, {**data, "alias": "nope"}).status_code == 404
+    assert locks["memory"].get_holders("catalog")[0].token == reader.token
+    assert operator.post(KEY_PAGE_FORCE, data).status_code == 302
+    assert locks["memory"].get_holders("catalog") == []
+
+
+def test_holder_urls_are_unambiguous(admin_client_):
+    hexkey = "0123456789abcdef" * 2  # a key that looks like an owner token
+    lease = locks["memory"].lock(hexkey, 60_000)
+    assert admin_client_.get(detail_url("memory", hexkey)).status_code == 200
+    holder = admin_client_.get(holder_url("memory", hexkey, lease.token))
+    assert holder.status_code == 200 and lease.token in holder.content.decode()
+    # A link of the first version, "<alias>/<key>/", whose key looks like a token.
+    legacy = admin_client_.get(f"{LIST}memory/{hexkey}/", follow=True)
+    assert legacy.wsgi_request.path == detail_url("memory", hexkey)
+    # The admin's own object URLs are not holder pages.
+    assert admin_client_.get(f"{LIST}memory_3Ajob/history/").status_code != 500
+
+
+def test_remaining_time_is_the_backend_measured_one(admin_client_, monkeypatch):
+    """Not this server's clock: a holder whose expires_at (by a skewed backend clock) is
+    long past shows the remaining time the backend measured."""
+    from django_locks.backends.memory import MemoryLock
+    from django_locks.values import LockInfo
+
+    skewed = LockInfo("k", "a" * 32, 1, None, 0, 1_000_000, remaining_ms=7_200, limit=3)
+    monkeypatch.setattr(MemoryLock, "_held", lambda self: [skewed])
+    page = admin_client_.get(LIST, {"alias": "memory"}).content.decode()
+    row = re.search(r'<tr [^>]*data-key="k".*?</tr>', page, re.S).group(0)
+    assert ">7.2 s<" in row and "1 of 3" in row
+
+
+def test_a_holder_gone_while_confirming_is_reported_and_the_others_untouched(admin_client_, monkeypatch):
+    from django_locks.backends.memory import MemoryLock
+
+    readers = [locks["memory"].lock("catalog", 60_000, shared=True) for _ in range(2)]
+    monkeypatch.setattr(MemoryLock, "_release", lambda self, key, token: False)  # gone meanwhile
+    done = admin_client_.post(LIST, {"action": "force_release", "index": "0", "post": "yes",
+                                     SELECTED: [json.dumps(["memory", "catalog", readers[0].token])]},
+                              follow=True)
+    page = html.unescape(done.content.decode())
+    assert f"holder {readers[0].token[:8]}… of 'catalog' was released or expired" in page
+    assert len(locks["memory"].get_holders("catalog")) == 2 and not LogEntry.objects.exists()

@@ -212,3 +212,50 @@ def test_the_list_fits_the_window_without_horizontal_scroll(live_server_url, ope
     assert not dark.is_visible("#result_list thead"), "one block per lock, its fields labelled"
     assert_fits(dark, "390x844")
     dark.screenshot(path=str(ARTIFACTS / "admin-locks-narrow-dark.png"), full_page=True)
+
+
+def test_force_release_one_holder_of_a_semaphore_then_the_whole_key(live_server_url, operator, browser):
+    """Three holders of a semaphore taken by other processes: one row each with its mode;
+    the lock's page releases exactly the holder clicked, then the whole key."""
+    probe = None
+    try:
+        probe = locks["redis"].lock("limit-probe", 1000, limit=3)
+    except NotImplementedError as e:
+        pytest.skip(f"LOCKS['redis']: {e}")
+    finally:
+        if probe is not None:
+            probe.release()
+    taken = [manage("locks", "try", "--backend", "redis", "--limit", "3", "sem-report", "--ttl", "600000")
+             for _ in range(3)]
+    assert [t.returncode for t in taken] == [0, 0, 0], [t.stderr for t in taken]
+    tokens = [t.stdout.strip() for t in taken]
+
+    page = log_in(browser, live_server_url, operator, viewport={"width": 1280, "height": 800})
+    rows = page.locator(row_selector("sem-report"))
+    rows.first.wait_for()
+    assert rows.count() == 3
+    assert all("3 of 3" in rows.nth(i).inner_text().replace("\u00ad", "") for i in range(3))
+    assert_fits(page, "1280x800, a semaphore's holders")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "admin-locks-semaphore.png"), full_page=True)
+    rows.first.locator("a").first.click()  # the key: the lock's page, every holder
+    page.wait_for_selector("fieldset.lock-holder")
+    assert page.locator("fieldset.lock-holder").count() == 3
+
+    target, others = tokens[1], [tokens[0], tokens[2]]
+    page.click(f'fieldset[data-token="{target}"] + form input[type=submit]')
+    page.wait_for_selector("text=Force-release these locks?")
+    listed = page.inner_text("#deleted-objects")
+    assert target in listed and not any(token in listed for token in others)
+    page.click("input[type=submit][value^='Yes']")
+    page.wait_for_selector(".messagelist .success")
+    assert f"Released holder {target[:8]}" in page.inner_text(".messagelist")
+    assert sorted(info.token for info in locks["redis"].get_holders("sem-report")) == sorted(others)
+
+    page.locator(row_selector("sem-report")).first.locator("a").first.click()
+    page.click("input[type=submit][value='Force release every holder…']")
+    page.wait_for_selector("text=Held now by 2 holders")
+    page.click("input[type=submit][value^='Yes']")
+    page.wait_for_selector(".messagelist .success")
+    assert "Released every holder of 'sem-report' on redis." in page.inner_text(".messagelist")
+    assert locks["redis"].get_holders("sem-report") == []

@@ -7,6 +7,7 @@ test_command_process.py.)
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass
 from io import StringIO
@@ -79,7 +80,9 @@ def test_acquire_waits_and_json_output():
                        "--correlation-id", "cid-j")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) == {"key", "token", "fencing_token", "expires_at", "correlation_id", "alias"}
+    assert set(data) == {"key", "token", "fencing_token", "expires_at", "correlation_id", "alias",
+                         "shared", "limit"}
+    assert (data["shared"], data["limit"]) == (False, 1)
     assert data["key"] == "job" and data["fencing_token"] > holder.fencing_token
     assert (data["alias"], data["correlation_id"]) == ("default", "cid-j")
     assert locks["default"].get_lock("job").token == data["token"]
@@ -143,6 +146,17 @@ def test_force_release_list_and_purge():
         ["try", "k\x01", "--ttl", "1000"],  # (NUL cannot be in argv at all)
         ["try", "k", "--ttl", "1.5"],
         ["try", "k", "--ttl", str(10**15)],
+        ["try", "k", "--ttl", "1000", "--limit", "0"],
+        ["try", "k", "--ttl", "1000", "--limit", "-1"],
+        ["try", "k", "--ttl", "1000", "--limit", "10001"],
+        ["try", "k", "--ttl", "1000", "--limit", "x"],
+        ["try", "k", "--ttl", "1000", "--limit", "2.5"],
+        ["try", "k", "--ttl", "1000", "--limit"],
+        ["acquire", "k", "--ttl", "1000", "--shared", "--limit", "2"],
+        ["try", "k", "--ttl", "1000", "--shared", "yes"],
+        ["release", "held", "--owner", "f" * 32, "--limit", "2"],  # release has no mode
+        ["run", "k", "--ttl", "1000", "--limit", "0", "--", "touch", "{marker}"],
+        ["run", "k", "--ttl", "1000", "--limit", "2", "--shared", "--", "touch", "{marker}"],
         ["nosuch"],
         [],
     ],
@@ -282,3 +296,156 @@ def test_run_warns_when_the_lock_was_lost(monkeypatch):
     result = locks_cmd("run", "job", "--ttl", "60000", "--", "sh", "-c", '"$@" && exit 4', "sh", *steal)
     assert result.returncode == 4, result
     assert "lock 'job' was lost" in result.stderr
+
+
+# ----------------------------------------------------------------------------- shared and limit
+
+
+def test_limit_n_holders_each_with_its_own_token_and_release_owner_acts_on_one():
+    first = locks_cmd("try", "pdf", "--ttl", "60000", "--limit", "2", "--backend", "memory")
+    second = locks_cmd("acquire", "pdf", "--ttl", "30000", "--limit", "2", "--json",
+                       "--backend", "memory", "--correlation-id", "render-2")
+    assert (first.returncode, second.returncode) == (0, 0), (first, second)
+    data = json.loads(second.stdout)
+    assert (data["shared"], data["limit"]) == (False, 2)
+    tokens = {first.stdout.strip(), data["token"]}
+    assert len(tokens) == 2  # each holder's own token
+    assert {info.token for info in locks["memory"].get_holders("pdf")} == tokens
+
+    full = locks_cmd("try", "pdf", "--ttl", "60000", "--limit", "2", "--backend", "memory")
+    assert full.returncode == 1 and full.stdout == "" and "busy" in full.stderr
+    assert "held by 2 holders (2 of 2)" in full.stderr
+    # By the backend's measure, the holder that expires first frees a place (in about 30 s).
+    assert re.search(r"could be had in (2\d|30)\.\d{3} s", full.stderr), full.stderr
+
+    shown = locks_cmd("show", "pdf", "--backend", "memory")
+    blocks = [dict(line.split(None, 1) if not line.startswith(("correlation", "fencing")) else
+                   line.rsplit(None, 1) for line in block.splitlines())
+              for block in shown.stdout.strip().split("\n\n")]
+    assert [block["mode"] for block in blocks] == ["2 of 2", "2 of 2"]
+    assert [block["token"] for block in blocks] == [data["token"], first.stdout.strip()]  # soonest first
+    assert blocks[0]["correlation id"] == "render-2"
+
+    # extend and release --owner: exactly that holder, never the other.
+    other = locks["memory"].get_holders("pdf")[1]
+    assert locks_cmd("extend", "pdf", "--owner", data["token"], "--ttl", "90000",
+                     "--backend", "memory").returncode == 0
+    holders = {info.token: info for info in locks["memory"].get_holders("pdf")}
+    assert holders[other.token].expires_at == other.expires_at
+    assert holders[data["token"]].remaining_ms > 80_000
+    released = locks_cmd("release", "pdf", "--owner", data["token"], "--backend", "memory")
+    assert released.returncode == 0, released
+    assert [info.token for info in locks["memory"].get_holders("pdf")] == [first.stdout.strip()]
+    assert "1 of 2" in locks_cmd("show", "pdf", "--backend", "memory").stdout
+    assert locks_cmd("try", "pdf", "--ttl", "60000", "--limit", "2", "--backend", "memory").returncode == 0
+    forced = locks_cmd("release", "pdf", "--force", "--backend", "memory")
+    assert forced.returncode == 0 and "every holder" in forced.stdout
+    assert locks["memory"].get_holders("pdf") == []
+
+
+def test_shared_holders_and_a_writer_in_show_and_list():
+    readers = [locks_cmd("try", "catalog", "--ttl", "60000", "--shared", "--backend", "memory")
+               for _ in range(3)]
+    assert [r.returncode for r in readers] == [0, 0, 0]
+    writer = locks_cmd("acquire", "catalog", "--ttl", "60000", "--timeout", "100", "--backend", "memory")
+    assert writer.returncode == 1 and "held by 3 holders (shared)" in writer.stderr
+    locks["memory"].lock("solo", 60_000)
+    locks["memory"].lock("sem", 60_000, limit=3)
+    listed = json.loads(locks_cmd("list", "--json", "--backend", "memory").stdout)
+    modes = {(row["key"], row["token"]): row["mode"] for row in listed}
+    assert sorted(modes.values()) == ["1 of 3", "exclusive", "shared", "shared", "shared"]
+    assert {row["token"] for row in listed if row["key"] == "catalog"} == {r.stdout.strip() for r in readers}
+    table = locks_cmd("list", "--backend", "memory").stdout.splitlines()
+    assert table[0].split()[:3] == ["ALIAS", "KEY", "MODE"]
+    assert sorted(line.split()[2] for line in table[1:]) == ["1", "exclusive", "shared", "shared", "shared"]
+    assert any(line.split()[2:5] == ["1", "of", "3"] for line in table[1:])
+    shown = json.loads(locks_cmd("show", "catalog", "--json", "--backend", "memory").stdout)
+    assert [h["mode"] for h in shown["holders"]] == ["shared"] * 3
+    assert shown["token"] in {h["token"] for h in shown["holders"]} and shown["mode"] == "shared"
+
+
+def test_a_reader_refused_because_a_writer_waits_is_told_so():
+    import threading
+
+    from tests.helpers import wait_until
+
+    reader = locks["memory"].lock("catalog", 60_000, shared=True)
+    backend_of_the_writer: list = []
+
+    def writer():
+        backend = locks["memory"]  # this thread's instance
+        backend_of_the_writer.append(backend)
+        with backend.lock("catalog", 60_000, timeout=20_000):
+            pass
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    wait_until(lambda: backend_of_the_writer and "catalog" in backend_of_the_writer[0]._store.marks)
+    refused = locks_cmd("try", "catalog", "--ttl", "60000", "--shared", "--backend", "memory")
+    assert refused.returncode == 1
+    assert "held by 1 holder (shared); an exclusive acquirer is waiting for it" in refused.stderr, refused
+    reader.release()
+    thread.join(20)
+    assert not thread.is_alive() and locks["memory"].get_holders("catalog") == []
+
+
+def test_a_bad_limit_names_the_option():
+    for value, needle in [("0", "--limit must be between 1 and 10000, got 0"),
+                          ("x", "argument --limit: invalid int value: 'x'")]:
+        result = locks_cmd("try", "k", "--ttl", "1000", "--limit", value, "--backend", "memory")
+        assert result.returncode == 2 and needle in result.stderr, result
+    both = locks_cmd("try", "k", "--ttl", "1000", "--limit", "2", "--shared", "--backend", "memory")
+    assert both.returncode == 2 and "--limit" in both.stderr and "--shared" in both.stderr
+
+
+def test_run_with_a_limit_shares_the_key_with_other_holders(tmp_path):
+    marker = tmp_path / "ran"
+    locks["memory"].lock("imports", 60_000, limit=2)
+    ok = locks_cmd("run", "imports", "--ttl", "60000", "--limit", "2", "--backend", "memory", "--",
+                   "touch", str(marker))
+    assert ok.returncode == 0 and marker.exists(), ok
+    locks["memory"].lock("imports", 60_000, limit=2)
+    marker.unlink()
+    full = locks_cmd("run", "imports", "--ttl", "60000", "--limit", "2", "--backend", "memory", "--",
+                     "touch", str(marker))
+    assert full.returncode == 75 and "busy" in full.stderr and "2 of 2" in full.stderr
+    assert not marker.exists()
+    shared = locks_cmd("run", "readers", "--ttl", "60000", "--shared", "--backend", "memory", "--",
+                       "touch", str(marker))
+    assert shared.returncode == 0 and marker.exists()
+    assert len(locks["memory"].get_holders("imports")) == 2 and locks["memory"].get_holders("readers") == []
+
+
+def test_a_backend_without_shared_locks_exits_2(monkeypatch):
+    from django_locks.backends.memory import MemoryLock
+
+    def refuse(self, key, token, ttl, correlation_id, mode, waiter):
+        raise NotImplementedError("shared locks: not on this backend")
+
+    monkeypatch.setattr(MemoryLock, "_try_acquire", refuse)
+    result = locks_cmd("try", "k", "--ttl", "1000", "--shared", "--backend", "memory")
+    assert result.returncode == 2 and "cannot take a shared lock" in result.stderr, result
+
+
+def test_shared_on_a_backend_that_refuses_shared_locks_exits_2_before_trying(monkeypatch):
+    from django_locks.backends.memory import MemoryLock
+
+    monkeypatch.setattr(MemoryLock, "supports_shared", False)
+    result = locks_cmd("try", "k", "--ttl", "1000", "--shared", "--backend", "memory")
+    assert result.returncode == 2 and "cannot take shared locks (--shared)" in result.stderr, result
+    assert locks["memory"].get_holders("k") == []
+
+
+def test_show_and_list_use_the_backend_measured_remaining_life(monkeypatch):
+    """Not this machine's clock: a holder whose expires_at (by a skewed backend clock) has
+    passed still shows the remaining time the backend measured."""
+    from django_locks.backends.memory import MemoryLock
+    from django_locks.values import LockInfo
+
+    skewed = LockInfo("k", "a" * 32, 1, None, 0, 1_000_000, remaining_ms=7_200, limit=3)
+    monkeypatch.setattr(MemoryLock, "_holders", lambda self, key: [skewed])
+    monkeypatch.setattr(MemoryLock, "_held", lambda self: [skewed])
+    shown = locks_cmd("show", "k", "--backend", "memory")
+    assert "remaining       7.200 s" in shown.stdout and "1 of 3" in shown.stdout
+    assert json.loads(locks_cmd("show", "k", "--json", "--backend", "memory").stdout)["remaining_ms"] == 7200
+    assert "7.200 s" in locks_cmd("list", "--backend", "memory").stdout

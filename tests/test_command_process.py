@@ -233,3 +233,83 @@ def test_a_key_that_is_not_utf8_exits_2_and_touches_nothing():
     assert result.returncode == 2, result.stderr
     assert b"key must be encodable as UTF-8" in result.stderr
     assert locks["default"].held_locks() == before
+
+
+# A COMMAND that writes its pid to argv[1] once it runs, then waits (deadline 60 s) until
+# the file argv[2] exists: the test decides when each run ends.
+HOLD_UNTIL_OPENED = (
+    "import os, sys, time\n"
+    "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+    "deadline = time.monotonic() + 60\n"
+    "while not os.path.exists(sys.argv[2]):\n"
+    "    if time.monotonic() > deadline: sys.exit(3)\n"
+    "    time.sleep(0.01)\n"
+)
+
+
+# `manage.py locks ARGV...` in a process whose "waiting up to ... for lock" debug record
+# (the first failed attempt of a waiter) creates the file argv[1].
+ANNOUNCE_WAITING = (
+    "import logging, sys\n"
+    "from django.core.management import execute_from_command_line\n"
+    "class Announce(logging.Handler):\n"
+    "    def emit(self, record):\n"
+    "        if record.getMessage().startswith('waiting up to'):\n"
+    "            open(sys.argv[1], 'w').close()\n"
+    "logging.getLogger().addHandler(Announce())  # django_locks records propagate to the root\n"
+    "execute_from_command_line(['manage.py', 'locks', *sys.argv[2:]])\n"
+)
+
+
+@pytest.mark.parametrize("alias", ["default", "postgres", "redis"])
+def test_run_with_limit_2_lets_two_runs_overlap_and_a_third_waits_or_refuses(tmp_path, alias, spawned):
+    """Three `locks run --limit 2` processes: two are inside COMMAND at once, the third is
+    refused (--timeout 0, exit 75) or waits (--timeout) until one of the two ends."""
+    if alias not in list(locks):
+        pytest.skip(f"LOCKS[{alias!r}] is not configured in this run")
+    probe = None
+    try:
+        probe = locks[alias].lock("limit-probe", 1000, limit=2)
+    except NotImplementedError as e:
+        pytest.skip(f"LOCKS[{alias!r}]: {e}")
+    finally:
+        if probe is not None:
+            probe.release()
+
+    def start(name: str, *options: str, announce_waiting: bool = False) -> subprocess.Popen:
+        argv = ["run", "imports", "--ttl", "60000", "--limit", "2", "--backend", alias, *options,
+                "--", sys.executable, "-c", HOLD_UNTIL_OPENED, str(tmp_path / f"{name}.in"),
+                str(tmp_path / f"{name}.open")]
+        launcher = [*COMMAND, *argv]
+        if announce_waiting:  # `locks run` with a log handler that marks the start of its wait
+            launcher = [sys.executable, "-c", ANNOUNCE_WAITING, str(tmp_path / f"{name}.waiting"), *argv]
+        process = subprocess.Popen(launcher, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        spawned.append(process.pid)
+        return process
+
+    def inside(name: str) -> bool:
+        return (tmp_path / f"{name}.in").exists()
+
+    first, second = start("first"), start("second")
+    wait_until(lambda: inside("first") and inside("second"), timeout=30)  # both at once
+    holders = locks[alias].get_holders("imports")
+    assert len(holders) == 2 and {h.limit for h in holders} == {2}
+
+    refused = start("refused")  # --timeout 0: one attempt
+    assert refused.wait(30) == 75, refused.stderr.read()
+    assert "busy" in refused.stderr.read() and not inside("refused")
+
+    waiting = start("waiting", "--timeout", "30000", announce_waiting=True)
+    wait_until(lambda: (tmp_path / "waiting.waiting").exists(), timeout=30)  # refused, now waiting
+    assert waiting.poll() is None and not inside("waiting")
+    assert len(locks[alias].get_holders("imports")) == 2
+    (tmp_path / "first.open").touch()
+    assert first.wait(30) == 0
+    wait_until(lambda: inside("waiting"), timeout=30)  # it took the place the first gave back
+    assert inside("second") and second.poll() is None  # the second is still inside
+    assert len(locks[alias].get_holders("imports")) == 2
+    for name in ("second", "waiting"):
+        (tmp_path / f"{name}.open").touch()
+    assert second.wait(30) == 0 and waiting.wait(30) == 0
+    wait_until(lambda: locks[alias].get_holders("imports") == [], timeout=5)

@@ -354,3 +354,213 @@ def test_a_streaming_response_dropped_without_close_stops_renewing(caplog):
     gc.collect()
     wait_until(lambda: any("dropped without release" in r.getMessage() for r in caplog.records))
     wait_until(lambda: locks["default"].get_lock("stream:dropped") is None, timeout=5)
+
+
+# ----------------------------------------------------------------------------- shared and limit
+
+
+@pytest.fixture(params=["memory", "default", "redis"])
+def mode_alias(request) -> str:
+    """An alias whose backend takes shared locks and semaphores (MemoryLock always; the
+    others once their backend has them: skipped, saying so, until then)."""
+    probe = None
+    try:
+        probe = locks[request.param].lock("mode-probe", 1000, limit=2)
+    except NotImplementedError as e:
+        pytest.skip(f"LOCKS[{request.param!r}]: {e}")
+    finally:
+        if probe is not None:
+            probe.release()
+    return request.param
+
+
+def _held(alias: str, key: str, ttl: int, **mode) -> object:
+    return locks[alias].lock(key, ttl, **mode)
+
+
+def test_lock_view_with_a_limit_admits_n_requests_at_once(mode_alias):
+    from django.http import HttpResponse
+
+    inside: list[int] = []
+    most = [0]
+    mutex = threading.Lock()
+    gate_names = [f"sem:{i}" for i in range(3)]
+
+    @lock_view("pdf", ttl=30_000, backend=mode_alias, limit=2)
+    def render(request, n):
+        with mutex:
+            inside.append(n)
+            most[0] = max(most[0], len(inside))
+        try:
+            views.gate(gate_names[n]).pass_through()
+        finally:
+            with mutex:
+                inside.remove(n)
+        return HttpResponse(f"pdf {n}")
+
+    factory = RequestFactory()
+    results: dict = {}
+
+    def call(n: int) -> threading.Thread:
+        thread = threading.Thread(target=lambda: results.__setitem__(n, render(factory.get("/"), n)))
+        thread.start()
+        return thread
+
+    first, second = call(0), call(1)
+    assert views.gate("sem:0").entered.wait(10) and views.gate("sem:1").entered.wait(10)
+    holders = locks[mode_alias].get_holders("pdf")
+    assert len(holders) == 2 and all((h.limit, h.shared) == (2, False) for h in holders)
+    busy = render(factory.get("/"), 2)  # the third: the semaphore is full
+    assert busy.status_code == 423 and 1 <= int(busy["Retry-After"]) <= 30
+    views.gate("sem:0").opened.set()
+    first.join(10)
+    third = call(2)  # a place is free again
+    assert views.gate("sem:2").entered.wait(10)
+    views.gate("sem:1").opened.set()
+    views.gate("sem:2").opened.set()
+    second.join(10)
+    third.join(10)
+    assert [results[n].status_code for n in range(3)] == [200, 200, 200]
+    assert most[0] == 2
+    assert locks[mode_alias].get_holders("pdf") == []
+
+
+def test_retry_after_comes_from_the_holder_that_frees_a_place(mode_alias):
+    from django.http import HttpResponse
+
+    def view(request):
+        return HttpResponse("ok")
+
+    factory = RequestFactory()
+    soon = _held(mode_alias, "sem", 5_000, limit=2)
+    _held(mode_alias, "sem", 50_000, limit=2)
+    full = lock_view("sem", ttl=10_000, backend=mode_alias, limit=2)(view)(factory.get("/"))
+    assert full.status_code == 423 and full["Retry-After"] == "5"  # the first to expire
+    soon.release()
+    admitted = lock_view("sem", ttl=10_000, backend=mode_alias, limit=2)(view)(factory.get("/"))
+    assert admitted.status_code == 200
+
+    # Two readers: a writer waits for both, so for the one that expires last.
+    _held(mode_alias, "rw", 5_000, shared=True)
+    _held(mode_alias, "rw", 40_000, shared=True)
+    writer = lock_view("rw", ttl=10_000, backend=mode_alias)(view)(factory.get("/"))
+    assert writer.status_code == 423 and writer["Retry-After"] == "40"
+    reader = lock_view("rw", ttl=10_000, backend=mode_alias, shared=True)(view)(factory.get("/"))
+    assert reader.status_code == 200  # readers share
+
+    # A writer holds: a reader waits for it.
+    _held(mode_alias, "w", 20_000)
+    refused = lock_view("w", ttl=10_000, backend=mode_alias, shared=True)(view)(factory.get("/"))
+    assert refused.status_code == 423 and refused["Retry-After"] == "20"
+
+
+def test_retry_after_uses_the_backend_measured_remaining_life(monkeypatch):
+    """Not this server's clock: holders whose expires_at (by a skewed backend clock) is long
+    past still count by the remaining_ms the backend measured."""
+    from django.http import HttpResponse
+
+    from django_locks.backends.memory import MemoryLock
+    from django_locks.values import LockInfo
+
+    def holders(self, key):
+        return [LockInfo(key, "a" * 32, 1, None, 0, 1_000_000, remaining_ms=7_200, limit=2),
+                LockInfo(key, "b" * 32, 2, None, 0, 2_000_000, remaining_ms=90_000, limit=2)]
+
+    locks["memory"].lock("skewed", 60_000, limit=2)
+    locks["memory"].lock("skewed", 60_000, limit=2)  # full
+    monkeypatch.setattr(MemoryLock, "get_holders", holders)
+
+    @lock_view("skewed", ttl=10_000, backend="memory", limit=2)
+    def view(request):
+        return HttpResponse("never")
+
+    response = view(RequestFactory().get("/"))
+    assert response.status_code == 423 and response["Retry-After"] == "8"
+
+
+def test_shared_readers_run_together_and_a_writer_waits_for_them(mode_alias):
+    calls = []
+
+    @locked("catalog", ttl=30_000, backend=mode_alias, shared=True)
+    def read():
+        holders = locks[mode_alias].get_holders("catalog")
+        calls.append([(h.shared, h.limit) for h in holders])
+        return len(holders)
+
+    @locked("catalog", ttl=30_000, backend=mode_alias, timeout=0)
+    def rebuild():
+        return "rebuilt"
+
+    other_reader = locks[mode_alias].lock("catalog", 30_000, shared=True)
+    assert read() == 2 and calls == [[(True, 1), (True, 1)]]
+    with pytest.raises(LockTimeoutError):
+        rebuild()
+    other_reader.release()
+    assert rebuild() == "rebuilt"
+    assert locks[mode_alias].get_holders("catalog") == []
+
+
+def test_locked_coroutine_with_a_limit(mode_alias):
+    @locked("partner-api", ttl=30_000, backend=mode_alias, limit=3)
+    async def call_partner():
+        holders = locks[mode_alias].get_holders("partner-api")
+        return [(h.limit, h.mode.label()) for h in holders]
+
+    locks[mode_alias].lock("partner-api", 30_000, limit=3)
+    assert asyncio.run(call_partner()) == [(3, "semaphore of 3")] * 2
+    locks[mode_alias].lock("partner-api", 30_000, limit=3)
+    locks[mode_alias].lock("partner-api", 30_000, limit=3)
+    with pytest.raises(LockTimeoutError):
+        asyncio.run(call_partner())
+
+
+def test_a_guard_carries_its_mode_to_lock_and_alock():
+    from django_locks.guard import LockGuard
+
+    guard = LockGuard("g", ttl=10_000, backend="memory", limit=4)
+    with guard as lease:
+        assert (lease.shared, lease.limit) == (False, 4)
+
+    async def shared_block():
+        async with LockGuard("g", ttl=10_000, backend="memory", shared=True) as lease:
+            return lease.shared, lease.limit
+
+    assert asyncio.run(shared_block()) == (True, 1)
+    assert "semaphore of 4" in repr(guard)
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "message"),
+    [
+        ({"limit": 0}, ValueError, "limit"),
+        ({"limit": 10_001}, ValueError, "limit"),
+        ({"limit": True}, TypeError, "limit"),
+        ({"limit": "3"}, TypeError, "limit"),
+        ({"limit": 2.0}, TypeError, "limit"),
+        ({"shared": 1}, TypeError, "shared"),
+        ({"shared": "yes"}, TypeError, "shared"),
+        ({"shared": True, "limit": 2}, ValueError, "limit"),
+    ],
+)
+def test_bad_shared_or_limit_fail_at_decoration_naming_the_argument(mode, error, message):
+    proof.record_bad_inputs("decorators")
+    with pytest.raises(error, match=message):
+        lock_view("k", ttl=1000, **mode)
+    with pytest.raises(error, match=message):
+        locked("k", ttl=1000, **mode)
+
+
+def test_async_view_with_a_limit(mode_alias):
+    from django.http import HttpResponse
+
+    @lock_view("async-sem", ttl=10_000, backend=mode_alias, limit=2)
+    async def view(request):
+        return HttpResponse(str(len(locks[mode_alias].get_holders("async-sem"))))
+
+    first = locks[mode_alias].lock("async-sem", 9_000, limit=2)
+    assert asyncio.run(view(RequestFactory().get("/"))).content == b"2"  # a second place
+    locks[mode_alias].lock("async-sem", 30_000, limit=2)
+    busy = asyncio.run(view(RequestFactory().get("/")))
+    assert busy.status_code == 423 and busy["Retry-After"] == "9"  # the first holder's expiry
+    first.release()
+    assert asyncio.run(view(RequestFactory().get("/"))).status_code == 200

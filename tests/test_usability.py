@@ -68,7 +68,10 @@ def test_show_prints_the_holder_or_exits_1_when_free(backend_alias):
 
     data = json.loads(locks_cmd("show", "nightly", "--json", "--backend", backend_alias).stdout)
     assert set(data) == {"alias", "key", "token", "correlation_id", "acquired_at", "expires_at",
-                         "remaining_ms", "fencing_token"}
+                         "remaining_ms", "fencing_token", "shared", "limit", "mode", "holders"}
+    assert (data["shared"], data["limit"], data["mode"]) == (False, 1, "exclusive")
+    assert [holder["token"] for holder in data["holders"]] == [lease.token]
+    assert fields["mode"] == "exclusive"
     assert (data["token"], data["fencing_token"], data["alias"]) == (lease.token, lease.fencing_token,
                                                                       backend_alias)
     assert 590_000 < data["remaining_ms"] <= 600_000

@@ -15,6 +15,13 @@ alias (MemoryLock, CacheLock on LocMemCache; ``backend.process_local``) with exi
 lock would live in the command's own process, unseen by any other, and die with it.
 Through ``call_command`` in a process that lives on (a test, a shell session) they work.
 A ``--ttl`` under 1000 warns (``ShortTTLWarning``): it is milliseconds.
+
+``acquire``, ``try`` and ``run`` take ``--shared`` (a shared, read lock) or ``--limit N``
+(a place in a counting semaphore of N); the token printed is that holder's own, for
+``release``/``extend --owner``, which act on exactly that holder. ``show`` and ``list``
+print every holder with its mode: exclusive, shared, or "2 of 3" (holders of the key now,
+of the limit the holder was admitted with). Remaining times are the backend's own
+measurement (``LockInfo.remaining_ms``), never this machine's clock.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from collections import Counter
 from datetime import datetime, timezone
 from functools import partial
 from typing import Any
@@ -49,7 +57,8 @@ from django_locks.exceptions import (
     LockNotHeldError,
     LockTimeoutError,
 )
-from django_locks.guard import LockGuard, warn_if_short_ttl
+from django_locks.guard import LockGuard, free_in_ms, warn_if_short_ttl
+from django_locks.values import EXCLUSIVE, MAX_LIMIT, Mode, validate_mode
 
 EXIT_BUSY = 1
 EXIT_USAGE = 2
@@ -129,10 +138,42 @@ def _cannot_enumerate(backend: BaseLock) -> str:
             f"Show one known key with: locks show KEY --backend {backend.alias}")
 
 
-def _remaining_ms(info: LockInfo) -> int:
-    """What is left of the lock's life by this machine's clock (the backend's may differ)."""
-    now_us = datetime.now(timezone.utc).timestamp() * 1_000_000
-    return max(0, int(info.expires_at_us - now_us) // 1000)
+def _mode_of(options: dict) -> Mode:
+    """The mode of ``--shared`` / ``--limit N`` (argparse keeps them mutually exclusive)."""
+    limit = options.get("limit")
+    if limit is not None and not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"--limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    return validate_mode(bool(options.get("shared")), 1 if limit is None else limit)
+
+
+def _remaining(info: LockInfo) -> str:
+    """The holder's remaining life as the backend measured it (on its own clock)."""
+    return "unknown" if info.remaining_ms is None else f"{info.remaining_ms / 1000:.3f} s"
+
+
+def _holders_phrase(holders: list[LockInfo]) -> str:
+    """``held by 2 holders (2 of 2)``: how many hold the key now, and in which modes."""
+    labels = ", ".join(dict.fromkeys(info.mode_label(len(holders)) for info in holders))
+    return f"held by {len(holders)} holder{'s' if len(holders) != 1 else ''} ({labels})"
+
+
+def _busy_detail(mode: Mode, holders: list[LockInfo]) -> str:
+    """Why an acquisition in ``mode`` was refused, and when expiry alone would admit it."""
+    detail = f"; {_holders_phrase(holders)}" if holders else ""
+    if mode.shared and all(info.shared for info in holders):
+        # Refused with no exclusive holder: a writer waits, and new readers queue behind it.
+        return f"{detail}; an exclusive acquirer is waiting for it, and new shared ones wait behind it"
+    ms = free_in_ms(mode, holders)
+    if ms is not None:
+        detail += f"; by expiry alone it could be had in {ms / 1000:.3f} s"
+    return detail
+
+
+def _current(holders: list[LockInfo]) -> LockInfo:
+    """What ``get_lock`` answers among ``holders``: the exclusive one, or the one that
+    expires last."""
+    exclusive = [info for info in holders if info.mode.exclusive]
+    return max(exclusive or holders, key=lambda info: (info.expires_at_us, info.token))
 
 
 class Command(BaseCommand):
@@ -182,6 +223,7 @@ class Command(BaseCommand):
             if name == "acquire":
                 take.add_argument("--timeout", type=int, default=0, metavar="MS")
             take.add_argument("--json", action="store_true", help="print one JSON object")
+            self._mode_arguments(take)
 
         extend = subcommand("extend", "Reset the life of KEY, held by --owner TOKEN, to --ttl MS from now; "
                                       "prints the new expiry.")
@@ -211,14 +253,25 @@ class Command(BaseCommand):
         run = subcommand(
             "run", "Run COMMAND (everything after --) while holding KEY, renewed, like flock(1).",
             takes_command=True,
-            usage="%(prog)s KEY --ttl MS [--timeout MS] [--conflict-exit-code N] [options] "
-                  "-- COMMAND [ARG ...]",
+            usage="%(prog)s KEY --ttl MS [--timeout MS] [--shared | --limit N] "
+                  "[--conflict-exit-code N] [options] -- COMMAND [ARG ...]",
         )
         run.add_argument("key", metavar="KEY")
         run.add_argument("--ttl", type=int, required=True, metavar="MS")
         run.add_argument("--timeout", type=int, default=0, metavar="MS")
         run.add_argument("--conflict-exit-code", type=int, default=EX_TEMPFAIL, metavar="N",
                          help="exit status when the lock cannot be had (default 75)")
+        self._mode_arguments(run)
+
+    @staticmethod
+    def _mode_arguments(sub: CommandParser) -> None:
+        mode = sub.add_mutually_exclusive_group()
+        mode.add_argument("--shared", action="store_true",
+                          help="a shared (read) lock: held with other shared holders, never with "
+                               "an exclusive one")
+        mode.add_argument("--limit", type=int, default=None, metavar="N",
+                          help=f"a counting semaphore: admitted while fewer than N (1-{MAX_LIMIT}) "
+                               "hold KEY")
 
     # ----------------------------------------------------------------------- dispatch
 
@@ -237,6 +290,7 @@ class Command(BaseCommand):
                 validate_timeout(options["timeout"], "--timeout")
             if options.get("owner") is not None:
                 validate_owner(options["owner"])
+            mode = _mode_of(options) if "limit" in options else EXCLUSIVE
             if subcommand == "run":
                 if not options.get("command"):
                     raise ValueError("run needs a COMMAND after --")
@@ -253,25 +307,33 @@ class Command(BaseCommand):
         if (subcommand in TAKES_A_LOCK and backend is not None and backend.process_local
                 and self._called_from_command_line):
             raise CommandError(_process_local_refusal(backend), returncode=EXIT_USAGE)
+        if mode.shared and backend is not None and not backend.supports_shared:
+            raise CommandError(f"{_describe(backend)} cannot take shared locks (--shared): use an alias "
+                               "whose backend can (DatabaseLock, CacheLock on Redis, MemoryLock)",
+                               returncode=EXIT_USAGE)
         handler = self.handle_acquire if subcommand == "try" else getattr(self, f"handle_{subcommand}")
+        options["mode"] = mode
         try:
             handler(backend, correlation_id, options)
         except LockBackendError as e:
             raise CommandError(f"backend error: {e}", returncode=EXIT_BACKEND) from None
+        except NotImplementedError as e:  # a backend without shared locks or semaphores
+            raise CommandError(f"{_describe(backend)} cannot take a {mode.label()} lock: {e}",
+                               returncode=EXIT_USAGE) from None
 
     # ----------------------------------------------------------------------- subcommands
 
     def handle_acquire(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
         """``acquire``, and ``try`` (which has no --timeout: one attempt)."""
-        key, timeout = options["key"], options.get("timeout", 0)
+        key, timeout, mode = options["key"], options.get("timeout", 0), options["mode"]
         try:
-            lease = backend.lock(key, options["ttl"], timeout, correlation_id)
+            lease = backend.lock(key, options["ttl"], timeout, correlation_id,
+                                 shared=mode.shared, limit=mode.limit)
         except LockTimeoutError:
-            holder = backend.get_lock(key)
-            until = f", held until {_iso(holder.expires_at)}" if holder else ""
+            detail = _busy_detail(mode, backend.get_holders(key))
             wait = f" within {timeout} ms" if timeout else ""
             raise CommandError(
-                f"lock {key!r} is busy: not acquired{wait}{until}", returncode=EXIT_BUSY
+                f"lock {key!r} is busy: not acquired{wait}{detail}", returncode=EXIT_BUSY
             ) from None
         if options["json"]:
             self.stdout.write(json.dumps({
@@ -281,6 +343,8 @@ class Command(BaseCommand):
                 "expires_at": _iso(lease.expires_at),
                 "correlation_id": lease.correlation_id,
                 "alias": lease.alias,
+                "shared": lease.shared,
+                "limit": lease.limit,
             }))
         else:
             self.stdout.write(lease.token)
@@ -290,7 +354,7 @@ class Command(BaseCommand):
         if options["force"]:
             if not backend.force_release(key):
                 raise CommandError(f"lock {key!r} is not held", returncode=EXIT_BUSY)
-            self.stdout.write(f"force-released {key!r}")
+            self.stdout.write(f"force-released {key!r} (every holder)")
             return
         try:
             backend.release_lock(correlation_id, key, owner=options["owner"])
@@ -319,31 +383,38 @@ class Command(BaseCommand):
 
     def handle_show(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
         key = options["key"]
-        info = backend.get_lock(key)
-        if info is None:
+        holders = backend.get_holders(key)  # soonest expiry first
+        if not holders:
             why = ""
             if backend.process_local and self._called_from_command_line:
                 why = (f" ({_describe(backend)} is process-local: this command's process holds none "
                        "of its locks)")
             raise CommandError(f"lock {key!r} is free on LOCKS[{backend.alias!r}]{why}",
                                returncode=EXIT_BUSY)
-        remaining = _remaining_ms(info)
+        count = len(holders)
         if options["json"]:
-            data = {"alias": backend.alias, **_info_json(info), "remaining_ms": remaining}
+            # The object is the holder get_lock() answers (as before shared locks), and
+            # "holders" lists every holder.
+            data = {"alias": backend.alias, **_info_json(_current(holders), count),
+                    "holders": [_info_json(info, count) for info in holders]}
             self.stdout.write(json.dumps(data))
             return
-        rows = [
-            ("key", info.key),
-            ("alias", backend.alias),
-            ("token", info.token),
-            ("correlation id", info.correlation_id or "-"),
-            ("acquired", _iso(info.acquired_at)),
-            ("expires", _iso(info.expires_at)),
-            ("remaining", f"{remaining / 1000:.3f} s"),
-            ("fencing token", str(info.fencing_token)),
-        ]
-        for name, value in rows:
-            self.stdout.write(f"{name:<16}{value}")
+        for number, info in enumerate(holders):
+            if number:
+                self.stdout.write("")
+            rows = [
+                ("key", info.key),
+                ("alias", backend.alias),
+                ("mode", info.mode_label(count)),
+                ("token", info.token),
+                ("correlation id", info.correlation_id or "-"),
+                ("acquired", _iso(info.acquired_at)),
+                ("expires", _iso(info.expires_at)),
+                ("remaining", _remaining(info)),
+                ("fencing token", str(info.fencing_token)),
+            ]
+            for name, value in rows:
+                self.stdout.write(f"{name:<16}{value}")
 
     def handle_list(self, backend: BaseLock | None, correlation_id: str | None, options: dict) -> None:
         """Every alias that can enumerate (``--backend``: that alias only). An alias that
@@ -368,14 +439,17 @@ class Command(BaseCommand):
                     raise
                 self.stderr.write(f"{_describe(each)}: backend error: {e}")
                 failed.append(each.alias)
+        counts = Counter((alias, info.key) for alias, info in held)  # holders per key
         if options["json"]:
-            self.stdout.write(json.dumps([{"alias": alias, **_info_json(info)} for alias, info in held],
-                                         indent=2))
+            self.stdout.write(json.dumps([{"alias": alias, **_info_json(info, counts[alias, info.key])}
+                                          for alias, info in held], indent=2))
         else:
-            rows = [("ALIAS", "KEY", "TOKEN", "CORRELATION ID", "ACQUIRED", "EXPIRES", "FENCING TOKEN")]
+            rows = [("ALIAS", "KEY", "MODE", "TOKEN", "CORRELATION ID", "ACQUIRED", "EXPIRES",
+                     "REMAINING", "FENCING TOKEN")]
             rows += [
-                (alias, info.key, info.token, info.correlation_id or "-", _iso(info.acquired_at),
-                 _iso(info.expires_at), str(info.fencing_token))
+                (alias, info.key, info.mode_label(counts[alias, info.key]), info.token,
+                 info.correlation_id or "-", _iso(info.acquired_at), _iso(info.expires_at),
+                 _remaining(info), str(info.fencing_token))
                 for alias, info in held
             ]
             widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -406,14 +480,17 @@ class Command(BaseCommand):
 
     def handle_run(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
         command, key, conflict = list(options["command"]), options["key"], options["conflict_exit_code"]
+        mode: Mode = options["mode"]
         status: int | None = None
         try:
             # The one locking core, renewed while COMMAND runs (like flock(1), with a ttl).
             with LockGuard(key, ttl=options["ttl"], timeout=options["timeout"], backend=backend.alias,
-                           auto_renew=True, correlation_id=correlation_id):
+                           auto_renew=True, correlation_id=correlation_id, shared=mode.shared,
+                           limit=mode.limit):
                 status = self._run_child(command)
         except LockTimeoutError:
-            busy = f"lock {key!r} is busy: not running {shlex.join(command)}"
+            detail = _busy_detail(mode, backend.get_holders(key))
+            busy = f"lock {key!r} is busy: not running {shlex.join(command)}{detail}"
             if conflict == 0:
                 self.stderr.write(busy)
                 return
@@ -475,12 +552,17 @@ def _tie_to_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
-def _info_json(info: LockInfo) -> dict[str, Any]:
+def _info_json(info: LockInfo, holders: int) -> dict[str, Any]:
+    """One holder; ``holders``: how many hold its key now (for the mode's "2 of 3")."""
     return {
         "key": info.key,
         "token": info.token,
         "correlation_id": info.correlation_id,
         "acquired_at": _iso(info.acquired_at),
         "expires_at": _iso(info.expires_at),
+        "remaining_ms": info.remaining_ms,  # the backend's own measurement
         "fencing_token": info.fencing_token,
+        "shared": info.shared,
+        "limit": info.limit,
+        "mode": info.mode_label(holders),
     }
