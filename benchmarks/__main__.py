@@ -149,6 +149,90 @@ def run_uncontended(quick: bool) -> list[dict]:
 # ----------------------------------------------------------------------------- contended
 
 
+def run_workers(configs: list[dict], seconds: float) -> tuple[list[tuple[int, ...]], int]:
+    """One worker process per config, all started together for ``seconds``: the records
+    (acquired, released, pid[, requested]) sorted, and the common end (monotonic ns)."""
+    row = configs[0]["row"]
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "log"
+        workers = [subprocess.Popen([sys.executable, "-m", "benchmarks.contender",
+                                     json.dumps({**config, "log": str(log)})], cwd=ROOT, text=True,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                   for config in configs]
+        # A common start once every worker has set up Django and its row (however
+        # long that takes on a loaded machine), a little ahead for all to see it.
+        for worker in workers:
+            if not any(line.strip() == "ready" for line in worker.stdout):
+                raise SystemExit(f"a worker of {row!r} failed to start ({worker.wait(60)})")
+        start = time.monotonic_ns() + int(0.1e9)
+        end = start + int(seconds * 1e9)
+        for worker in workers:
+            worker.stdin.write(json.dumps({"start_ns": start, "end_ns": end}) + "\n")
+            worker.stdin.close()
+        for worker in workers:
+            worker.wait(300)
+            if worker.returncode:
+                raise SystemExit(f"a worker of {row!r} failed ({worker.returncode})")
+        records = sorted(tuple(map(int, line.split())) for line in log.read_text().splitlines())
+    return records, end
+
+
+def most_at_once(records: list[tuple[int, ...]]) -> int:
+    """The largest number of critical sections in progress at one time."""
+    events = sorted([(r[0], 1) for r in records] + [(r[1], -1) for r in records])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+#: Backends of the shared-lock and semaphore runs (issue 13).
+MODE_RUN_ALIASES = ("django_redis", "postgres", "mysql", "sqlite")
+
+
+def run_modes(quick: bool) -> list[dict]:
+    """8 processes on one key with ``limit=4`` next to the same with an exclusive lock
+    (critical sections of 1 ms: sections per second, most holders at once); then 7 reader
+    processes (shared, 5 ms sections back to back) and one writer (exclusive, 1 ms): the
+    writer's waits, which the writer mark bounds."""
+    seconds = 0.5 if quick else 3.0
+    results = []
+    for alias in MODE_RUN_ALIASES[:1] if quick else MODE_RUN_ALIASES:
+        for mode in ("limit=4", "limit=1"):
+            row = f"{alias} {mode}"
+            config = {"row": row, "mode_row": row, "key": f"bench:modes:{row}", "section_ms": 1}
+            records, end = run_workers([config] * 8, seconds)
+            in_window = [r for r in records if r[0] < end]
+            results.append({"name": row, "kind": "semaphore", "processes": 8,
+                            "sections_per_s": len(in_window) / seconds,
+                            "most_at_once": most_at_once(records)})
+            print(f"  {row}, 8 processes: {results[-1]['sections_per_s']:.0f} sections/s, "
+                  f"at most {results[-1]['most_at_once']} at once", flush=True)
+        key = f"bench:modes:{alias}:rw"
+        readers = {"row": f"{alias} shared", "mode_row": f"{alias} shared", "key": key,
+                   "section_ms": 5}
+        writer = {"row": f"{alias} limit=1", "mode_row": f"{alias} limit=1", "key": key,
+                  "section_ms": 1}
+        records, end = run_workers([readers] * 7 + [writer], seconds)
+        # The writer is the process with the 1 ms sections (the readers' are 5 ms).
+        writer_pid = min({r[2] for r in records}, key=lambda pid: statistics.mean(
+            r[1] - r[0] for r in records if r[2] == pid))
+        waits = [(r[0] - r[3]) / 1e6 for r in records if r[2] == writer_pid]
+        reads = [r for r in records if r[2] != writer_pid]
+        results.append({"name": f"{alias} 7 readers + 1 writer", "kind": "readers+writer",
+                        "processes": 8, "writer_sections": len(waits),
+                        "reader_sections_per_s": len(reads) / seconds,
+                        "writer_wait_p50_ms": percentile(waits, 0.5) if waits else None,
+                        "writer_wait_max_ms": max(waits) if waits else None,
+                        "overlaps_with_writer": sum(
+                            1 for w in records if w[2] == writer_pid
+                            for r in reads if r[0] < w[1] and w[0] < r[1])})
+        print(f"  {alias}, 7 readers + 1 writer: {len(waits)} writes, longest writer wait "
+              f"{results[-1]['writer_wait_max_ms']} ms", flush=True)
+    return results
+
+
 def run_contended(quick: bool) -> list[dict]:
     from benchmarks.impls import CONTENDED, FULL_ONLY
 
@@ -157,29 +241,10 @@ def run_contended(quick: bool) -> list[dict]:
     results = []
     for section_ms in (1,) if quick else (0, 1):  # --quick stays under a minute
         for row in [name for name in CONTENDED if not (quick and name in FULL_ONLY)]:
-            with tempfile.TemporaryDirectory() as tmp:
-                log = Path(tmp) / "log"
-                config = {"row": row, "key": f"bench:contended:{section_ms}:{row}",
-                          "section_ms": section_ms, "log": str(log)}
-                workers = [subprocess.Popen([sys.executable, "-m", "benchmarks.contender",
-                                             json.dumps(config)], cwd=ROOT, text=True,
-                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-                           for _ in range(processes)]
-                # A common start once every worker has set up Django and its row (however
-                # long that takes on a loaded machine), a little ahead for all to see it.
-                for worker in workers:
-                    if not any(line.strip() == "ready" for line in worker.stdout):
-                        raise SystemExit(f"a worker of {row!r} failed to start ({worker.wait(60)})")
-                start = time.monotonic_ns() + int(0.1e9)
-                config["end_ns"] = start + int(seconds * 1e9)
-                for worker in workers:
-                    worker.stdin.write(json.dumps({"start_ns": start, "end_ns": config["end_ns"]}) + "\n")
-                    worker.stdin.close()
-                for worker in workers:
-                    worker.wait(300)
-                    if worker.returncode:
-                        raise SystemExit(f"a worker of {row!r} failed ({worker.returncode})")
-                records = sorted(tuple(map(int, line.split())) for line in log.read_text().splitlines())
+            config = {"row": row, "key": f"bench:contended:{section_ms}:{row}",
+                      "section_ms": section_ms}
+            records, end_ns = run_workers([config] * processes, seconds)
+            config["end_ns"] = end_ns
             # A handoff: a release, then the next acquisition by *another* process (a waiter).
             # A process re-taking the lock it just released is counted apart: it is what
             # polling locks mostly do, while their waiters sleep.
@@ -257,7 +322,7 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def markdown(env: dict, uncontended: list[dict], contended: list[dict]) -> str:
+def markdown(env: dict, uncontended: list[dict], contended: list[dict], modes: list[dict]) -> str:
     lines = ["Servers: " + ", ".join(f"{k} {v}" for k, v in env.items()), "",
              "| uncontended acquire + release | median µs | p99 µs | pairs/s |", "|---|---:|---:|---:|"]
     lines += [f"| {r['name']} | {r['median_us']:.1f} | {r['p99_us']:.1f} | {r['pairs_per_s']:,.0f} |"
@@ -272,6 +337,16 @@ def markdown(env: dict, uncontended: list[dict], contended: list[dict]) -> str:
               f"{_ms(r['handoff_p50_ms'])} | {_ms(r['handoff_p99_ms'])} | {_ms(r['handoff_max_ms'])} | "
               f"{goal(r)} |"
               for r in contended]
+    semaphores = [r for r in modes if r["kind"] == "semaphore"]
+    lines += ["", "| shared locks and semaphores: 8 processes, one key, 1 ms sections | "
+              "sections/s | most holders at once |", "|---|---:|---:|"]
+    lines += [f"| {r['name']} | {r['sections_per_s']:,.0f} | {r['most_at_once']} |" for r in semaphores]
+    lines += ["", "| 7 readers (shared, 5 ms sections) + 1 writer (exclusive, 1 ms) | writes | "
+              "writer wait p50 ms | longest ms | reader sections/s | a reader with the writer |",
+              "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['name']} | {r['writer_sections']} | {_ms(r['writer_wait_p50_ms'])} | "
+              f"{_ms(r['writer_wait_max_ms'])} | {r['reader_sections_per_s']:,.0f} | "
+              f"{r['overlaps_with_writer']} |" for r in modes if r["kind"] == "readers+writer"]
     return "\n".join(lines) + "\n"
 
 
@@ -318,10 +393,12 @@ def main() -> None:
         uncontended = run_uncontended(args.quick)
         print(f"Contended runs (4 processes)... [{time.monotonic() - began:.0f} s]", flush=True)
         contended = run_contended(args.quick)
+        print("Shared locks and semaphores (8 processes)...", flush=True)
+        modes = run_modes(args.quick)
         print(f"Done [{time.monotonic() - began:.0f} s]", flush=True)
     finally:
         servers.stop()
-    table = markdown(env, uncontended, contended)
+    table = markdown(env, uncontended, contended, modes)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(table)
@@ -329,7 +406,7 @@ def main() -> None:
     data = {"environment": env, "quick": args.quick, "uncontended": uncontended,
             "ratios": [{"ratio": label, "value": value, "goal": goal}
                        for label, value, goal in ratios(uncontended)],
-            "contended": contended}
+            "contended": contended, "modes": modes}
     (args.out / "results.json").write_text(json.dumps(data, indent=1))
     if args.json:
         args.json.write_text(json.dumps(data, indent=1))

@@ -31,15 +31,15 @@ def main() -> None:
     django.setup()
     from benchmarks.impls import contended, is_async
 
-    acquire, release = contended(config["row"], config["key"])
-    section_ns = int(config["section_ms"] * 1_000_000)
+    acquire, release = contended(config.get("mode_row", config["row"]), config["key"])
+    section_ns = int(config.get("worker_section_ms", config["section_ms"]) * 1_000_000)
     print("ready", flush=True)
     times = json.loads(sys.stdin.readline())
     start, end = times["start_ns"], times["end_ns"]
     records = []
     while time.monotonic_ns() < start:
         time.sleep(0.0005)
-    if is_async(config["row"]):
+    if "mode_row" not in config and is_async(config["row"]):
 
         async def run() -> None:
             while time.monotonic_ns() < end:
@@ -51,10 +51,11 @@ def main() -> None:
         asyncio.run(run())
     else:
         while time.monotonic_ns() < end:
+            requested = time.monotonic_ns()
             handle = acquire()
             acquired, released = spin(section_ns)
             release(handle)
-            records.append(f"{acquired} {released} {os.getpid()}\n")
+            records.append(f"{acquired} {released} {os.getpid()} {requested}\n")
     with open(config["log"], "a") as log:
         log.write("".join(records))
 

@@ -63,6 +63,16 @@ def _redis_floor_setnx(cache: str = "django_redis") -> Callable[[], None]:
     return pair
 
 
+def _django_locks_mode(alias: str, **mode: object) -> Callable[[], None]:
+    """A lease of a semaphore or shared lock taken and released (one holder: uncontended)."""
+    backend = locks[alias]
+
+    def pair() -> None:
+        backend.lock("bench:mode", TTL_MS, **mode).release()
+
+    return pair
+
+
 def _django_locks(alias: str) -> Callable[[], None]:
     backend = locks[alias]
 
@@ -136,7 +146,9 @@ def _db_raw_sql(alias: str) -> Callable[[], None]:
         if backend.vendor == "sqlite":  # the mode of this alias (the connection is shared)
             connection.sqlite_synchronous("FULL" if backend.durable else "NORMAL")
         token = uuid.uuid4().hex
-        cursor.execute(sql.acquire, ("bench:raw", token, None, TTL_MS * 1000))
+        # As an uncontended try_acquire_lock sends it (fair vendors: since = 0, a call
+        # that does not wait).
+        cursor.execute(sql.acquire, sql.acquire_params("bench:raw", token, None, TTL_MS * 1000, 0))
         if sql.returning:
             assert cursor.fetchall()
         else:
@@ -239,6 +251,16 @@ UNCONTENDED += [
     ("memory", "threading.Lock", _threading_lock),
     ("memory", "MemoryLock", lambda: _django_locks("memory")),
 ]
+#: Shared locks and semaphores (issue 13), next to each backend's exclusive pair above.
+MODE_ALIASES = {"CacheLock (django-redis)": "django_redis", "postgres: DatabaseLock": "postgres",
+                "mysql: DatabaseLock": "mysql", "sqlite: DatabaseLock": "sqlite",
+                "MemoryLock": "memory"}
+for _name, _alias in MODE_ALIASES.items():
+    _group = next(group for group, name, _ in UNCONTENDED if name == _name)
+    UNCONTENDED += [
+        (_group, f"{_name}, semaphore (limit 4)", lambda a=_alias: _django_locks_mode(a, limit=4)),
+        (_group, f"{_name}, shared", lambda a=_alias: _django_locks_mode(a, shared=True)),
+    ]
 
 
 # ----------------------------------------------------------------------------- contended
@@ -288,7 +310,16 @@ def is_async(name: str) -> bool:
 def contended(name: str, key: str) -> tuple[Callable[[], object], Callable[[object], object]]:
     """(acquire, release) of one worker; acquire blocks until it holds ``key``. For the
     async rows (:func:`is_async`) both are coroutine functions."""
-    kind, argument = CONTENDED[name]
+    kind, argument = CONTENDED[name] if name in CONTENDED else ("mode", name)
+    if kind == "mode":  # "ALIAS MODE": a lease of a semaphore, shared or exclusive lock
+        alias, mode = argument.split(" ", 1)
+        backend = locks[alias]
+        options = {"shared": True} if mode == "shared" else {"limit": int(mode.removeprefix("limit="))}
+
+        def acquire_mode() -> object:
+            return backend.lock(key, TTL_MS, timeout=WAIT_MS, **options)
+
+        return acquire_mode, lambda lease: lease.release()
     if kind == "lock":
         backend = locks[argument]
 
