@@ -20,8 +20,9 @@ from django.test import Client, override_settings
 
 import example_project.tests as example_tests
 from django_locks import locks
+from django_locks.exceptions import LockTimeoutError
 from example_project.models import Report
-from example_project.recipes import fencing, on_commit, tasks
+from example_project.recipes import fencing, limits, on_commit, rebuild, tasks
 from tests.helpers import ROOT, subprocess_env, wait_until
 from tests.test_command import locks_cmd
 
@@ -37,6 +38,7 @@ def readme_blocks() -> list[str]:
 
 
 @pytest.mark.parametrize("path", ["tasks.py", "crontab", "api.py", "on_commit.py", "fencing.py",
+                                  "limits.py", "rebuild.py",
                                   "../tests.py"])
 def test_each_recipe_is_in_the_readme_as_it_is_run(path):
     source = (RECIPES / path).read_text().strip("\n")
@@ -204,3 +206,49 @@ def test_the_same_lease_may_write_twice(reports):
 def test_recipes_have_no_short_ttl():
     # Each recipe is imported by this module: none warns (timedeltas, or ms >= 1000).
     assert Path(tasks.__file__).parent == RECIPES
+
+
+# ----------------------------------------------------------------------------- shared and limits
+
+
+def test_a_concurrency_limited_view_admits_three_then_423():
+    from django.test import RequestFactory
+
+    other = locks.create_connection("default")  # three renders in progress elsewhere
+    renders = [other.lock("pdf-render", 60_000, limit=3) for _ in range(2)]
+    response = limits.render_pdf(RequestFactory().get("/"), pk=7)
+    assert response.status_code == 200 and response.content == b"%PDF- report 7"
+    renders.append(other.lock("pdf-render", 60_000, limit=3))
+    busy = limits.render_pdf(RequestFactory().get("/"), pk=8)
+    assert busy.status_code == 423
+    assert 1 <= int(busy["Retry-After"]) <= 60
+    for lease in renders:
+        lease.release()
+    assert limits.render_pdf(RequestFactory().get("/"), pk=9).status_code == 200
+
+
+def test_a_rebuild_waits_for_readers_and_holds_new_ones_back():
+    from django.core.cache import cache
+
+    cache.set("catalog:items", ["old"], None)
+    assert rebuild.read_catalog() == ["old"]
+    reader = locks.create_connection("default").lock("catalog", 30_000, shared=True)  # reading
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (rebuild.rebuild_catalog(["b", "a"]), done.set()))
+    writer.start()
+    probe = locks.create_connection("default")
+
+    def readers_held_back() -> bool:
+        try:
+            probe.lock("catalog", 1_000, shared=True).release()
+        except LockTimeoutError:
+            return True
+        return False
+
+    wait_until(readers_held_back, timeout=10)  # the rebuild waits, new readers wait behind it
+    assert not done.is_set()  # it waits for the reader in it
+    reader.release()
+    writer.join(30)
+    assert done.is_set()
+    assert rebuild.read_catalog() == ["a", "b"]
+    cache.delete("catalog:items")
