@@ -300,17 +300,23 @@ MODE_ACQUIRE_SCRIPT = HOLDERS_LUA + """
 local token, ttl = ARGV[2], tonumber(ARGV[3])
 local shared, limit, waiter = ARGV[6] == '1', tonumber(ARGV[7]), ARGV[8] == '1'
 local now = clock_us()
-if not shared and limit == 1 and redis.call('EXISTS', KEYS[1]) == 0 then
-  -- an exclusive attempt on a free key: ACQUIRE_SCRIPT's steps, and its mark goes
-  if redis.call('GET', KEYS[4]) == token then redis.call('DEL', KEYS[4]) end
+-- Admitted: the mark goes if it is this waiter's; the next fencing token, as in
+-- ACQUIRE_SCRIPT; an exclusive holder in ACQUIRE_SCRIPT's layout.
+local function admitted()
+  if not shared and redis.call('GET', KEYS[4]) == token then redis.call('DEL', KEYS[4]) end
   local fence_s = fmt(math.max(tonumber(redis.call('GET', KEYS[2]) or 0) + 1, now))
-  local now_s = fmt(now)
   redis.call('SET', KEYS[2], fence_s, 'PX', ttl + tonumber(ARGV[5]))
+  return fence_s, fmt(now)
+end
+local function take_exclusive(fence_s, now_s)
   redis.call('HSET', KEYS[1], 'key', ARGV[1], 'token', token, 'fence', fence_s,
              'cid', ARGV[4], 'acquired', now_s, 'expires', fmt(now + ttl * 1000))
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('DEL', KEYS[3])
   return {fence_s, now_s}
+end
+if not shared and limit == 1 and redis.call('EXISTS', KEYS[1]) == 0 then
+  return take_exclusive(admitted())  -- an exclusive attempt on a free key
 end
 local holders = live_holders(KEYS[1], now)
 for _, h in ipairs(holders) do
@@ -343,17 +349,8 @@ if wait_us ~= nil then
   end
   return {'0', fmt(math.floor(wait_us / 1000))}
 end
-if not shared and redis.call('GET', KEYS[4]) == token then redis.call('DEL', KEYS[4]) end
-local fence_s = fmt(math.max(tonumber(redis.call('GET', KEYS[2]) or 0) + 1, now))
-local now_s = fmt(now)
-redis.call('SET', KEYS[2], fence_s, 'PX', ttl + tonumber(ARGV[5]))
-if not shared and limit == 1 then
-  redis.call('HSET', KEYS[1], 'key', ARGV[1], 'token', token, 'fence', fence_s,
-             'cid', ARGV[4], 'acquired', now_s, 'expires', fmt(now + ttl * 1000))
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('DEL', KEYS[3])
-  return {fence_s, now_s}
-end
+local fence_s, now_s = admitted()
+if not shared and limit == 1 then return take_exclusive(fence_s, now_s) end
 for _, h in ipairs(holders) do
   if h.top then
     redis.call('HDEL', KEYS[1], 'token', 'fence', 'cid', 'acquired', 'expires')
