@@ -572,3 +572,18 @@ def test_threads_hold_a_fallback_semaphore_at_most_limit_at_once():
                             len(records), max(at_once - limit, 0))
     assert at_once == limit, f"at most {at_once} holders at once with limit {limit}"
     assert len({fencing for *_, fencing in records}) == len(records)
+
+
+def test_an_exclusive_lock_waits_for_every_semaphore_holder(sem_alias):
+    """Exclusive is limit 1: once the semaphore holder in slot 0 (the fallback's exclusive
+    key) has gone, the holders above it still keep an exclusive acquisition out."""
+    backend = locks[sem_alias]
+    first = backend.lock("both-ways", LONG, limit=2)
+    second = backend.lock("both-ways", LONG, limit=2)
+    first.release()
+    assert not backend.try_acquire_lock(None, "both-ways", LONG)
+    assert [h.token for h in backend.get_holders("both-ways")] == [second.token]
+    with pytest.raises(LockTimeoutError):
+        backend.lock("both-ways", LONG, timeout=50)
+    second.release()
+    assert backend.try_acquire_lock(None, "both-ways", LONG)

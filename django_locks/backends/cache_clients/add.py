@@ -8,10 +8,9 @@ slots" below), so at most N holders of one limit hold a key at once, by the slot
 An acquisition with limit N first counts the holders of every slot used so far (a
 deploy that lowers N waits for the old holders), a read before the ``add``: across
 different limits two acquirers may both count before either adds. An exclusive
-acquisition is unchanged (``add`` of slot 0, which is the exclusive lock's key), so a
-key used both as an exclusive lock and as a semaphore may have an exclusive holder
-beside semaphore holders of slots above 0 (Redis and DatabaseLock count every holder
-atomically). Shared (read) locks are refused with
+acquisition ``add``s slot 0 (the exclusive lock's key), then, on a key that has been used
+as a semaphore, reads the slots above it and gives slot 0 back if a semaphore holder holds
+one (Redis and DatabaseLock count every holder atomically). Shared (read) locks are refused with
 ``NotImplementedError``: readers would need a count that ``add`` and ``incr`` cannot
 keep atomically together with the writer's key (system check django_locks.I001).
 """
@@ -160,6 +159,10 @@ class CacheAddLockClient(CacheLockClient):
                 holder = cache.get(keys.lock)
                 remaining = (holder["expires"] - self._now_us()) // 1000 if holder else 0
                 return Attempt(None, max(remaining, 0))
+            blocked = self._semaphore_holders_left(cache, keys)
+            if blocked is not None:  # slot 0 was free, but semaphore holders hold the key
+                cache.delete(keys.lock)  # this attempt's own entry, added just now
+                return Attempt(None, blocked)
             state["fence"] = self._next_fence(cache, keys.fence)
             left_ms = (state["expires"] - self._now_us()) // 1000
             if left_ms > self._margin_ms(state):
@@ -167,6 +170,20 @@ class CacheAddLockClient(CacheLockClient):
             return Attempt(self._info(state))
 
         return self._call(acquire)
+
+    def _semaphore_holders_left(self, cache: Any, keys: LockKeys) -> int | None:
+        """After an exclusive ``add`` of slot 0: None if no semaphore holder holds a slot
+        above it (the key was never used as a semaphore costs one read), else the ms until
+        the last of them expires. Checked after the ``add``, so a semaphore holder admitted
+        before it is always seen; one admitted after it joined an exclusive holder, which
+        its limit allows."""
+        high_water = cache.get(self._slots_key(keys)) or 1
+        if high_water <= 1:
+            return None
+        now_us = self._now_us()
+        found = cache.get_many([self._slot(keys, i) for i in range(1, high_water)])
+        expiries = [state["expires"] for state in found.values() if self._live(state, now_us)]
+        return max((max(expiries) - now_us) // 1000, 0) if expiries else None
 
     def _acquire_slot(
         self, cache: Any, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None,
