@@ -270,7 +270,12 @@ class CacheAddLockClient(CacheLockClient):
         def force_release(cache: Any) -> bool:
             slots = self._all_slots(cache, keys)
             found = cache.get_many(slots)
-            cache.delete_many(slots)
+            # The holders' owner entries go with them (release deletes its own): left to
+            # their timeouts, they would fill a cache that culls (LocMemCache's MAX_ENTRIES)
+            # and push out live locks.
+            owners = [self._owner_key(keys, state["token"]) for slot, state in found.items()
+                      if slot != keys.lock and state]
+            cache.delete_many(slots + owners)
             now_us = self._now_us()
             return any(self._live(state, now_us) for state in found.values())
 
