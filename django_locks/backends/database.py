@@ -644,16 +644,18 @@ class SQLiteLockSQL(LockSQL):
     fair = True
 
     def upsert(self, t: str, k: str) -> str:
-        """Takes the row if it is free, expired, or reserved for waiters and ``?5`` lets
+        """Takes the row if it is free, expired, or reserved for waiters and ``since`` lets
         this attempt take it (see :meth:`acquire_params`); else a waiting call's later
-        attempt (``?5 > 0``) marks the row waited for, if it is not yet (the only failed
-        attempts that write). Returns the row it wrote: this token's if it is in it."""
+        attempt (``since > 0``) marks the row waited for, if it is not yet (the only failed
+        attempts that write). Returns the row it wrote: this token's if it is in it.
+        ``since`` is bound once per use, by plain ``?`` (a numbered ``?5`` with a sequence
+        of parameters is deprecated in Python 3.12 and an error from 3.14)."""
         # A reservation is a row without token, marked waited for: never the stand-in
         # of shared or semaphore holders (their admission clears the mark, and a
         # waiter only marks a row with an exclusive holder).
         take = (f"({t}.expires_at_us <= excluded.acquired_at_us "
                 f"OR ({t}.token IS NULL AND {t}.waiting_since_us IS NOT NULL "
-                f"AND {t}.fencing_token >= ?5))")
+                f"AND {t}.fencing_token >= {{SINCE}}))")
         assignments = ", ".join(
             f"{column} = CASE WHEN {take} THEN {new} ELSE {t}.{column} END"
             for column, new in (
@@ -664,16 +666,19 @@ class SQLiteLockSQL(LockSQL):
                 ("expires_at_us", "excluded.expires_at_us"),
             )
         )
-        return (
+        sql = (
             f"{self.insert} ON CONFLICT ({k}) DO UPDATE SET {assignments}, waiting_since_us = "
             f"CASE WHEN {take} THEN NULL ELSE excluded.acquired_at_us END "
-            f"WHERE {take} OR (?5 > 0 AND {t}.waiting_since_us IS NULL AND {t}.token IS NOT NULL) "
+            f"WHERE {take} OR ({{SINCE}} > 0 AND {t}.waiting_since_us IS NULL "
+            f"AND {t}.token IS NOT NULL) "
             "RETURNING token, fencing_token, acquired_at_us, expires_at_us"
         )
+        self.since_uses = sql.count("{SINCE}")  # after the insert's four parameters
+        return sql.replace("{SINCE}", "?")
 
     def acquire_params(self, key: str, token: str, correlation_id: str | None, ttl_us: int,
                        since: int | None) -> tuple[Any, ...]:
-        return (key, token, correlation_id, ttl_us, since)  # ?1 to ?4, then ?5
+        return (key, token, correlation_id, ttl_us) + (since,) * self.since_uses
 
     # One writer at a time: BEGIN IMMEDIATE takes the database's write lock at once.
     begin = "BEGIN IMMEDIATE"
