@@ -592,11 +592,16 @@ class LockAdmin(admin.ModelAdmin):
             messages.SUCCESS,
         )
 
-    def force_release_view(self, request: HttpRequest) -> HttpResponse:
-        """The force_release action at a URL of its own: the detail page's button posts here."""
+    def _changelist_for_post(self, request: HttpRequest) -> str:
+        """The preamble of the views that release or purge: PermissionDenied without the
+        view and force_release permissions; the changelist's URL (where a GET goes back to)."""
         if not (self.has_view_permission(request) and self.has_force_release_permission(request)):
             raise PermissionDenied
-        changelist = reverse("admin:django_locks_lock_changelist")
+        return reverse("admin:django_locks_lock_changelist")
+
+    def force_release_view(self, request: HttpRequest) -> HttpResponse:
+        """The force_release action at a URL of its own: the detail page's button posts here."""
+        changelist = self._changelist_for_post(request)
         if request.method != "POST":
             return HttpResponseRedirect(changelist)
         rows = _all_rows(self._reports()).filter(request.POST.getlist(helpers.ACTION_CHECKBOX_NAME))
@@ -608,9 +613,7 @@ class LockAdmin(admin.ModelAdmin):
         Unlike the release of a holder, this releases whoever holds the key when it is
         confirmed, holders that came after the page was shown included: the page says so.
         """
-        if not (self.has_view_permission(request) and self.has_force_release_permission(request)):
-            raise PermissionDenied
-        changelist = reverse("admin:django_locks_lock_changelist")
+        changelist = self._changelist_for_post(request)
         if request.method != "POST":
             return HttpResponseRedirect(changelist)
         alias, key = request.POST.get("alias", ""), request.POST.get("key", "")
@@ -653,9 +656,7 @@ class LockAdmin(admin.ModelAdmin):
 
     def purge_view(self, request: HttpRequest) -> HttpResponse:
         """Purge one alias's expired lock state, after the same confirmation page."""
-        if not (self.has_view_permission(request) and self.has_force_release_permission(request)):
-            raise PermissionDenied
-        changelist = reverse("admin:django_locks_lock_changelist")
+        changelist = self._changelist_for_post(request)
         if request.method != "POST":
             return HttpResponseRedirect(changelist)
         alias = request.POST.get("alias", "")
