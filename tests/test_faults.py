@@ -21,8 +21,9 @@ from django.test import RequestFactory
 from django_locks import locks
 from django_locks.exceptions import LockTimeoutError
 from django_locks.models import Lock
+from django_locks.values import WRITER_MARK_MS
 from tests import proof
-from tests.helpers import DATABASE_ALIASES, ROOT, subprocess_env
+from tests.helpers import DATABASE_ALIASES, ROOT, subprocess_env, wait_until
 
 
 def raw_state(alias: str):
@@ -153,7 +154,18 @@ def test_interrupted_waiter_process_leaves_nothing(shared_alias):
     # the lock state such a death leaves, so any interrupted end is accepted.)
     assert process.returncode != 0, (process.returncode, stderr)
     assert "KeyboardInterrupt" in stderr or process.returncode < 0, (process.returncode, stderr)
-    assert raw_state(shared_alias) == before
+    after = raw_state(shared_alias)
+    if after != before and shared_alias in ("redis", "django_redis"):
+        # The one thing allowed to outlive the process is the waiter's writer mark, and only
+        # for its WRITER_MARK_MS: an interrupt inside a re-attempt closes that connection
+        # after the script was sent, and Redis may run the script after the waiter's UNMARK
+        # sent on another connection, or the process died (SIGSEGV above) before unmarking.
+        names, holders = after
+        assert holders == before[1]
+        assert sorted(set(names) - set(before[0])) == [n for n in names if n.endswith(":mark")]
+        wait_until(lambda: raw_state(shared_alias) == before, timeout=WRITER_MARK_MS / 1000 + 2)
+        after = raw_state(shared_alias)
+    assert after == before
 
 
 # ----------------------------------------------------------------------------- transactions

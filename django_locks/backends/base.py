@@ -530,10 +530,10 @@ class BaseLock:
                         uncertain = True
                         time.sleep(self._retry_delay(error, waiting, deadline, key, correlation_id, waits))
                     waits += 1
-        except BaseException:
+        except BaseException as e:
             if uncertain:
                 self._unsettled(key, token, ttl)
-            if marked:
+            if marked or self._interrupted_writer(e, waiter, mode):
                 self._give_up_mark(key, token)
             raise
 
@@ -581,10 +581,10 @@ class BaseLock:
             if uncertain:
                 self._unsettled(key, token, ttl)
             raise
-        except BaseException:
+        except BaseException as e:
             if uncertain:
                 self._unsettled(key, token, ttl)
-            if marked:
+            if marked or self._interrupted_writer(e, waiter, mode):
                 await self._in_worker(self._give_up_mark)(key, token)
             raise
 
@@ -602,6 +602,13 @@ class BaseLock:
                     "(alias=%s); it expires with its ttl", key, e, self.alias,
                 )
             self._forget(key, token)
+
+    @staticmethod
+    def _interrupted_writer(error: BaseException, waiter: bool, mode: Mode) -> bool:
+        """A non-shared waiter interrupted (KeyboardInterrupt, SystemExit: not an
+        ``Exception``) may have been interrupted inside an attempt, after the backend set
+        its writer mark and before the reply said so: it removes the mark all the same."""
+        return waiter and not mode.shared and not isinstance(error, Exception)
 
     def _give_up_mark(self, key: str, token: str) -> None:
         """A non-shared waiter gives up (timeout, cancellation, error): its writer mark, if
