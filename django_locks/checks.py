@@ -9,11 +9,8 @@ unless told otherwise, as Django requires a "default" cache in CACHES); E009 Cac
 FileBasedCache, which gives no mutual exclusion.
 W001 CacheLock on a process-local cache (LocMemCache); W002 CacheLock through the
 generic cache.add fallback, with weaker guarantees.
-I001 (informative) CacheLock through the cache.add fallback has no shared (read) locks:
-``shared=True`` raises NotImplementedError there. An Info, not a Warning: the alias has
-W002 already, most projects never ask for a shared lock, and one that does gets an error
-naming the alias and what to use at its first call; a Warning on every such alias would
-only teach projects to silence django_locks' checks.
+W003 CacheLock through the cache.add fallback has no shared (read) locks:
+``shared=True`` raises NotImplementedError there (exclusive locks and limit=N semaphores work).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def ids(locks_setting, **overrides) -> list[str]:
         ({"BACKEND": CACHE, "OPTIONS": {"cache": "missing"}}, ["django_locks.E004"]),
         ({"BACKEND": CACHE, "OPTIONS": {"cache": "dummy"}}, ["django_locks.E005"]),
         ({"BACKEND": CACHE, "OPTIONS": {"cache": "locmem"}},
-         ["django_locks.I001", "django_locks.W001", "django_locks.W002"]),
+         ["django_locks.W001", "django_locks.W002", "django_locks.W003"]),
         ({"BACKEND": CACHE, "OPTIONS": {"cache": "files"}}, ["django_locks.E009"]),
         ({"BACKEND": CACHE, "OPTIONS": {"cache": "redis"}}, []),
         ({"BACKEND": DB}, []),

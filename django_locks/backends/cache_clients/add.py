@@ -12,7 +12,7 @@ acquisition ``add``s slot 0 (the exclusive lock's key), then, on a key that has 
 as a semaphore, reads the slots above it and gives slot 0 back if a semaphore holder holds
 one (Redis and DatabaseLock count every holder atomically). Shared (read) locks are refused with
 ``NotImplementedError``: readers would need a count that ``add`` and ``incr`` cannot
-keep atomically together with the writer's key (system check django_locks.I001).
+keep atomically together with the writer's key (system check django_locks.W003).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.cache.backends.locmem import LocMemCache
 from django.core.cache.backends.memcached import BaseMemcachedCache
-from django.core.checks import CheckMessage, Info, Warning
+from django.core.checks import CheckMessage, Warning
 
 from django_locks.backends.cache_clients.base import CacheLockClient, LockKeys
 from django_locks.exceptions import LockBackendError
@@ -66,13 +66,13 @@ class CacheAddLockClient(CacheLockClient):
                 hint="Use a Redis cache (django-redis or Django's RedisCache), or DatabaseLock.",
                 obj=where, id="django_locks.W001",
             ))
-        messages.append(Info(
+        messages.append(Warning(
             f"Cache {backend.cache_alias!r} ({backend.cache_backend_class.__name__}) has no "
             "shared (read) locks: lock(..., shared=True) raises NotImplementedError on this "
             "alias. Exclusive locks and limit=N semaphores work.",
             hint="For shared locks use a Redis cache (django-redis or Django's RedisCache), "
                  "or DatabaseLock.",
-            obj=where, id="django_locks.I001",
+            obj=where, id="django_locks.W003",
         ))
         messages.append(Warning(
             f"Cache {backend.cache_alias!r} ({backend.cache_backend_class.__name__}) is used "
