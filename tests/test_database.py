@@ -187,10 +187,24 @@ def test_durable_option_sets_the_commit_mode(db_alias, using, durable):
             # Never a session setting, in either mode (a pooler would hand it on).
             assert raw.execute("SHOW synchronous_commit").fetchone()[0] == "on"
             sql = backend.sql
-            writes = [sql.acquire, sql.release, sql.force_release, sql.extend, sql.purge,
-                      sql.clear_expired]
+            writes = [sql.acquire, sql.force_release, sql.extend, sql.purge, sql.clear_expired,
+                      sql.settle, sql.extend_holder]
             local_off = "set_config('synchronous_commit', 'off', true)"
             assert all((local_off in statement) is (durable is False) for statement in writes)
+            # A holder's release never waits for the disk: lost in a crash, the lock stays
+            # held until its ttl; the next durable commit (the next acquisition) flushes it.
+            assert all(local_off in statement for statement in (sql.release, sql.release_holder))
+            # What a durable alias's release sees: off, for its transaction only.
+            held = backend.lock("held", 60_000)
+            import psycopg
+
+            with raw.transaction():
+                assert raw.execute(sql.release, ("held", held.token)).fetchall() == [("",)]
+                assert raw.execute("SHOW synchronous_commit").fetchone()[0] == "off"
+                raise psycopg.Rollback()
+            assert backend.get_lock("held").token == held.token  # rolled back: still held
+            held.release()
+            assert raw.execute("SHOW synchronous_commit").fetchone()[0] == "on"
             if durable is False:  # what those statements see: off, for their transaction only
                 probe = f"SELECT {sql.nosync}, current_setting('synchronous_commit')"
                 assert raw.execute(probe).fetchone() == (0, "off")

@@ -381,7 +381,8 @@ class LockSQL:
     (UTC), constant within one statement, and what differs in their dialect.
 
     ``durable=False`` asks the writes not to wait for the disk where the vendor can say
-    so for one statement's own transaction (:attr:`nosync`): never as session state.
+    so for one statement's own transaction (:attr:`nosync`): never as session state. A
+    holder's release never waits for it, durable or not (see ``r`` in ``__init__``).
     """
 
     now_us = ""
@@ -409,9 +410,15 @@ class LockSQL:
     def __init__(self, table: str, key: str, durable: bool = True, holders: str | None = None) -> None:
         t, k, now, p = table, key, self.now_us, self.placeholder
         z = "" if durable or not self.nosync else f" + {self.nosync}"
+        # A holder's own release never waits for the disk, durable or not: a release a
+        # database crash forgets leaves the lock held until its ttl, as if its holder had
+        # died (never two holders), and the next durable commit (the acquisition of the
+        # waiter it let in, say) flushes it, the WAL being written in order. So a durable
+        # handoff waits for one flush (the acquisition's), not two.
+        r = f" + {self.nosync}" if self.nosync else ""
         reserve = (f" + CASE WHEN waiting_since_us IS NULL THEN 0 ELSE {FAIR_RESERVE_US} END"
                    if self.fair else "")
-        self.holder_statements(t, holders or f"{key[0]}django_locks_holder{key[-1]}", k, z)
+        self.holder_statements(t, holders or f"{key[0]}django_locks_holder{key[-1]}", k, z, r)
         self.columns = f"{k}, token, fencing_token, correlation_id, acquired_at_us, expires_at_us"
         self.insert = (
             f"INSERT INTO {t} ({k}, token, correlation_id, fencing_token, acquired_at_us, "
@@ -420,7 +427,7 @@ class LockSQL:
         self.acquire = self.upsert(t, k)
         # Frees the row only for its holder's token, and only while it is unexpired.
         self.release = (
-            f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now}{reserve}{z} "
+            f"UPDATE {t} SET token = NULL, correlation_id = NULL, expires_at_us = {now}{reserve}{r} "
             f"WHERE {k} = {p} AND token = {p} AND expires_at_us > {now}"
         )
         # Every holder of the key goes (the holders' rows first, in the same transaction),
@@ -462,7 +469,7 @@ class LockSQL:
             + f" WHERE token IS NOT NULL AND expires_at_us <= {now}"
         )
 
-    def holder_statements(self, t: str, h: str, k: str, z: str) -> None:
+    def holder_statements(self, t: str, h: str, k: str, z: str, r: str) -> None:
         """The statements of shared and semaphore holders (see DatabaseLock). Each
         operation runs them in one transaction that first locks the key row, so each
         one after the lock sees every change committed before it (READ COMMITTED: a
@@ -558,7 +565,7 @@ class LockSQL:
             f"WHERE {k} = {p} AND token IS NULL AND expires_at_us > {now}"
         )
         self.release_holder = (
-            f"DELETE FROM {h} WHERE token = {p} AND {k} = {p} AND expires_at_us > {now}{z}"
+            f"DELETE FROM {h} WHERE token = {p} AND {k} = {p} AND expires_at_us > {now}{r}"
         )
         self.extend_holder = (
             f"UPDATE {h} SET expires_at_us = {now} + {p}{z} "
