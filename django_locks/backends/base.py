@@ -533,7 +533,7 @@ class BaseLock:
         except BaseException as e:
             if uncertain:
                 self._unsettled(key, token, ttl)
-            if marked or self._interrupted_writer(e, waiter, mode):
+            if self._unmark_on_give_up(e, marked, waiter, mode):
                 self._give_up_mark(key, token)
             raise
 
@@ -584,7 +584,7 @@ class BaseLock:
         except BaseException as e:
             if uncertain:
                 self._unsettled(key, token, ttl)
-            if marked or self._interrupted_writer(e, waiter, mode):
+            if self._unmark_on_give_up(e, marked, waiter, mode):
                 await self._in_worker(self._give_up_mark)(key, token)
             raise
 
@@ -604,11 +604,16 @@ class BaseLock:
             self._forget(key, token)
 
     @staticmethod
-    def _interrupted_writer(error: BaseException, waiter: bool, mode: Mode) -> bool:
-        """A non-shared waiter interrupted (KeyboardInterrupt, SystemExit: not an
-        ``Exception``) may have been interrupted inside an attempt, after the backend set
-        its writer mark and before the reply said so: it removes the mark all the same."""
-        return waiter and not mode.shared and not isinstance(error, Exception)
+    def _unmark_on_give_up(error: BaseException, marked: bool, waiter: bool, mode: Mode) -> bool:
+        """Whether a waiter giving up with ``error`` removes its writer mark at once. Not
+        after a backend error: the backend just failed (a timed-out server would hold the
+        caller for one more socket timeout) and the mark lapses by itself within
+        WRITER_MARK_MS. Yes if an attempt was refused (``marked``), and for a non-shared
+        waiter interrupted (KeyboardInterrupt, SystemExit: not an ``Exception``), which may
+        have been inside an attempt, after the backend set the mark and before the reply."""
+        if isinstance(error, LockBackendError):
+            return False
+        return marked or (waiter and not mode.shared and not isinstance(error, Exception))
 
     def _give_up_mark(self, key: str, token: str) -> None:
         """A non-shared waiter gives up (timeout, cancellation, error): its writer mark, if
