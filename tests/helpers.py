@@ -58,9 +58,10 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server of the test's own, on a spare port (6379 is never touched)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *options: str) -> None:
         self.port = free_port()
         self.tmp = tmp
+        self.options = options  # more redis-server options ("--requirepass", "s3cret")
         self.process: subprocess.Popen | None = None
 
     @property
@@ -73,7 +74,7 @@ class RedisServer:
             pytest.fail("redis-server is not installed (the suite starts its own for fault tests)")
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
+             "--appendonly", "no", "--dir", str(self.tmp), *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
 

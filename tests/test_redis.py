@@ -6,13 +6,14 @@ import threading
 import time
 
 import pytest
+import redis
 from django.conf import settings
 from django.test import override_settings
 from redis.crc import key_slot
 
 from django_locks import locks
 from django_locks.exceptions import LockBackendError, LockTimeoutError
-from tests.helpers import free_port, wait_until
+from tests.helpers import RedisServer, free_port, wait_until
 
 CACHE_BACKENDS = {
     "django_redis": ("django_redis.cache.RedisCache", "SOCKET_TIMEOUT", "SOCKET_CONNECT_TIMEOUT"),
@@ -170,6 +171,46 @@ def test_an_acquisition_that_timed_out_but_won_is_released(redis_alias, redis_se
             assert backend.get_lock("job").token == lease.token
 
 
+def test_a_waiter_failing_on_a_stopped_server_gives_up_at_once(redis_alias, redis_server):
+    """A waiter whose server stops answering raises LockBackendError after one socket
+    timeout, not two: giving up on a backend error, it leaves its writer mark to lapse
+    (WRITER_MARK_MS) rather than ask the server that just timed out to remove it."""
+    import os
+    import signal
+
+    socket_timeout = 2.0
+    with override_settings(CACHES={"own": own_cache(redis_alias, redis_server.url, socket_timeout)},
+                           LOCKS={"own": {"BACKEND": "django_locks.backends.cache.CacheLock",
+                                          "OPTIONS": {"cache": "own"}}}):
+        backend = locks["own"]
+        holder = backend.lock("job", 60_000)
+        observer = redis.Redis.from_url(redis_server.url)
+        outcome: dict = {}
+
+        def wait() -> None:
+            try:
+                backend.acquire_lock(None, "job", 60_000, 500)
+            except BaseException as e:
+                outcome["error"] = e
+            outcome["ended"] = time.monotonic()
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        wait_until(lambda: any(n.endswith(b":mark") for n in observer.keys("*")))
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            thread.join(30)
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        assert isinstance(outcome.get("error"), LockBackendError), outcome
+        # One socket timeout (plus the rest of the call's 0.5 s), not a second one spent
+        # unmarking: 2 x socket_timeout before.
+        assert outcome["ended"] - stopped < 0.5 + 1.5 * socket_timeout
+        wait_until(lambda: _answers(backend))
+        holder.release()
+
+
 def test_waiters_share_the_connection_pool(redis_alias, redis_server):
     """Three waves of 50 threads waiting on one key take about one connection per waiter,
     on both clients (Django's RedisCache used to open a pool per thread: 100, then 148)."""
@@ -255,6 +296,110 @@ def test_async_waiters_block_on_the_wake_up_list(redis_alias, redis_server):
         # Nothing left behind but the fencing counter (and a wake-up that expires on its own).
         left = {k for k in set(observer.keys("*")) - keys_before if not k.endswith(b":wake")}
         assert all(k.endswith(b":fence") for k in left), left
+
+
+def test_async_waiters_connect_like_the_cache(redis_alias, tmp_path, caplog):
+    """The asyncio client async waiters block on takes the cache's database number,
+    password and socket timeouts (redis-py 5+ asyncio connections take most settings in a
+    base class: copying only what Connection.__init__ names dropped them, and waiters
+    blocked on database 0 or failed to authenticate, then slept between retries)."""
+    import asyncio
+    import logging
+
+    import redis
+
+    from django_locks.backends.cache_clients.redis import async_client_like
+
+    server = RedisServer(tmp_path, "--requirepass", "s3cret")
+    server.start()
+    try:
+        url = f"redis://:s3cret@127.0.0.1:{server.port}/3"
+        twin = async_client_like(redis.ConnectionPool.from_url(url, socket_timeout=1.5,
+                                                               socket_connect_timeout=0.5))
+        settings_of = twin.connection_pool.connection_kwargs
+        assert (settings_of["db"], settings_of["password"]) == (3, "s3cret")
+        assert (settings_of["socket_timeout"], settings_of["socket_connect_timeout"]) == (1.5, 0.5)
+        observer = redis.Redis(port=server.port, password="s3cret")
+        with override_settings(CACHES={"own": own_cache(redis_alias, url)},
+                               LOCKS={"own": {"BACKEND": "django_locks.backends.cache.CacheLock",
+                                              "OPTIONS": {"cache": "own"}}}):
+            backend = locks["own"]
+            holder = backend.lock("job", 60_000)
+
+            def blocked_on_database_3() -> bool:
+                return any(client.get("cmd") == "blpop" and int(client["db"]) == 3
+                           for client in observer.client_list())
+
+            async def scenario() -> None:
+                waiter = asyncio.ensure_future(backend.alock("job", 60_000, timeout=30_000))
+                deadline = time.monotonic() + 10
+                while not blocked_on_database_3():
+                    assert not waiter.done() and time.monotonic() < deadline, \
+                        "the async waiter never blocked on database 3's wake-up list"
+                    await asyncio.sleep(0.01)
+                await asyncio.get_running_loop().run_in_executor(None, holder.release)
+                lease = await asyncio.wait_for(waiter, 10)
+                await lease.arelease()
+
+            with caplog.at_level(logging.WARNING, logger="django_locks"):
+                asyncio.run(scenario())
+            assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+    finally:
+        server.stop()
+
+
+def test_a_cancelled_async_waiter_passes_on_the_wake_up_it_may_have_taken(redis_alias, redis_server):
+    """Cancelled while its BLPOP was in flight, an async waiter may have popped the
+    release's wake-up: one goes back while the lock is free, none while it is held."""
+    import asyncio
+
+    import redis
+
+    observer = redis.Redis.from_url(redis_server.url)
+    with override_settings(CACHES={"own": own_cache(redis_alias, redis_server.url)},
+                           LOCKS={"own": {"BACKEND": "django_locks.backends.cache.CacheLock",
+                                          "OPTIONS": {"cache": "own"}}}):
+        backend = locks["own"]
+
+        def wake_lists() -> list[bytes]:
+            return [name for name in observer.keys("*") if name.endswith(b":wake")]
+
+        async def cancelled_waiter() -> None:
+            waiter = asyncio.ensure_future(backend.alock("job", 60_000, timeout=30_000))
+            deadline = time.monotonic() + 10
+            while _blocked_in_blpop(observer) < 1:
+                assert time.monotonic() < deadline, "the async waiter never blocked in BLPOP"
+                await asyncio.sleep(0.01)
+            waiter.cancel()
+            await asyncio.gather(waiter, return_exceptions=True)
+            assert waiter.cancelled()
+
+        holder = backend.lock("job", 60_000)
+        asyncio.run(cancelled_waiter())  # cancelled while the lock is held: nothing pushed
+        assert wake_lists() == [] and backend.get_lock("job").token == holder.token
+        # Free (its holder gone without a wake-up, as when the release's was popped by the
+        # waiter being cancelled): the cancelled waiter puts one back.
+        holder.release()
+        observer.delete(*wake_lists())
+        other = backend.lock("job", 60_000)
+
+        async def cancelled_after_release() -> None:
+            waiter = asyncio.ensure_future(backend.alock("job", 60_000, timeout=30_000))
+            deadline = time.monotonic() + 10
+            while _blocked_in_blpop(observer) < 1:
+                assert time.monotonic() < deadline, "the async waiter never blocked in BLPOP"
+                await asyncio.sleep(0.01)
+            # The holder goes without a wake-up (as if the waiter had popped it), then
+            # the waiter is cancelled while still blocked.
+            observer.delete(*[n for n in observer.keys("*") if n.endswith(b":lock")])
+            waiter.cancel()
+            await asyncio.gather(waiter, return_exceptions=True)
+            assert waiter.cancelled()
+
+        asyncio.run(cancelled_after_release())
+        assert backend.get_lock("job") is None and other.token
+        assert len(wake_lists()) == 1  # passed on, for the next waiter
+        assert 0 < observer.pttl(wake_lists()[0]) <= 5_000
 
 
 def test_scripts_run_on_the_pool_of_a_plain_client_and_reload_after_a_flush(redis_alias, redis_server):

@@ -54,6 +54,7 @@ import contextvars
 import functools
 import hashlib
 import inspect
+import logging
 import os
 import threading
 import time
@@ -67,6 +68,8 @@ from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 from django_locks.backends.cache_clients.base import CacheLockClient, LockKeys
 from django_locks.exceptions import LockBackendError
 from django_locks.values import WRITER_MARK_MS, Attempt, LockInfo, Mode
+
+logger = logging.getLogger("django_locks")
 
 try:  # redis is an optional dependency (the "redis" extra); without it no cache is Redis
     import redis.asyncio as redis_asyncio
@@ -414,6 +417,18 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# A waiter cancelled while its BLPOP was in flight may have taken the release's wake-up
+# with it: if the lock is now free and no wake-up is pending, one goes back, so the next
+# waiter does not sleep through that release (while the lock is held, nothing is pushed:
+# a cancelled waiter leaves nothing behind). KEYS: lock hash, wake-up list; ARGV:
+# WAKE_TTL_MS. Returns 1 if it pushed one.
+PASS_ON_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('RPUSH', KEYS[2], '1')
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 1
+"""
+
 # Reads a lock's hash (every holder) and its remaining life by the server's clock (PTTL)
 # in one command on one key, so a cluster client routes and retries it like any
 # single-key command. Returns {HGETALL, pttl}; see RedisLockClient._infos.
@@ -526,10 +541,15 @@ def async_client_like(sync_pool: Any) -> Any:
     """A ``redis.asyncio`` client connecting the way ``sync_pool``'s connections do
     (host and port or socket path, database, credentials, timeouts, TLS)."""
     connection_class = getattr(redis_asyncio, _ASYNC_CONNECTIONS[sync_pool.connection_class.__name__])
-    accepted = inspect.signature(connection_class.__init__).parameters
+    # Every class's own parameters: redis-py 5+ asyncio connections take most settings
+    # (db, credentials, timeouts) in a base class's __init__, through **kwargs.
+    accepted = {
+        name for klass in connection_class.__mro__ if "__init__" in vars(klass)
+        for name in inspect.signature(vars(klass)["__init__"]).parameters
+    }
     kwargs = {
         name: value for name, value in sync_pool.connection_kwargs.items()
-        if name in accepted and name not in _NOT_COPIED
+        if name in accepted and name not in _NOT_COPIED and not name.startswith("orig_")
     }
     pool = redis_asyncio.ConnectionPool(connection_class=connection_class, **kwargs)
     return redis_asyncio.Redis(connection_pool=pool)
@@ -542,8 +562,12 @@ _ASYNC_CONNECTIONS = {
     "UnixDomainSocketConnection": "UnixDomainSocketConnection",
     "SSLConnection": "SSLConnection",
 }
-#: Connection settings of a sync pool that an asyncio connection must not take as they are.
-_NOT_COPIED = frozenset({"parser_class", "retry", "connection_pool", "event_dispatcher"})
+#: Connection settings of a sync pool that an asyncio connection must not take as they are:
+#: sync objects, and what a pool makes for its own connections (redis-py 8: maintenance
+#: notification handlers, the hash-import registry, the ``orig_`` copies of timeouts).
+_NOT_COPIED = frozenset({"parser_class", "retry", "connection_pool", "event_dispatcher",
+                         "maint_notifications_pool_handler", "maint_notifications_config",
+                         "himport_registry"})
 
 
 _TAG_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
@@ -830,11 +854,21 @@ class RedisLockClient(CacheLockClient):
             return
         try:
             self._remember_wake(keys, await client.blpop([keys.wake], timeout=round(block, 3)))
+        except asyncio.CancelledError:
+            await self._pass_on(client, keys)
+            raise
         except (RedisError, OSError) as e:
             raise LockBackendError(
                 f"LOCKS[{self.backend.alias!r}]: Redis behind cache "
                 f"{self.backend.cache_alias!r} failed: {e}"
             ) from e
+
+    async def _pass_on(self, client: Any, keys: LockKeys) -> None:
+        """After a cancelled BLPOP (PASS_ON_SCRIPT): best effort, the cancellation goes on."""
+        try:
+            await client.eval(PASS_ON_SCRIPT, 2, keys.lock, keys.wake, WAKE_TTL_MS)
+        except (RedisError, OSError) as e:
+            logger.debug("lock wake-up of a cancelled waiter not passed on: %s", e)
 
     def _async_client(self) -> Any:
         """An asyncio client with the cache client's connection settings, one per event
