@@ -301,14 +301,39 @@ with backend.lock("notified", 60_000, timeout=60_000):
 """
 
 
+ASYNC_WAITER = """
+import asyncio, django, json, sys, time
+django.setup()
+from django_locks import locks
+from django_locks.backends import database
+database.Listener.MAX_WAIT = 20.0        # a lost notification would cost 20 s here
+database.DatabaseLock.poll_interval_min = database.DatabaseLock.poll_interval_max = 20.0
+backend = locks["postgres"]
+await_release = database.DatabaseLock._await_release
+async def announced(self, *args):  # tells the test when the first attempt failed and it waits
+    print("blocked", flush=True)
+    return await await_release(self, *args)
+database.DatabaseLock._await_release = announced
+assert database.listener_for(backend.using).ready.wait(10)  # listening before it waits
+async def main():
+    print("waiting", flush=True)
+    started = time.monotonic()
+    lease = await backend.alock("notified", 60_000, timeout=60_000)
+    print(json.dumps({"waited": time.monotonic() - started}), flush=True)
+    await lease.arelease()
+asyncio.run(main())
+"""
+
+
 def _postgres_only():
     if "postgres" not in DATABASE_ALIASES:
         pytest.fail("postgres is not configured (DJANGO_LOCKS_TEST_DATABASES)")
 
 
-def test_a_release_wakes_a_waiter_in_another_process_by_notification():
+@pytest.mark.parametrize("script", [WAITER, ASYNC_WAITER], ids=["sync", "async"])
+def test_a_release_wakes_a_waiter_in_another_process_by_notification(script):
     """The waiter's polling and lost-notification bound are 20 s: only the release's
-    NOTIFY can wake it within a few seconds."""
+    NOTIFY can wake it within a few seconds (an async waiter too, holding no thread)."""
     import json
     import subprocess
     import sys
@@ -317,7 +342,7 @@ def test_a_release_wakes_a_waiter_in_another_process_by_notification():
 
     _postgres_only()
     holder = locks["postgres"].lock("notified", 60_000)
-    waiter = subprocess.Popen([sys.executable, "-c", WAITER], cwd=ROOT, env=subprocess_env(),
+    waiter = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=subprocess_env(),
                               stdout=subprocess.PIPE, text=True)
     try:
         assert waiter.stdout.readline().strip() == "waiting"
@@ -330,6 +355,35 @@ def test_a_release_wakes_a_waiter_in_another_process_by_notification():
         assert waiter.wait(30) == 0 and waited > 0
     finally:
         waiter.kill()
+
+
+def test_a_cancelled_async_waiter_leaves_no_registration_behind():
+    """An async PostgreSQL waiter waits on a future the listening thread resolves; cancelled
+    there, it leaves neither its future nor its key's registration, and holds nothing."""
+    import asyncio
+
+    from django_locks.backends import database
+
+    _postgres_only()
+    backend = locks["postgres"]
+    holder = backend.lock("cancelled", 60_000)
+    listener = database.listener_for(connections["postgres"].alias)
+    assert listener.ready.wait(10)
+
+    async def scenario() -> None:
+        waiter = asyncio.ensure_future(backend.alock("cancelled", 60_000, timeout=30_000))
+        deadline = time.monotonic() + 10
+        while "cancelled" not in listener._futures:  # waiting on the listener's wake-up
+            assert not waiter.done() and time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        assert waiter.cancelled()
+
+    asyncio.run(scenario())
+    assert "cancelled" not in listener._futures and listener.generation("cancelled") == 0
+    assert [info.token for info in backend.get_holders("cancelled")] == [holder.token]
+    holder.release()
 
 
 def test_a_lost_notification_costs_one_bounded_wait():

@@ -540,7 +540,8 @@ class BaseLock:
     async def _aacquire(
         self, key: str, ttl: int, timeout: int, correlation_id: str | None, mode: Mode = EXCLUSIVE
     ) -> LockInfo:
-        """The wait loop for async callers: attempts in a worker, waits by asyncio.sleep."""
+        """The wait loop for async callers: attempts in a worker, waits holding no thread
+        (:meth:`_await_release`: a Redis BLPOP, a PostgreSQL NOTIFY, else asyncio.sleep)."""
         token = new_token()
         waiter = timeout > 0
         deadline = time.monotonic() + timeout / 1000
@@ -549,34 +550,35 @@ class BaseLock:
         uncertain = False  # an attempt failed with a backend error: it may have won
         marked = False  # a refused non-shared waiting attempt left a writer mark
         try:
-            waiting = False  # an attempt found the lock held: backend failures may be retried
-            while True:
-                running = asyncio.ensure_future(
-                    attempt_in_worker(key, ttl, correlation_id, token, mode, waiter)
-                )
-                try:
-                    attempt = await asyncio.shield(running)
-                    if attempt.info is not None:
-                        return attempt.info
-                    marked = waiter and not mode.shared
-                    seconds = self._wait_budget(
-                        deadline, attempt, key, timeout, correlation_id, waits, mode
+            with self._waiting(key) if timeout else contextlib.nullcontext():
+                waiting = False  # an attempt found the lock held: backend failures may be retried
+                while True:
+                    running = asyncio.ensure_future(
+                        attempt_in_worker(key, ttl, correlation_id, token, mode, waiter)
                     )
-                    waiting = True
-                    await self._await_release(key, seconds, waits)
-                except asyncio.CancelledError:
-                    # The attempt goes on in its worker thread: if it wins the lock after
-                    # all, release it, so that a cancelled waiter leaves nothing behind.
-                    await self._undo_attempt(running, key, token)
-                    if waiter and not mode.shared:  # the attempt may have marked
-                        await self._in_worker(self._give_up_mark)(key, token)
-                    raise
-                except LockBackendError as error:  # the attempt's, or the wait's
-                    uncertain = uncertain or running.exception() is not None
-                    await asyncio.sleep(
-                        self._retry_delay(error, waiting, deadline, key, correlation_id, waits)
-                    )
-                waits += 1
+                    try:
+                        attempt = await asyncio.shield(running)
+                        if attempt.info is not None:
+                            return attempt.info
+                        marked = waiter and not mode.shared
+                        seconds = self._wait_budget(
+                            deadline, attempt, key, timeout, correlation_id, waits, mode
+                        )
+                        waiting = True
+                        await self._await_release(key, seconds, waits)
+                    except asyncio.CancelledError:
+                        # The attempt goes on in its worker thread: if it wins the lock after
+                        # all, release it, so that a cancelled waiter leaves nothing behind.
+                        await self._undo_attempt(running, key, token)
+                        if waiter and not mode.shared:  # the attempt may have marked
+                            await self._in_worker(self._give_up_mark)(key, token)
+                        raise
+                    except LockBackendError as error:  # the attempt's, or the wait's
+                        uncertain = uncertain or running.exception() is not None
+                        await asyncio.sleep(
+                            self._retry_delay(error, waiting, deadline, key, correlation_id, waits)
+                        )
+                    waits += 1
         except asyncio.CancelledError:
             if uncertain:
                 self._unsettled(key, token, ttl)

@@ -34,7 +34,9 @@ How it keeps the contract:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import copy
 import os
 import threading
@@ -227,6 +229,7 @@ class Listener:
         self.unusable = False  # LISTEN cannot work here: waiters poll
         self._condition = threading.Condition()
         self._generations: dict[str, list[int]] = {}  # key -> [generation, waiters]
+        self._futures: dict[str, set[asyncio.Future]] = {}  # key -> async waiters' wake-ups
         self._raw: Any = None
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name=f"django_locks listener {using}",
@@ -257,6 +260,24 @@ class Listener:
             self._condition.wait_for(
                 lambda: self._generations.get(key, (since,))[0] != since, min(seconds, self.MAX_WAIT)
             )
+
+    async def await_change(self, key: str, since: int, seconds: float) -> None:
+        """:meth:`wait` for an async waiter, holding no thread: the listening thread
+        resolves the waiter's future through its event loop."""
+        future = asyncio.get_running_loop().create_future()
+        with self._condition:
+            if self._generations.get(key, (since,))[0] != since:
+                return
+            self._futures.setdefault(key, set()).add(future)
+        try:
+            await asyncio.wait({future}, timeout=min(seconds, self.MAX_WAIT))
+        finally:
+            with self._condition:
+                waiting = self._futures.get(key)
+                if waiting is not None:
+                    waiting.discard(future)
+                    if not waiting:
+                        del self._futures[key]
 
     # ---- the listening thread
 
@@ -298,6 +319,8 @@ class Listener:
                 for entry in self._generations.values():
                     entry[0] += 1
                 self._condition.notify_all()
+                for key in self._futures:
+                    self._resolve(key)
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -349,6 +372,20 @@ class Listener:
             if entry is not None:
                 entry[0] += 1
                 self._condition.notify_all()
+                self._resolve(key)
+
+    def _resolve(self, key: str) -> None:
+        """Wake the async waiters of ``key`` (under the condition), each in its own loop."""
+        for future in self._futures.get(key, ()):
+            try:
+                future.get_loop().call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # its loop is closed: nobody waits on it any more
+                pass
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 _listeners: dict[tuple[str, int], Listener] = {}
@@ -367,8 +404,12 @@ def listener_for(using: str) -> Listener:
     return listener
 
 
-#: The key this thread waits for through a listener, with the generation it last read.
-_waiting = threading.local()
+#: The key this call waits for through a listener, with the generation it last read:
+#: [key, listener, generation]. A context variable: per thread for sync waiters, per task
+#: for async ones (their attempts run in worker threads with the task's context).
+_WAITING: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "django_locks_waiting", default=None
+)
 
 
 # --------------------------------------------------------------------------- SQL per vendor
@@ -1020,20 +1061,26 @@ class DatabaseLock(BaseLock):
             yield
             return
         listener.register(key)
-        outer = getattr(_waiting, "entry", None)
-        _waiting.entry = [key, listener, listener.generation(key)]
+        reset = _WAITING.set([key, listener, listener.generation(key)])
         try:
             yield
         finally:
-            _waiting.entry = outer
+            _WAITING.reset(reset)
             listener.unregister(key)
 
     def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
-        entry = getattr(_waiting, "entry", None)
+        entry = _WAITING.get()
         if entry is not None and entry[0] == key and entry[1].ready.is_set():
             entry[1].wait(key, entry[2], seconds)  # woken by the release's NOTIFY
         else:
             super()._wait_for_release(key, seconds, waits)
+
+    async def _await_release(self, key: str, seconds: float, waits: int) -> None:
+        entry = _WAITING.get()
+        if entry is not None and entry[0] == key and entry[1].ready.is_set():
+            await entry[1].await_change(key, entry[2], seconds)  # woken by the NOTIFY
+        else:
+            await super()._await_release(key, seconds, waits)
 
     def _connect(self, wrapper: Any) -> None:
         if self.vendor == "sqlite" and wrapper.is_in_memory_db():
@@ -1147,7 +1194,7 @@ class DatabaseLock(BaseLock):
             if self._attempts_until_cull <= 0:
                 self._attempts_until_cull = self.cull_frequency
                 self._cull()
-        entry = getattr(_waiting, "entry", None)
+        entry = _WAITING.get()
         if entry is not None and entry[0] == key:
             entry[2] = entry[1].generation(key)  # a release from now on wakes this waiter
         if not mode.exclusive:
