@@ -280,28 +280,7 @@ def test_bad_cull_options(value):
 # ----------------------------------------------------------------------------- notifications
 
 
-WAITER = """
-import django, json, sys, time
-django.setup()
-from django_locks import locks
-from django_locks.backends import database
-database.Listener.MAX_WAIT = 20.0        # a lost notification would cost 20 s here
-database.DatabaseLock.poll_interval_min = database.DatabaseLock.poll_interval_max = 20.0
-backend = locks["postgres"]
-wait_for_release = database.DatabaseLock._wait_for_release
-def announced(self, *args):  # tells the test when the first attempt failed and it waits
-    print("blocked", flush=True)
-    return wait_for_release(self, *args)
-database.DatabaseLock._wait_for_release = announced
-assert database.listener_for(backend.using).ready.wait(10)  # listening before it waits
-print("waiting", flush=True)
-started = time.monotonic()
-with backend.lock("notified", 60_000, timeout=60_000):
-    print(json.dumps({"waited": time.monotonic() - started}), flush=True)
-"""
-
-
-ASYNC_WAITER = """
+_WAITER_SETUP = """
 import asyncio, django, json, sys, time
 django.setup()
 from django_locks import locks
@@ -309,12 +288,26 @@ from django_locks.backends import database
 database.Listener.MAX_WAIT = 20.0        # a lost notification would cost 20 s here
 database.DatabaseLock.poll_interval_min = database.DatabaseLock.poll_interval_max = 20.0
 backend = locks["postgres"]
+assert database.listener_for(backend.using).ready.wait(10)  # listening before it waits
+"""
+# Each tells the test when its first attempt failed and it waits ("blocked").
+WAITER = _WAITER_SETUP + """
+wait_for_release = database.DatabaseLock._wait_for_release
+def announced(self, *args):
+    print("blocked", flush=True)
+    return wait_for_release(self, *args)
+database.DatabaseLock._wait_for_release = announced
+print("waiting", flush=True)
+started = time.monotonic()
+with backend.lock("notified", 60_000, timeout=60_000):
+    print(json.dumps({"waited": time.monotonic() - started}), flush=True)
+"""
+ASYNC_WAITER = _WAITER_SETUP + """
 await_release = database.DatabaseLock._await_release
-async def announced(self, *args):  # tells the test when the first attempt failed and it waits
+async def announced(self, *args):
     print("blocked", flush=True)
     return await await_release(self, *args)
 database.DatabaseLock._await_release = announced
-assert database.listener_for(backend.using).ready.wait(10)  # listening before it waits
 async def main():
     print("waiting", flush=True)
     started = time.monotonic()

@@ -364,12 +364,13 @@ def test_a_cancelled_async_waiter_passes_on_the_wake_up_it_may_have_taken(redis_
         def wake_lists() -> list[bytes]:
             return [name for name in observer.keys("*") if name.endswith(b":wake")]
 
-        async def cancelled_waiter() -> None:
+        async def cancelled_waiter(before_cancel=lambda: None) -> None:
             waiter = asyncio.ensure_future(backend.alock("job", 60_000, timeout=30_000))
             deadline = time.monotonic() + 10
             while _blocked_in_blpop(observer) < 1:
                 assert time.monotonic() < deadline, "the async waiter never blocked in BLPOP"
                 await asyncio.sleep(0.01)
+            before_cancel()
             waiter.cancel()
             await asyncio.gather(waiter, return_exceptions=True)
             assert waiter.cancelled()
@@ -383,20 +384,10 @@ def test_a_cancelled_async_waiter_passes_on_the_wake_up_it_may_have_taken(redis_
         observer.delete(*wake_lists())
         other = backend.lock("job", 60_000)
 
-        async def cancelled_after_release() -> None:
-            waiter = asyncio.ensure_future(backend.alock("job", 60_000, timeout=30_000))
-            deadline = time.monotonic() + 10
-            while _blocked_in_blpop(observer) < 1:
-                assert time.monotonic() < deadline, "the async waiter never blocked in BLPOP"
-                await asyncio.sleep(0.01)
-            # The holder goes without a wake-up (as if the waiter had popped it), then
-            # the waiter is cancelled while still blocked.
+        def holder_gone_without_wake_up() -> None:  # as if the waiter had popped it
             observer.delete(*[n for n in observer.keys("*") if n.endswith(b":lock")])
-            waiter.cancel()
-            await asyncio.gather(waiter, return_exceptions=True)
-            assert waiter.cancelled()
 
-        asyncio.run(cancelled_after_release())
+        asyncio.run(cancelled_waiter(holder_gone_without_wake_up))
         assert backend.get_lock("job") is None and other.token
         assert len(wake_lists()) == 1  # passed on, for the next waiter
         assert 0 < observer.pttl(wake_lists()[0]) <= 5_000
