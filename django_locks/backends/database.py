@@ -1221,9 +1221,16 @@ class DatabaseLock(BaseLock):
         else:
             self._run(sql.acquire, params, fetch=False)
             rows, _ = self._run(sql.read_row, (key,))
-            if not rows or rows[0][1] != token:
-                return self._lost(key, token, since, waiter, rows)
-            _, _, fencing_token, _, acquired_us, expires_us, _ = rows[0]
+            if rows and rows[0][1] == token:
+                _, _, fencing_token, _, acquired_us, expires_us, _ = rows[0]
+            else:
+                # Won, then moved before the read-back: a semaphore admitted beside it
+                # moves the exclusive holder into the holders' table (move_exclusive),
+                # leaving the key row without token. Its row there says it holds the key.
+                moved = self._run(sql.own_holder, (token,))[0] if rows and rows[0][1] is None else []
+                if not moved:
+                    return self._lost(key, token, since, waiter, rows)
+                fencing_token, acquired_us, expires_us = moved[0]
         if since:
             self._waiting_calls.won(token)
         if self._marks.get(key) == token:
