@@ -587,3 +587,27 @@ def test_an_exclusive_lock_waits_for_every_semaphore_holder(sem_alias):
         backend.lock("both-ways", LONG, timeout=50)
     second.release()
     assert backend.try_acquire_lock(None, "both-ways", LONG)
+
+
+@pytest.mark.parametrize("listing", ["get_holders", "held_locks"])
+def test_a_holder_listed_as_gone_no_longer_counts(redis_alias, listing):
+    """When get_holders() / held_locks() no longer show an expiring holder, an acquisition
+    that needs its place is admitted: the listing decides liveness as the admission
+    script does (get_holders by the server's clock to the µs; held_locks keeps a holder
+    within PTTL's millisecond rounding). get_holders dropped it up to 1 ms early: the acquisition
+    that followed was refused nearly every time. (Found by an outside attack.)"""
+    backend = locks[redis_alias]
+
+    def count(key: str) -> int:
+        if listing == "get_holders":
+            return len(backend.get_holders(key))
+        return sum(1 for info in backend.held_locks() if info.key == key)
+
+    for round_ in range(10):
+        key = f"listed-{round_}"
+        backend.lock(key, 40, limit=2)
+        stays = backend.lock(key, LONG, limit=2)
+        wait_until(lambda key=key: count(key) == 1, timeout=5, interval=0)
+        joined = backend.lock(key, LONG, limit=2)  # timeout 0: admitted at once
+        joined.release()
+        stays.release()

@@ -429,11 +429,14 @@ redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return 1
 """
 
-# Reads a lock's hash (every holder) and its remaining life by the server's clock (PTTL)
-# in one command on one key, so a cluster client routes and retries it like any
-# single-key command. Returns {HGETALL, pttl}; see RedisLockClient._infos.
+# Reads a lock's hash (every holder), its remaining life (PTTL) and the server's clock
+# (TIME: which holders are live is decided to the microsecond, as the admission scripts
+# decide it) in one command on one key, so a cluster client routes and retries it like
+# any single-key command. Returns {HGETALL, pttl, seconds, microseconds}; see
+# RedisLockClient._infos.
 READ_SCRIPT = """
-return {redis.call('HGETALL', KEYS[1]), redis.call('PTTL', KEYS[1])}
+local t = redis.call('TIME')
+return {redis.call('HGETALL', KEYS[1]), redis.call('PTTL', KEYS[1]), t[1], t[2]}
 """
 
 
@@ -731,13 +734,17 @@ class RedisLockClient(CacheLockClient):
         return self._run(self.force_release_script, [keys.lock, keys.wake, keys.mark], [WAKE_TTL_MS]) == 1
 
     @staticmethod
-    def _infos(fields: Any, pttl: Any) -> list[LockInfo]:
+    def _infos(fields: Any, pttl: Any, now_us: int | None = None) -> list[LockInfo]:
         """Every live holder from a lock hash's HGETALL (a flat list) and its PTTL.
 
-        Remaining lives are the server's: the hash's PTTL is its latest holder's (see the
-        layout in the module docstring), and each holder's is that less how much sooner,
-        by the server's clock, it expires. A holder already expired, not yet pruned, is
-        left out.
+        Remaining lives are the server's. With ``now_us`` (the server's clock when it read
+        the hash: READ_SCRIPT) a holder is live while it expires after it, exactly as the
+        admission scripts count. Without (a pipelined HGETALL + PTTL), the hash's PTTL is
+        its latest holder's (see the layout in the module docstring), and each holder's
+        is that less how much sooner it expires; PTTL and the hash's expiry have whole
+        milliseconds, so a holder within 2 ms of its expiry is kept (shown as 0 ms) rather
+        than dropped while the scripts may still count it. A holder already expired, not
+        yet pruned, is left out.
         """
         pttl = int(pttl)
         if not fields or pttl == -2:
@@ -775,13 +782,20 @@ class RedisLockClient(CacheLockClient):
         latest = max(expires for expires, _ in holders)
         infos = []
         for expires, info in holders:
-            remaining = pttl + (expires - latest) // 1000 if pttl >= 0 else None
-            if remaining is None or remaining > 0 or expires == latest:
-                infos.append(replace(info, remaining_ms=None if remaining is None else max(remaining, 0)))
+            if now_us is not None:
+                left_us: int | None = expires - now_us
+                live = left_us > 0
+            else:
+                left_us = pttl * 1000 + expires - latest if pttl >= 0 else None
+                live = left_us is None or left_us > -2000 or expires == latest
+            if live:
+                remaining = None if left_us is None else max(left_us // 1000, 0)
+                infos.append(replace(info, remaining_ms=remaining))
         return infos
 
     def holders(self, keys: LockKeys) -> list[LockInfo]:
-        return self._infos(*self._run(self.read_script, [keys.lock], []))
+        fields, pttl, seconds, micros = self._run(self.read_script, [keys.lock], [])
+        return self._infos(fields, pttl, int(seconds) * 1_000_000 + int(micros))
 
     def held(self) -> list[LockInfo]:
         sentinel = "\x00"  # cannot occur in a key or a prefix made by Django
