@@ -253,6 +253,15 @@ class LockInfo:
         return datetime_from_us(self.expires_at_us)
 
 
+def lock_holder(holders: list[LockInfo]) -> LockInfo | None:
+    """The holder ``get_lock()`` answers for a key: its exclusive holder if it has one
+    (a semaphore admitted beside it may expire later), else of its holders the one that
+    expires last; None if none."""
+    exclusive = [info for info in holders if info.mode.exclusive]
+    candidates = exclusive or holders
+    return max(candidates, key=lambda info: (info.expires_at_us, info.token)) if candidates else None
+
+
 class Attempt(NamedTuple):
     """The outcome of one acquisition attempt by a backend."""
 

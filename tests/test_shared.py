@@ -89,6 +89,19 @@ def test_release_without_owner_needs_one_holder(alias):
     assert backend.get_holders("two") == []
 
 
+def test_get_lock_answers_the_exclusive_holder_first(alias):
+    """get_lock(): the exclusive holder when there is one, even if a semaphore holder
+    admitted beside it expires later (the command's show --json answers the same)."""
+    backend = locks[alias]
+    exclusive = backend.lock("mixed", TTL)
+    joined = backend.lock("mixed", TTL * 2, limit=3)
+    assert {info.token for info in backend.get_holders("mixed")} == {exclusive.token, joined.token}
+    assert backend.get_lock("mixed").token == exclusive.token
+    exclusive.release()
+    assert backend.get_lock("mixed").token == joined.token
+    joined.release()
+
+
 def test_shared_and_exclusive_exclude_each_other(alias):
     backend = locks[alias]
     if refuses_shared(backend):

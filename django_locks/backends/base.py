@@ -49,6 +49,7 @@ from django_locks.values import (
     Milliseconds,
     Mode,
     datetime_from_us,
+    lock_holder,
     new_token,
     validate_acquire_arguments,
     validate_correlation_id,
@@ -798,8 +799,7 @@ class BaseLock:
 
     def _get(self, key: str) -> LockInfo | None:
         """The exclusive holder of ``key``, or of several the one that expires last."""
-        holders = self._holders(key)
-        return max(holders, key=lambda info: (info.expires_at_us, info.token)) if holders else None
+        return lock_holder(self._holders(key))
 
     def _held(self) -> list[LockInfo]:
         """Every live holder of every key."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from django.core.checks import CheckMessage
 
 from django_locks.exceptions import LockBackendError
-from django_locks.values import Attempt, LockInfo, Mode
+from django_locks.values import Attempt, LockInfo, Mode, lock_holder
 
 if TYPE_CHECKING:
     from django_locks.backends.cache import CacheLock
@@ -81,8 +81,7 @@ class CacheLockClient(abc.ABC):
 
     def get(self, keys: LockKeys) -> LockInfo | None:
         """The exclusive holder, or of several the one that expires last; or None."""
-        holders = self.holders(keys)
-        return max(holders, key=lambda info: (info.expires_at_us, info.token)) if holders else None
+        return lock_holder(self.holders(keys))
 
     @abc.abstractmethod
     def held(self) -> list[LockInfo]:

@@ -58,7 +58,7 @@ from django_locks.exceptions import (
     LockTimeoutError,
 )
 from django_locks.guard import LockGuard, free_in_ms, warn_if_short_ttl
-from django_locks.values import EXCLUSIVE, MAX_LIMIT, Mode, validate_mode
+from django_locks.values import EXCLUSIVE, MAX_LIMIT, Mode, lock_holder, validate_mode
 
 EXIT_BUSY = 1
 EXIT_USAGE = 2
@@ -167,13 +167,6 @@ def _busy_detail(mode: Mode, holders: list[LockInfo]) -> str:
     if ms is not None:
         detail += f"; by expiry alone it could be had in {ms / 1000:.3f} s"
     return detail
-
-
-def _current(holders: list[LockInfo]) -> LockInfo:
-    """What ``get_lock`` answers among ``holders``: the exclusive one, or the one that
-    expires last."""
-    exclusive = [info for info in holders if info.mode.exclusive]
-    return max(exclusive or holders, key=lambda info: (info.expires_at_us, info.token))
 
 
 class Command(BaseCommand):
@@ -395,7 +388,7 @@ class Command(BaseCommand):
         if options["json"]:
             # The object is the holder get_lock() answers (as before shared locks), and
             # "holders" lists every holder.
-            data = {"alias": backend.alias, **_info_json(_current(holders), count),
+            data = {"alias": backend.alias, **_info_json(lock_holder(holders), count),
                     "holders": [_info_json(info, count) for info in holders]}
             self.stdout.write(json.dumps(data))
             return
