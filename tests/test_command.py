@@ -244,6 +244,29 @@ def test_run_command_as_a_keyword_of_call_command():
     assert result.returncode == 6, result
 
 
+def test_run_from_another_thread_runs_the_command_under_the_lock(tmp_path):
+    """call_command("locks", "run", ...) from a thread other than the main one (where
+    signal handlers cannot be set): COMMAND runs under the lock, which is released after
+    it ends. (It raised ValueError from signal.signal() with COMMAND already started, and
+    released the lock while COMMAND ran on.)"""
+    import threading
+
+    marker = tmp_path / "done"
+    outcome: dict = {}
+    code = f"import pathlib, time; time.sleep(0.2); pathlib.Path({str(marker)!r}).write_text('ok')"
+
+    def run() -> None:
+        outcome["result"] = locks_cmd("run", "threaded", "--ttl", "60000", "--",
+                                      sys.executable, "-c", code)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    assert outcome["result"].returncode == 0, outcome["result"]
+    assert marker.read_text() == "ok"  # COMMAND ran to its end, then run returned
+    assert locks["default"].get_lock("threaded") is None
+
+
 @pytest.mark.servers  # a process of its own, or the unreachable Redis
 def test_run_holds_the_lock_while_the_command_runs(monkeypatch, capfd):
     # The command is `manage.py locks try` in a process of its own: busy (1) while run holds.

@@ -34,6 +34,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from datetime import datetime, timezone
 from functools import partial
@@ -517,7 +518,11 @@ class Command(BaseCommand):
             except ProcessLookupError:  # COMMAND's group is gone already
                 pass
 
-        previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+        # Signal handlers belong to the main thread (signals are delivered there, and
+        # signal.signal() raises elsewhere): call_command from another thread runs COMMAND
+        # without forwarding, still tied to this process's life.
+        main = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS} if main else {}
         try:
             status = child.wait()
         finally:
