@@ -348,9 +348,11 @@ def test_async_waiters_connect_like_the_cache(redis_alias, tmp_path, caplog):
         server.stop()
 
 
-def test_a_cancelled_async_waiter_passes_on_the_wake_up_it_may_have_taken(redis_alias, redis_server):
+@pytest.mark.parametrize("limit", [1, 2], ids=["exclusive", "semaphore"])
+def test_a_cancelled_async_waiter_passes_on_the_wake_up_it_may_have_taken(redis_alias, redis_server, limit):
     """Cancelled while its BLPOP was in flight, an async waiter may have popped the
-    release's wake-up: one goes back while the lock is free, none while it is held."""
+    release's wake-up: one goes back while another waiter could now proceed (the key
+    free, or a semaphore with room), none while the key is full."""
     import asyncio
 
     import redis
@@ -365,7 +367,7 @@ def test_a_cancelled_async_waiter_passes_on_the_wake_up_it_may_have_taken(redis_
             return [name for name in observer.keys("*") if name.endswith(b":wake")]
 
         async def cancelled_waiter(before_cancel=lambda: None) -> None:
-            waiter = asyncio.ensure_future(backend.alock("job", 60_000, timeout=30_000))
+            waiter = asyncio.ensure_future(backend.alock("job", 60_000, timeout=30_000, limit=limit))
             deadline = time.monotonic() + 10
             while _blocked_in_blpop(observer) < 1:
                 assert time.monotonic() < deadline, "the async waiter never blocked in BLPOP"
@@ -375,20 +377,22 @@ def test_a_cancelled_async_waiter_passes_on_the_wake_up_it_may_have_taken(redis_
             await asyncio.gather(waiter, return_exceptions=True)
             assert waiter.cancelled()
 
-        holder = backend.lock("job", 60_000)
-        asyncio.run(cancelled_waiter())  # cancelled while the lock is held: nothing pushed
-        assert wake_lists() == [] and backend.get_lock("job").token == holder.token
-        # Free (its holder gone without a wake-up, as when the release's was popped by the
-        # waiter being cancelled): the cancelled waiter puts one back.
-        holder.release()
-        observer.delete(*wake_lists())
-        other = backend.lock("job", 60_000)
+        holders = [backend.lock("job", 60_000, limit=limit) for _ in range(limit)]
+        asyncio.run(cancelled_waiter())  # cancelled while the key is full: nothing pushed
+        assert wake_lists() == []
+        assert sorted(h.token for h in backend.get_holders("job")) == sorted(h.token for h in holders)
+        (lock_hash,) = [n for n in observer.keys("*") if n.endswith(b":lock")]
 
         def holder_gone_without_wake_up() -> None:  # as if the waiter had popped it
-            observer.delete(*[n for n in observer.keys("*") if n.endswith(b":lock")])
+            if limit == 1:
+                observer.delete(lock_hash)
+            else:
+                observer.hdel(lock_hash, f"h:{holders[0].token}")
 
+        # Room again (a holder gone without a wake-up, as when the release's was popped
+        # by the waiter being cancelled): the cancelled waiter puts one back.
         asyncio.run(cancelled_waiter(holder_gone_without_wake_up))
-        assert backend.get_lock("job") is None and other.token
+        assert len(backend.get_holders("job")) == limit - 1
         assert len(wake_lists()) == 1  # passed on, for the next waiter
         assert 0 < observer.pttl(wake_lists()[0]) <= 5_000
 

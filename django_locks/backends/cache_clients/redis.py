@@ -418,12 +418,21 @@ return 0
 """
 
 # A waiter cancelled while its BLPOP was in flight may have taken the release's wake-up
-# with it: if the lock is now free and no wake-up is pending, one goes back, so the next
-# waiter does not sleep through that release (while the lock is held, nothing is pushed:
-# a cancelled waiter leaves nothing behind). KEYS: lock hash, wake-up list; ARGV:
-# WAKE_TTL_MS. Returns 1 if it pushed one.
-PASS_ON_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+# with it: if no wake-up is pending and another waiter might now proceed (the key is
+# free, has room left under the largest limit among its holders, or only shared holders:
+# MODE_ACQUIRE_SCRIPT's pass-on rule), one goes back, so the next waiter does not sleep
+# through that release. While an exclusive holder or a full semaphore holds the key,
+# nothing is pushed: a cancelled waiter leaves nothing behind. KEYS: lock hash, wake-up
+# list; ARGV: WAKE_TTL_MS. Returns 1 if it pushed one.
+PASS_ON_SCRIPT = HOLDERS_LUA + """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local holders = live_holders(KEYS[1], clock_us())
+local widest, only_shared = 1, true
+for _, h in ipairs(holders) do
+  widest = math.max(widest, tonumber(h.limit))
+  if h.shared ~= '1' then only_shared = false end
+end
+if #holders > 0 and #holders >= widest and not only_shared then return 0 end
 redis.call('RPUSH', KEYS[2], '1')
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return 1
