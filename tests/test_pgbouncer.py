@@ -203,4 +203,9 @@ def test_waiters_behind_transaction_pooling_poll_and_say_so_once(pgbouncer_trans
     assert got.wait(10)
     waiter.join(10)
     said = [r for r in caplog.records if "poll instead of waiting for notifications" in r.getMessage()]
-    assert len(said) == 1 and "pgbouncer_transaction" in said[0].getMessage()
+    assert len(said) == 1 and "pgbouncer_transaction" in said[0].getMessage(), [r.threadName for r in said]
+    # The LISTEN tried on the way was taken back: the pooled server connection's next
+    # client is subscribed to nothing (it would get every release's key).
+    database.close_all_lock_connections()
+    with plain_client("pgbouncer_transaction") as other:
+        assert other.execute("SELECT pg_listening_channels()").fetchall() == []

@@ -231,6 +231,7 @@ class Listener:
         self._generations: dict[str, list[int]] = {}  # key -> [generation, waiters]
         self._futures: dict[str, set[asyncio.Future]] = {}  # key -> async waiters' wake-ups
         self._raw: Any = None
+        self._probed = False  # a probe notification came back once
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name=f"django_locks listener {using}",
                                         daemon=True)
@@ -293,11 +294,19 @@ class Listener:
                     return self._give_up("its driver cannot receive notifications")
                 raw.execute(f"LISTEN {NOTIFY_CHANNEL}")
                 self._raw = raw
-                if not self.ready.is_set() and not self._probe(raw):
+                if not self._probed and not self._probe(raw):
+                    # Through transaction pooling the LISTEN stays on a pooled server
+                    # connection, and its next clients would get the notifications: take
+                    # it back (a pooler reuses the connection just released first, LIFO).
+                    raw.execute(f"UNLISTEN {NOTIFY_CHANNEL}")
+                    if self._stopped:  # stopped while probing: nothing was learnt
+                        return None
                     return self._give_up(
                         "a notification sent on it never came back (a pooler in transaction "
-                        "mode, such as PgBouncer, cannot LISTEN)"
+                        "mode, such as PgBouncer, cannot LISTEN); set OPTIONS 'notify': False "
+                        "on a lock alias of a transaction-pooled database"
                     )
+                self._probed = True  # once: a reconnect does not probe again
                 self.ready.set()
                 delay = 0.05
                 while not self._stopped:
@@ -353,7 +362,7 @@ class Listener:
         finally:
             sender.abandon()
         deadline = time.monotonic() + self.PROBE_SECONDS
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self._stopped:
             for notification in raw.notifies(timeout=max(deadline - time.monotonic(), 0.01)):
                 if notification.payload == probe:
                     return True
