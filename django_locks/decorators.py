@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.db import connections, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from django_locks.backends.base import BaseLock
@@ -107,14 +108,38 @@ def _release_quietly(lease: Lease) -> None:
 
 
 def _release_after(response: HttpResponseBase, lease: Lease) -> HttpResponseBase:
-    """Release now, or for a streaming response when the server closes it."""
-    if response.streaming:
+    """Release now, or for a streaming response when the server closes it. Anything that
+    is not a response (a view returning None: Django reports it next) releases now."""
+    if getattr(response, "streaming", False) and hasattr(response, "_resource_closers"):
         # Django calls every resource closer when the response is closed, for sync and
         # async streams alike (the same hook it uses to close the stream's iterator).
         response._resource_closers.append(lambda: _release_quietly(lease))
     else:
         _release_quietly(lease)
     return response
+
+
+class _EveryDatabase(frozenset):
+    """A view's ``_non_atomic_requests`` naming every database alias."""
+
+    def __contains__(self, alias: object) -> bool:
+        return True
+
+
+_EVERY_DATABASE = _EveryDatabase()
+
+
+def _atomic_requests(view: Callable[..., Any]) -> Callable[..., Any]:
+    """``view`` in the transactions ATOMIC_REQUESTS asks for, as Django's handler would
+    wrap it (``BaseHandler.make_view_atomic``, honouring the view's own
+    ``non_atomic_requests``), but inside the lock: the view's transaction commits (or
+    rolls back) before the lock is released, so the next holder sees its writes, and on
+    SQLite the release does not wait behind the request's open write transaction."""
+    non_atomic = getattr(view, "_non_atomic_requests", set())
+    for alias, settings_dict in connections.settings.items():
+        if settings_dict.get("ATOMIC_REQUESTS") and alias not in non_atomic:
+            view = transaction.atomic(using=alias)(view)
+    return view
 
 
 class _ViewLock:
@@ -210,13 +235,17 @@ def lock_view(
             except LockTimeoutError:
                 return step.busy(request, lock_key, args, kwargs)
             try:
-                response = view(request, *args, **kwargs)
+                response = _atomic_requests(view)(request, *args, **kwargs)
             except BaseException:
                 _release_quietly(lease)
                 raise
             return _release_after(response, lease)
 
-        return functools.wraps(view)(sync_wrapper)  # type: ignore[return-value]
+        wrapper = functools.wraps(view)(sync_wrapper)
+        # Django must not wrap this view in ATOMIC_REQUESTS transactions: lock_view opens
+        # them itself, inside the lock (_atomic_requests).
+        wrapper._non_atomic_requests = _EVERY_DATABASE  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
 
     return decorator
 

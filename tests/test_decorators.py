@@ -64,6 +64,26 @@ def test_lock_is_released_when_the_view_raises():
     assert locks["default"].get_lock("boom") is None
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_view_returning_no_response_still_releases(kind):
+    """A view that returns None (a bug of the view: Django reports it) gives its lock back
+    at once; it kept it for its whole ttl, and every retry got 423."""
+    backend = locks["default"]
+    if kind == "sync":
+        @lock_view("no-response", ttl=30_000)
+        def view(request):
+            return None
+
+        assert view(RequestFactory().get("/")) is None
+    else:
+        @lock_view("no-response", ttl=30_000)
+        async def view(request):
+            return None
+
+        assert asyncio.run(view(RequestFactory().get("/"))) is None
+    assert backend.get_holders("no-response") == []
+
+
 def test_missing_url_kwarg_is_a_configuration_error_naming_it():
     with pytest.raises(ImproperlyConfigured, match="'missing'"):
         Client().get("/misconfigured/1/")

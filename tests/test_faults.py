@@ -186,6 +186,50 @@ def run_view(view):
     return handler.make_view_atomic(view)(RequestFactory().get("/"))
 
 
+def test_lock_view_commits_the_request_transaction_before_releasing(db_alias, atomic_requests):
+    """With ATOMIC_REQUESTS, lock_view runs the view's transaction inside the lock: it has
+    committed (or rolled back) when the lock is released, so the next holder sees its
+    writes, and on SQLite the release does not wait behind the open write transaction
+    (it waited the database's 5 s timeout, failed, and the lock stayed for its ttl)."""
+    from django.core.handlers.base import BaseHandler
+
+    from django_locks.decorators import lock_view
+
+    using = atomic_requests
+    seen: list[tuple[bool, bool]] = []
+
+    def released(sender, key, **kwargs) -> None:
+        if key == "atomic-view":  # the view's row, read by the lock's release, committed?
+            seen.append((connections[using].in_atomic_block,
+                         Group.objects.using(using).filter(name="written").exists()))
+
+    @lock_view("atomic-view", ttl=30_000, backend=db_alias)
+    def writes(request):
+        assert connections[using].in_atomic_block  # the request's transaction, as asked
+        Group.objects.using(using).create(name="written")
+        return HttpResponse("ok")
+
+    @lock_view("atomic-view", ttl=30_000, backend=db_alias)
+    def fails(request):
+        Group.objects.using(using).create(name="rolled back")
+        raise RuntimeError("the view failed")
+
+    from django_locks import signals
+
+    signals.lock_released.connect(released)
+    try:
+        # As Django's handler runs a view: make_view_atomic honours lock_view's marker.
+        assert BaseHandler().make_view_atomic(writes)(RequestFactory().get("/")).status_code == 200
+        with pytest.raises(RuntimeError):
+            BaseHandler().make_view_atomic(fails)(RequestFactory().get("/"))
+    finally:
+        signals.lock_released.disconnect(released)
+    assert seen == [(False, True), (False, True)]  # outside the transaction, after its commit
+    assert locks[db_alias].get_holders("atomic-view") == []
+    assert not Group.objects.using(using).filter(name="rolled back").exists()
+    Group.objects.using(using).filter(name="written").delete()
+
+
 def test_atomic_requests_views(db_alias, atomic_requests):
     using = atomic_requests
     backend = locks[db_alias]
