@@ -23,7 +23,15 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from django_locks.backends.base import BaseLock
 from django_locks.exceptions import LockError, LockTimeoutError
-from django_locks.guard import KeySpec, LockGuard, build_key, free_in_ms, safe_key, warn_if_short_ttl
+from django_locks.guard import (
+    KeySpec,
+    LockGuard,
+    build_key,
+    check_key_format,
+    free_in_ms,
+    safe_key,
+    warn_if_short_ttl,
+)
 from django_locks.handler import DEFAULT_LOCK_ALIAS
 from django_locks.lease import Lease
 from django_locks.values import Milliseconds, Mode, validate_correlation_id
@@ -200,6 +208,7 @@ def lock_view(
     """
     guard = LockGuard(key, ttl=ttl, timeout=timeout, backend=backend, auto_renew=auto_renew,
                       shared=shared, limit=limit)
+    check_key_format(key, "@lock_view")
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
         raise ValueError(f"status must be an HTTP status code (100-599), not {status!r}")
     if on_locked is not None and not callable(on_locked):

@@ -17,6 +17,7 @@ import hashlib
 import inspect
 import re
 import string
+import sys
 import warnings
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -119,6 +120,23 @@ def warn_if_short_ttl(ttl: object, what: str, *, option: str = "ttl", stacklevel
     )
 
 
+def check_key_format(key: KeySpec, what: str) -> None:
+    """A key format string that can never be built fails when it is given (decoration),
+    naming it: unbalanced braces, an unknown conversion (``{pk!z}``)."""
+    if callable(key):
+        return
+    try:
+        fields = list(_key_formatter.parse(key))
+    except ValueError as e:
+        raise ValueError(f"key {key!r} of {what} is not a valid format string: {e}") from None
+    for _, field, _, conversion in fields:
+        if field is not None and conversion not in (None, "r", "s", "a"):
+            raise ValueError(
+                f"key {key!r} of {what} is not a valid format string: unknown conversion "
+                f"!{conversion} (use !r, !s or !a)"
+            )
+
+
 def build_key(key: KeySpec, what: str, args: tuple, kwargs: dict[str, Any]) -> str:
     """The lock key of one call: ``key`` formatted with (or called on) its arguments.
 
@@ -142,6 +160,8 @@ def build_key(key: KeySpec, what: str, args: tuple, kwargs: dict[str, Any]) -> s
             f"the lock key {key!r} of {what} needs {e.args[0]!r}, which the call does not "
             f"provide (it has {sorted(kwargs)} and {len(args)} positional)"
         ) from None
+    except (AttributeError, TypeError, ValueError) as e:  # {pk.nope}, {pk:zz}
+        raise ImproperlyConfigured(f"the lock key {key!r} of {what} cannot be built: {e}") from None
 
 
 def free_in_ms(mode: Mode, holders: list[LockInfo]) -> int | None:
@@ -214,9 +234,11 @@ class LockGuard:
         self.correlation_id = validate_correlation_id(correlation_id)
         #: How the key is shared: exclusive, shared, or a semaphore of ``limit``.
         self.mode = validate_mode(shared, limit)
-        # The leases of the blocks entered and not yet left, per thread and async task.
-        self._entered: ContextVar[tuple[Lease, ...]] = ContextVar(f"django_locks_guard_{id(self)}",
-                                                                  default=())
+        # The leases of the blocks entered and not yet left, per thread and async task,
+        # each with the id of the frame that entered it.
+        self._entered: ContextVar[tuple[tuple[int, Lease], ...]] = ContextVar(
+            f"django_locks_guard_{id(self)}", default=()
+        )
 
     # ----------------------------------------------------------------------- the steps
 
@@ -252,7 +274,7 @@ class LockGuard:
 
     def __enter__(self) -> Lease:
         lease = self.acquire(self._literal_key())
-        self._entered.set((*self._entered.get(), lease))
+        self._entered.set((*self._entered.get(), (id(sys._getframe(1)), lease)))
         return lease
 
     def __exit__(
@@ -261,11 +283,12 @@ class LockGuard:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._left().__exit__(exc_type, exc, tb)
+        self._left(id(sys._getframe(1))).__exit__(exc_type, exc, tb)
 
     async def __aenter__(self) -> Lease:
+        frame = id(sys._getframe(1))
         lease = await self.aacquire(self._literal_key())
-        self._entered.set((*self._entered.get(), lease))
+        self._entered.set((*self._entered.get(), (frame, lease)))
         return lease
 
     async def __aexit__(
@@ -274,17 +297,25 @@ class LockGuard:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._left().__aexit__(exc_type, exc, tb)
+        await self._left(id(sys._getframe(1))).__aexit__(exc_type, exc, tb)
 
-    def _left(self) -> Lease:
-        *outer, lease = self._entered.get()
-        self._entered.set(tuple(outer))
+    def _left(self, frame: int) -> Lease:
+        """The lease of the block being left: the last one entered from the same frame
+        (``frame``: its id), so generators or coroutines that share a context and
+        interleave their blocks each leave their own; else (a block entered and left
+        from different frames, as an ExitStack does) the last one entered."""
+        entered = list(self._entered.get())
+        index = next((i for i in range(len(entered) - 1, -1, -1) if entered[i][0] == frame),
+                     len(entered) - 1)
+        _, lease = entered.pop(index)
+        self._entered.set(tuple(entered))
         return lease
 
     # ----------------------------------------------------------------------- as a decorator
 
     def __call__(self, function: F) -> F:
         name = f"function {getattr(function, '__qualname__', function)!r}"
+        check_key_format(self.key, f"@locked on {name}")
         warn_if_short_ttl(self.given_ttl, f"@locked({self.key!r}) on {name}")
         signature = inspect.signature(function)
         key = self.key
@@ -295,6 +326,25 @@ class LockGuard:
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             return build_key(key, name, (), dict(bound.arguments))
+
+        # A generator's body runs as it is iterated: the lock is taken at its first step
+        # and held until it is exhausted or closed, not only while the generator is made.
+        if inspect.isasyncgenfunction(function):
+
+            async def async_generator_wrapper(*args: Any, **kwargs: Any) -> Any:
+                async with await self.aacquire(call_key(args, kwargs)):
+                    async for item in function(*args, **kwargs):
+                        yield item
+
+            return functools.wraps(function)(async_generator_wrapper)  # type: ignore[return-value]
+
+        if inspect.isgeneratorfunction(function):
+
+            def generator_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with self.acquire(call_key(args, kwargs)):
+                    return (yield from function(*args, **kwargs))
+
+            return functools.wraps(function)(generator_wrapper)  # type: ignore[return-value]
 
         if iscoroutinefunction(function):
 

@@ -175,6 +175,80 @@ def test_bad_decorator_arguments_fail_at_decoration(kwargs, error, message):
             locked("k", **kwargs)
 
 
+@pytest.mark.parametrize("key", ["report:{", "report:}", "{pk!z}", "a{b}c{"])
+def test_a_key_that_is_no_format_string_fails_at_decoration(key):
+    """A key format string that can never be built fails when it is given, naming key;
+    it passed decoration and failed every request with a bare ValueError."""
+    proof.record_bad_inputs("decorators")
+    with pytest.raises(ValueError, match="key"):
+        lock_view(key, ttl=30_000)
+    with pytest.raises(ValueError, match="key"):
+        locked(key, ttl=30_000)(lambda pk=1: pk)
+    with locked(key, ttl=30_000, backend="memory"):  # as a context manager it is literal
+        assert locks["memory"].get_lock(key) is not None
+
+
+def test_a_key_that_cannot_be_built_for_a_call_names_the_key():
+    @locked("job:{pk.nope}", ttl=30_000, backend="memory")
+    def job(pk):
+        return pk
+
+    with pytest.raises(ImproperlyConfigured, match="job:"):
+        job(3)
+    assert locks["memory"].held_locks() == []
+
+
+def test_locked_generators_hold_the_lock_while_they_run():
+    """A decorated generator (or async generator) holds the lock from its first step until
+    it is exhausted or closed; it held it only while the generator object was made, and
+    the body ran unlocked."""
+    backend = locks["memory"]
+
+    @locked("gen", ttl=30_000, backend="memory")
+    def numbers():
+        for _ in range(2):
+            yield len(backend.get_holders("gen"))
+        return "done"
+
+    @locked("agen", ttl=30_000, backend="memory")
+    async def anumbers():
+        for _ in range(2):
+            yield len(backend.get_holders("agen"))
+
+    assert list(numbers()) == [1, 1] and backend.get_holders("gen") == []
+    started = numbers()
+    assert next(started) == 1
+    started.close()  # closed early: released
+    assert backend.get_holders("gen") == []
+
+    async def collect() -> list[int]:
+        return [n async for n in anumbers()]
+
+    assert asyncio.run(collect()) == [1, 1] and backend.get_holders("agen") == []
+
+
+def test_one_guard_in_interleaved_generators_releases_each_its_own():
+    """Generators share their caller's context: blocks of one guard entered in A then B
+    and left in A first release A's holder, not B's."""
+    backend = locks["memory"]
+    guard = locked("interleaved", ttl=30_000, backend="memory", limit=2)
+
+    def block(name: str, tokens: dict):
+        with guard as lease:
+            tokens[name] = lease.token
+            yield
+        yield
+
+    tokens: dict = {}
+    a, b = block("a", tokens), block("b", tokens)
+    next(a)
+    next(b)
+    next(a)  # A leaves its block
+    assert [info.token for info in backend.get_holders("interleaved")] == [tokens["b"]]
+    next(b)
+    assert backend.get_holders("interleaved") == []
+
+
 def test_unknown_backend_alias_is_reported_at_the_call():
     from django_locks.exceptions import InvalidLockBackendError
 
