@@ -139,9 +139,9 @@ def test_semaphore_and_shared_holders_mix_by_the_one_rule(redis_alias):
     assert refused(backend, "mix", limit=2)
     holders = {h.token: h for h in backend.get_holders("mix")}
     assert holders[exclusive.token].limit == 1 and holders[joined.token].limit == 2
-    assert backend.get_lock("mix").token == exclusive.token  # expires last
-    exclusive.extend(5_000)
-    assert backend.get_lock("mix").token == joined.token
+    assert backend.get_lock("mix").token == exclusive.token
+    exclusive.extend(5_000)  # the semaphore holder now expires last: still the exclusive one
+    assert backend.get_lock("mix").token == exclusive.token
     exclusive.release()
     assert [h.token for h in backend.get_holders("mix")] == [joined.token]
     joined.release()

@@ -99,7 +99,7 @@ def test_semaphore_mixed_with_shared_and_exclusive(db_alias):
     assert {h.token: h.limit for h in backend.get_holders("mix")} == {exclusive.token: 1, joined.token: 2}
     assert refused(db_alias, "mix", limit=2) and refused(db_alias, "mix")
     exclusive.extend(90_000)
-    assert backend.get_lock("mix").token == exclusive.token  # expires last
+    assert backend.get_lock("mix").token == exclusive.token  # the exclusive holder first
     exclusive.release()
     assert [h.token for h in backend.get_holders("mix")] == [joined.token]
     joined.release()
