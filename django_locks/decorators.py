@@ -137,13 +137,17 @@ class _EveryDatabase(frozenset):
 _EVERY_DATABASE = _EveryDatabase()
 
 
-def _atomic_requests(view: Callable[..., Any]) -> Callable[..., Any]:
+def _atomic_requests(view: Callable[..., Any], wrapper: Callable[..., Any]) -> Callable[..., Any]:
     """``view`` in the transactions ATOMIC_REQUESTS asks for, as Django's handler would
-    wrap it (``BaseHandler.make_view_atomic``, honouring the view's own
-    ``non_atomic_requests``), but inside the lock: the view's transaction commits (or
-    rolls back) before the lock is released, so the next holder sees its writes, and on
-    SQLite the release does not wait behind the request's open write transaction."""
-    non_atomic = getattr(view, "_non_atomic_requests", set())
+    wrap it (``BaseHandler.make_view_atomic``, honouring ``non_atomic_requests`` on the
+    view, or on ``wrapper``, lock_view's view, when it was applied over lock_view), but
+    inside the lock: the view's transaction commits (or rolls back) before the lock is
+    released, so the next holder sees its writes, and on SQLite the release does not wait
+    behind the request's open write transaction."""
+    non_atomic = set(getattr(view, "_non_atomic_requests", ()))
+    outer = getattr(wrapper, "_non_atomic_requests", _EVERY_DATABASE)
+    if outer is not _EVERY_DATABASE:  # non_atomic_requests over lock_view replaced the marker
+        non_atomic.update(outer)
     for alias, settings_dict in connections.settings.items():
         if settings_dict.get("ATOMIC_REQUESTS") and alias not in non_atomic:
             view = transaction.atomic(using=alias)(view)
@@ -244,7 +248,7 @@ def lock_view(
             except LockTimeoutError:
                 return step.busy(request, lock_key, args, kwargs)
             try:
-                response = _atomic_requests(view)(request, *args, **kwargs)
+                response = _atomic_requests(view, wrapper)(request, *args, **kwargs)
             except BaseException:
                 _release_quietly(lease)
                 raise

@@ -230,6 +230,27 @@ def test_lock_view_commits_the_request_transaction_before_releasing(db_alias, at
     Group.objects.using(using).filter(name="written").delete()
 
 
+def test_lock_view_honours_non_atomic_requests_in_either_order(db_alias, atomic_requests):
+    from django.core.handlers.base import BaseHandler
+    from django.db import transaction
+
+    from django_locks.decorators import lock_view
+
+    using = atomic_requests
+    seen = []
+
+    def view(request):
+        seen.append(connections[using].in_atomic_block)
+        return HttpResponse("ok")
+
+    inner = lock_view("na", ttl=30_000, backend=db_alias)(transaction.non_atomic_requests(using=using)(view))
+    outer = transaction.non_atomic_requests(using=using)(lock_view("na", ttl=30_000, backend=db_alias)(view))
+    for decorated in (inner, outer):
+        assert BaseHandler().make_view_atomic(decorated)(RequestFactory().get("/")).status_code == 200
+    assert seen == [False, False]
+    assert locks[db_alias].get_holders("na") == []
+
+
 def test_atomic_requests_views(db_alias, atomic_requests):
     using = atomic_requests
     backend = locks[db_alias]
