@@ -748,12 +748,13 @@ class RedisLockClient(CacheLockClient):
 
         Remaining lives are the server's. With ``now_us`` (the server's clock when it read
         the hash: READ_SCRIPT) a holder is live while it expires after it, exactly as the
-        admission scripts count. Without (a pipelined HGETALL + PTTL), the hash's PTTL is
-        its latest holder's (see the layout in the module docstring), and each holder's
-        is that less how much sooner it expires; PTTL and the hash's expiry have whole
-        milliseconds, so a holder within 2 ms of its expiry is kept (shown as 0 ms) rather
-        than dropped while the scripts may still count it. A holder already expired, not
-        yet pruned, is left out.
+        admission scripts count, and the latest one also while the hash lives (an
+        exclusive attempt is refused while it exists). Without (a pipelined HGETALL +
+        PTTL), the hash's PTTL is its latest holder's (see the layout in the module
+        docstring), and each holder's is that less how much sooner it expires; PTTL and
+        the hash's expiry have whole milliseconds, so a holder within 2 ms of its expiry
+        is kept (shown as 0 ms) rather than dropped while the scripts may still count it.
+        A holder already expired, not yet pruned, is left out.
         """
         pttl = int(pttl)
         if not fields or pttl == -2:
@@ -793,7 +794,9 @@ class RedisLockClient(CacheLockClient):
         for expires, info in holders:
             if now_us is not None:
                 left_us: int | None = expires - now_us
-                live = left_us > 0
+                # The latest holder also while the hash lives (its PEXPIRE has whole ms):
+                # ACQUIRE_SCRIPT refuses an exclusive attempt while the hash exists.
+                live = left_us > 0 or expires == latest  # (pttl -2, no hash, returned above)
             else:
                 left_us = pttl * 1000 + expires - latest if pttl >= 0 else None
                 live = left_us is None or left_us > -2000 or expires == latest
