@@ -506,25 +506,33 @@ class Command(BaseCommand):
         runs on while nothing renews its lock. Other platforms get the process group and
         the forwarded signals only (see the README).
         """
-        try:
-            child = subprocess.Popen(command, preexec_fn=partial(_tie_to_parent, os.getpid()))
-        except OSError as e:
-            self.stderr.write(f"cannot run {command[0]!r}: {e}")
-            return 127
+        started: list[subprocess.Popen] = []
+        early: list[int] = []  # signals that came before COMMAND started: passed on then
 
         def forward(sig: int, _frame: Any) -> None:
+            if not started:
+                early.append(sig)
+                return
             try:
-                os.killpg(child.pid, sig)
+                os.killpg(started[0].pid, sig)
             except ProcessLookupError:  # COMMAND's group is gone already
                 pass
 
         # Signal handlers belong to the main thread (signals are delivered there, and
         # signal.signal() raises elsewhere): call_command from another thread runs COMMAND
-        # without forwarding, still tied to this process's life.
+        # without forwarding, still tied to this process's life. They are in place before
+        # COMMAND starts, so a signal sent once it is running is never this process's death.
         main = threading.current_thread() is threading.main_thread()
         previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS} if main else {}
         try:
-            status = child.wait()
+            try:
+                started.append(subprocess.Popen(command, preexec_fn=partial(_tie_to_parent, os.getpid())))
+            except OSError as e:
+                self.stderr.write(f"cannot run {command[0]!r}: {e}")
+                return 127
+            for sig in early:
+                forward(sig, None)
+            status = started[0].wait()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
