@@ -387,12 +387,13 @@ class Listener:
         """Wake the async waiters of ``key`` (under the condition), each in its own loop."""
         for future in self._futures.get(key, ()):
             try:
-                future.get_loop().call_soon_threadsafe(_resolve, future)
+                future.get_loop().call_soon_threadsafe(_set_done, future)
             except RuntimeError:  # its loop is closed: nobody waits on it any more
                 pass
 
 
-def _resolve(future: asyncio.Future) -> None:
+def _set_done(future: asyncio.Future) -> None:
+    """In the future's own loop: an async waiter's wake-up (unless it gave up already)."""
     if not future.done():
         future.set_result(None)
 
@@ -1077,16 +1078,21 @@ class DatabaseLock(BaseLock):
             _WAITING.reset(reset)
             listener.unregister(key)
 
-    def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
+    @staticmethod
+    def _notified(key: str) -> list[Any] | None:
+        """This call's [key, listener, generation] while a ready listener wakes it on a
+        release of ``key`` (see :meth:`_waiting`); else None: it polls."""
         entry = _WAITING.get()
-        if entry is not None and entry[0] == key and entry[1].ready.is_set():
+        return entry if entry is not None and entry[0] == key and entry[1].ready.is_set() else None
+
+    def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
+        if (entry := self._notified(key)) is not None:
             entry[1].wait(key, entry[2], seconds)  # woken by the release's NOTIFY
         else:
             super()._wait_for_release(key, seconds, waits)
 
     async def _await_release(self, key: str, seconds: float, waits: int) -> None:
-        entry = _WAITING.get()
-        if entry is not None and entry[0] == key and entry[1].ready.is_set():
+        if (entry := self._notified(key)) is not None:
             await entry[1].await_change(key, entry[2], seconds)  # woken by the NOTIFY
         else:
             await super()._await_release(key, seconds, waits)
