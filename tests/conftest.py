@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,13 @@ from tests.helpers import (
     TIER,
     RedisServer,
 )
+
+# Started from a shell that ignores SIGINT (a background job: `scripts/test &`), the suite
+# and every process it starts would ignore it too (SIG_IGN survives fork and exec, and
+# Python then installs no KeyboardInterrupt handler): the tests that interrupt a child
+# need Python's default. A handler of our own is reset to the default in exec'd children.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The topology tests' fixtures: the suite's own Redis Cluster, Sentinel set and PgBouncer.
 pytest_plugins = ["tests.topology"]

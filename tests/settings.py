@@ -42,9 +42,11 @@ TEMPLATES = [
     }
 ]
 
-#: Appended to test database names and cache key prefixes, so that two checkouts can run
-#: the suite at the same time against the same servers.
-RUN_SUFFIX = os.environ.get("DJANGO_LOCKS_TEST_SUFFIX", "")
+#: Appended to test database names and cache key prefixes, so that two checkouts (or two
+#: runs of one) can run the suite at the same time against the same servers. Unique per
+#: run by default (the pytest process's pid); set in the environment here so that the
+#: processes the tests start inherit the same one.
+RUN_SUFFIX = os.environ.setdefault("DJANGO_LOCKS_TEST_SUFFIX", f"_p{os.getpid()}")
 
 # A file of its own per run, so that separate connections (and processes) share it.
 SQLITE_DIR = Path(os.environ.get("DJANGO_LOCKS_SQLITE_DIR", tempfile.gettempdir()))
@@ -171,7 +173,7 @@ if TIER != "unit":
         "cluster": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": ",".join(_CLUSTER_URLS),
-            "KEY_PREFIX": "django_locks_tests",
+            "KEY_PREFIX": f"django_locks_tests{RUN_SUFFIX}",
             "OPTIONS": {"CONNECTION_FACTORY": "django_locks.cluster.ClusterConnectionFactory",
                         "SOCKET_TIMEOUT": 2, "SOCKET_CONNECT_TIMEOUT": 1},
         },
@@ -179,14 +181,14 @@ if TIER != "unit":
         "cluster_django": {
             "BACKEND": "django_locks.cluster.RedisClusterCache",
             "LOCATION": _CLUSTER_URLS,
-            "KEY_PREFIX": "django_locks_tests_django",
+            "KEY_PREFIX": f"django_locks_tests_django{RUN_SUFFIX}",
             "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 1},
         },
         # django-redis's own Sentinel support.
         "sentinel": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": f"redis://{SENTINEL_SERVICE}/0",
-            "KEY_PREFIX": "django_locks_tests",
+            "KEY_PREFIX": f"django_locks_tests{RUN_SUFFIX}",
             "OPTIONS": {
                 "CLIENT_CLASS": "django_redis.client.SentinelClient",
                 "CONNECTION_FACTORY": "django_redis.pool.SentinelConnectionFactory",
@@ -197,7 +199,7 @@ if TIER != "unit":
         "sentinel_django": {
             "BACKEND": "django_locks.cluster.SentinelRedisCache",
             "LOCATION": f"redis://{SENTINEL_SERVICE}/0",
-            "KEY_PREFIX": "django_locks_tests_django",
+            "KEY_PREFIX": f"django_locks_tests_django{RUN_SUFFIX}",
             "OPTIONS": {"sentinels": sentinel_addresses(TOPOLOGY_PORTS),
                         "socket_timeout": 2, "socket_connect_timeout": 1},
         },

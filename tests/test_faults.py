@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -166,6 +167,35 @@ def test_interrupted_waiter_process_leaves_nothing(shared_alias):
         wait_until(lambda: raw_state(shared_alias) == before, timeout=WRITER_MARK_MS / 1000 + 2)
         after = raw_state(shared_alias)
     assert after == before
+
+
+@pytest.mark.unit
+def test_a_child_process_gets_keyboard_interrupt():
+    result = subprocess.run(
+        [sys.executable, "-c",
+         "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.stdout.strip() == "True", result
+
+
+@pytest.mark.unit
+def test_a_suite_started_ignoring_sigint_still_interrupts_its_children(tmp_path):
+    """`scripts/test &` from an interactive shell ignores SIGINT; the suite's children
+    (the interrupted waiters above) must not inherit that."""
+    code = (
+        "import signal, sys, pytest; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', "
+        "'tests/test_faults.py::test_a_child_process_gets_keyboard_interrupt']))"
+    )
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("DJANGO_LOCKS_TEST_")}
+    env.update(DJANGO_LOCKS_TEST_TIER="unit", DJANGO_LOCKS_TEST_SUFFIX=f"_sigint{os.getpid()}",
+               DJANGO_LOCKS_SQLITE_DIR=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout
 
 
 # ----------------------------------------------------------------------------- transactions

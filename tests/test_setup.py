@@ -137,3 +137,25 @@ def test_override_settings_as_a_decorator():
     assert list(locks) == ["default"]
     locks["default"].clear()
 
+
+
+@pytest.mark.unit
+def test_each_run_of_the_suite_gets_test_databases_of_its_own():
+    """Two checkouts running the suite at once shared the default test database names (a
+    SQLite file in the temporary directory: disk I/O errors, a SIGBUS)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    code = ("import json; from tests import settings as s; "
+            "print(json.dumps([s.DATABASES['default']['TEST']['NAME'], s.CACHES['redis']['KEY_PREFIX']]))")
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("DJANGO_LOCKS_TEST_")}
+    env["DJANGO_LOCKS_TEST_TIER"] = "unit"
+    runs = [json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
+                                      capture_output=True, text=True, timeout=60).stdout)
+            for _ in range(2)]
+    assert runs[0][0] != runs[1][0] and runs[0][1] != runs[1][1], runs
