@@ -8,6 +8,7 @@ any thread: a streaming response closed by the server, a renewal thread.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
@@ -42,6 +43,7 @@ class Lease:
         self.ttl = ttl
         self._released = False
         self._renewer: LeaseRenewer | None = None
+        self._pid = os.getpid()  # the process holding it (a forked child does not)
 
     @property
     def key(self) -> str:
@@ -112,6 +114,7 @@ class Lease:
         ttl = self.ttl if ttl is None else validate_ttl(ttl)
         if self._released:
             raise LockNotHeldError(f"lease on {self.key!r} was already released")
+        self._check_process()
         expires_at_us = self._backend._extend(self.key, self.token, ttl)
         if expires_at_us is None:
             self._lost("extend")
@@ -141,6 +144,7 @@ class Lease:
         self.stop_renewing()
         if self._released:
             raise LockNotHeldError(f"lease on {self.key!r} was already released")
+        self._check_process()
         released = self._backend._release(self.key, self.token)
         self._released = True
         self._backend._forget(self.key, self.token)
@@ -157,6 +161,16 @@ class Lease:
     async def arelease(self) -> None:
         """:meth:`release` for async code."""
         await self._backend._in_worker(self.release)()
+
+    def _check_process(self) -> None:
+        """A forked child inherits its parent's leases as objects, not the locks: those stay
+        with the parent, which releases them."""
+        if self._pid != os.getpid():
+            raise LockNotHeldError(
+                f"lease on {self.key!r} is held by process {self._pid}, not by this forked "
+                f"child ({os.getpid()}): only the process that acquired it can extend or "
+                "release it"
+            )
 
     def _lost(self, operation: str) -> None:
         self._released = True
@@ -188,6 +202,15 @@ class Lease:
         tb: TracebackType | None,
     ) -> None:
         if self._released:
+            return
+        if self._pid != os.getpid():
+            # A forked child leaving a block its parent entered: the lock is the parent's.
+            logger.warning(
+                "lock %r: a forked child (pid %d) left the block of a lease held by process "
+                "%d; the lock stays with that process (alias=%s)",
+                self.key, os.getpid(), self._pid, self.alias,
+            )
+            self._released = True
             return
         try:
             self.release()

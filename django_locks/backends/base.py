@@ -21,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import threading
 import time
+import weakref
 from datetime import datetime
 from typing import Any
 
@@ -186,6 +188,13 @@ class UnsettledAcquisitions:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: the parent's pending tokens and thread are the parent's (its
+        mutex may have been held by a thread that does not exist here)."""
+        self._pending = []
+        self._mutex = threading.Lock()
+        self._thread = None
+
     def _run(self) -> None:
         delay = self.RETRY_MIN
         backends: set[BaseLock] = set()
@@ -229,6 +238,22 @@ class UnsettledAcquisitions:
 
 #: The process's one settler of acquisitions whose outcome is unknown.
 unsettled = UnsettledAcquisitions()
+
+#: Every backend instance of this process (for :func:`_after_fork_in_child`).
+_instances: weakref.WeakSet[BaseLock] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (gunicorn ``--preload``, Celery's prefork pool, ``multiprocessing``)
+    starts with nothing of its parent's: no settler thread or pending tokens, and each
+    backend instance forgets the tokens the parent held and drops what it opened (its
+    own ``_after_fork_in_child``), without sending anything on the parent's sockets."""
+    unsettled._after_fork_in_child()
+    for backend in list(_instances):
+        backend._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # --------------------------------------------------------------------------- base backend
@@ -275,6 +300,13 @@ class BaseLock:
             )
         self._holdings = HeldTokens()
         self.configure(options)
+        _instances.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: drop this instance's per-process state (the tokens the parent
+        holds are not this process's to release). Subclasses drop what they opened, never
+        closing it (that would talk on the parent's connection), and call this."""
+        self._holdings = HeldTokens()
 
     def configure(self, options: dict[str, Any]) -> None:
         """Read this backend's OPTIONS (already checked for unknown names)."""

@@ -67,6 +67,12 @@ FAIR_RESERVE_US = 20_000
 
 _SUPPORTED_VENDORS = ("postgresql", "mysql", "sqlite")
 
+#: Stands for "now" in the statements of a transaction on holders (see
+#: :meth:`DatabaseLock._script`): replaced by the one reading of the database clock that
+#: the transaction takes once it has locked the key row, as an integer literal (µs), so
+#: that every statement of an operation decides on the same instant.
+NOW_US = "/*now_us*/"
+
 # --------------------------------------------------------------------------- connections
 
 
@@ -169,6 +175,40 @@ class LockConnection:
 _thread_connections = threading.local()
 _all_connections: weakref.WeakSet[LockConnection] = weakref.WeakSet()
 
+#: In a forked child, the parent's connections (and listeners), kept referenced for good:
+#: their drivers would otherwise, once collected, say goodbye on the parent's sockets
+#: (libpq's Terminate, MySQL's COM_QUIT), ending the parent's sessions.
+_inherited: list[Any] = []
+_forking: list[Any] = []
+
+
+def _before_fork() -> None:
+    # Strong references across the fork: the child clears the other threads' states (and
+    # their thread-local connections) before any after-fork callback runs.
+    _forking[:] = [*_all_connections, *_listeners.values()]
+    for listener in _listeners.values():
+        _forking.extend(listener.connections())
+
+
+def _after_fork_in_parent() -> None:
+    _forking.clear()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child opens connections and listeners of its own on first use; it never
+    touches (closes, cancels, reads) the parent's."""
+    global _thread_connections, _all_connections, _listeners, _listeners_mutex
+    _inherited.extend(_forking)
+    _forking.clear()
+    _thread_connections = threading.local()
+    _all_connections = weakref.WeakSet()
+    _listeners = {}
+    _listeners_mutex = threading.Lock()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+
 
 def _this_thread() -> dict[str, LockConnection]:
     return _thread_connections.__dict__.setdefault("by_alias", {})
@@ -231,6 +271,8 @@ class Listener:
         self._generations: dict[str, list[int]] = {}  # key -> [generation, waiters]
         self._futures: dict[str, set[asyncio.Future]] = {}  # key -> async waiters' wake-ups
         self._raw: Any = None
+        self._connection: LockConnection | None = None  # the listening one (or the probe's)
+        self._sender: LockConnection | None = None
         self._probed = False  # a probe notification came back once
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name=f"django_locks listener {using}",
@@ -287,7 +329,7 @@ class Listener:
         while True:
             connection = None
             try:
-                connection = LockConnection(self.using)
+                connection = self._connection = LockConnection(self.using)
                 connection.wrapper.connect()
                 raw = connection.wrapper.connection
                 if not hasattr(raw, "notifies"):
@@ -333,6 +375,10 @@ class Listener:
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    def connections(self) -> list[Any]:
+        """What this listener has open (kept referenced across a fork)."""
+        return [c for c in (self._connection, self._sender) if c is not None]
+
     @property
     def backend_pid(self) -> int | None:
         """The server process id of the listening connection (while connected)."""
@@ -355,7 +401,7 @@ class Listener:
         a pooler in transaction mode the LISTEN stays on a server connection that this
         client no longer owns, and the probe never comes back."""
         probe = "\x01probe"  # no key holds a control character (and NUL cannot be sent)
-        sender = LockConnection(self.using)
+        sender = self._sender = LockConnection(self.using)
         try:
             sender.wrapper.connect()
             sender.wrapper.connection.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, probe))
@@ -437,6 +483,9 @@ class LockSQL:
     """
 
     now_us = ""
+    #: The one reading of the clock a transaction on holders takes once the key row is
+    #: locked (a statement of its own: evaluated after the lock was granted).
+    read_clock = ""
     greatest = "GREATEST"
     #: The driver's parameter placeholder (statements run on the raw DB-API cursor).
     placeholder = "%s"
@@ -469,6 +518,7 @@ class LockSQL:
         r = f" + {self.nosync}" if self.nosync else ""
         reserve = (f" + CASE WHEN waiting_since_us IS NULL THEN 0 ELSE {FAIR_RESERVE_US} END"
                    if self.fair else "")
+        self.read_clock = self.read_clock or f"SELECT {now}"
         self.holder_statements(t, holders or f"{key[0]}django_locks_holder{key[-1]}", k, z, r)
         self.columns = f"{k}, token, fencing_token, correlation_id, acquired_at_us, expires_at_us"
         self.insert = (
@@ -485,8 +535,8 @@ class LockSQL:
         # and its writer mark.
         self.force_release = (
             f"UPDATE {t} SET token = NULL, correlation_id = NULL, mark_token = NULL, "
-            f"mark_expires_at_us = NULL, expires_at_us = {now}{z} "
-            f"WHERE {k} = {p} AND token IS NOT NULL AND expires_at_us > {now}"
+            f"mark_expires_at_us = NULL, expires_at_us = {NOW_US}{z} "
+            f"WHERE {k} = {p} AND token IS NOT NULL AND expires_at_us > {NOW_US}"
         )
         self.extend = (
             f"UPDATE {t} SET expires_at_us = {now} + {p}{z} "
@@ -525,15 +575,18 @@ class LockSQL:
         operation runs them in one transaction that first locks the key row, so each
         one after the lock sees every change committed before it (READ COMMITTED: a
         snapshot per statement; SQLite: one writer at a time)."""
-        now, p, greatest = self.now_us, self.placeholder, self.greatest
+        # The transaction's statements decide on its one clock reading (NOW_US); the
+        # statements that lock the key row and single-statement reads use the clock.
+        clock, p, greatest = self.now_us, self.placeholder, self.greatest
+        now = NOW_US
         columns = (f"{k}, token, fencing_token, correlation_id, acquired_at_us, expires_at_us")
-        self.holder_columns = f"SELECT {columns}, {now}, shared, holder_limit FROM {h}"
+        self.holder_columns = f"SELECT {columns}, {clock}, shared, holder_limit FROM {h}"
         insert = (f"INSERT INTO {h} (token, {k}, correlation_id, fencing_token, acquired_at_us, "
                   "expires_at_us, shared, holder_limit) ")
         # The key row, created free if missing, locked until the end of the transaction.
         self.lock_key = (
             f"INSERT INTO {t} ({k}, token, correlation_id, fencing_token, acquired_at_us, "
-            f"expires_at_us) VALUES ({p}, NULL, NULL, {now}, {now}, {now}{z}) "
+            f"expires_at_us) VALUES ({p}, NULL, NULL, {clock}, {clock}, {clock}{z}) "
             + self.touch(t, k)
         )
         self.lock_row = f"SELECT 1 FROM {t} WHERE {k} = {p}{self.lock_row_suffix}"
@@ -589,7 +642,8 @@ class LockSQL:
             f"SELECT fencing_token, acquired_at_us, expires_at_us FROM {h} WHERE token = {p}"
         )
         # What keeps an acquisition out, in µs from now: 0 a non-shared holder, 1 a shared
-        # one, 2 the writer mark (params: key x3).
+        # one, 2 the writer mark (params: key x3). One statement: one clock.
+        now = clock
         self.blockers = (
             f"SELECT expires_at_us - {now}, CASE WHEN shared THEN 1 ELSE 0 END FROM {h} "
             f"WHERE {k} = {p} AND expires_at_us > {now} "
@@ -599,10 +653,12 @@ class LockSQL:
             f"WHERE {k} = {p} AND mark_expires_at_us > {now}"
         )
         # An exclusive waiter kept out by shared or semaphore holders (params: token, key).
+        # (One statement, outside any transaction on holders.)
         self.mark = (
             f"UPDATE {t} SET mark_expires_at_us = {now} + {WRITER_MARK_MS * 1000}{z}, "
             f"mark_token = {p} WHERE {k} = {p} AND token IS NULL AND expires_at_us > {now}"
         )
+        now = NOW_US
         # Its own mark, once it won (params: key, token).
         self.unmark = (
             f"UPDATE {t} SET mark_token = NULL, mark_expires_at_us = NULL{z} "
@@ -635,9 +691,10 @@ class LockSQL:
             f"UPDATE {t} SET mark_token = NULL, mark_expires_at_us = NULL{z} "
             f"WHERE {k} = {p} AND mark_token IS NOT NULL"
         )
-        # Expired holders go at once on purge, and after the grace period on culling.
-        self.purge_holders = f"DELETE FROM {h} WHERE expires_at_us <= {now}{z}"
-        self.cull_holders = f"DELETE FROM {h} WHERE expires_at_us < {now} - {p}{z}"
+        # Expired holders go at once on purge, and after the grace period on culling (one
+        # statement each, run on its own).
+        self.purge_holders = f"DELETE FROM {h} WHERE expires_at_us <= {clock}{z}"
+        self.cull_holders = f"DELETE FROM {h} WHERE expires_at_us < {clock} - {p}{z}"
 
     def touch(self, t: str, k: str) -> str:
         """What follows the insert of a free key row when the row exists: it locks it."""
@@ -670,6 +727,9 @@ NOTIFY_CHANNEL = "django_locks"
 
 class PostgreSQLLockSQL(LockSQL):
     now_us = "(EXTRACT(EPOCH FROM statement_timestamp()) * 1000000)::bigint"
+    # statement_timestamp() is when the client's message arrived, before any wait for the
+    # key row's lock: the reading after the lock takes the clock itself.
+    read_clock = "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint"
 
     def __init__(self, table: str, key: str, durable: bool = True, holders: str | None = None) -> None:
         super().__init__(table, key, durable, holders)
@@ -1048,6 +1108,12 @@ class DatabaseLock(BaseLock):
             return [Error(str(error), id=error.check_id, obj=f"LOCKS[{self.alias!r}]")]
         return []
 
+    def _after_fork_in_child(self) -> None:
+        super()._after_fork_in_child()
+        self._waiting_calls = WaitingCalls()
+        self._marks.clear()
+        self._holder_tokens.clear()
+
     def close(self, **kwargs: Any) -> None:
         """Close this thread's private connection if it is unusable or older than the
         database's ``CONN_MAX_AGE`` (at the end of a request, or of a renewal thread)."""
@@ -1126,40 +1192,42 @@ class DatabaseLock(BaseLock):
                 f"LOCKS[{self.alias!r}]: database {self.using!r} failed: {_migrate_hint(e, self.using)}{e}"
             ) from e
 
-    def _script(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[list[Any], int]]:
-        """Run ``statements`` in one transaction on this thread's private connection, in
-        one round trip where the driver can (PostgreSQL with psycopg 3, MariaDB/MySQL);
+    #: Test hook: called with the clock reading of a transaction on holders, after it
+    #: locked the key row and before its other statements run (None in production).
+    _after_clock_read: Any = None
+
+    def _script(
+        self, lock: tuple[str, tuple[Any, ...]] | None, statements: list[tuple[str, tuple[Any, ...]]]
+    ) -> list[tuple[list[Any], int]]:
+        """Run ``statements`` in one transaction on this thread's private connection;
         (rows, rowcount) of each. A failure drops the connection, and with it the
-        transaction."""
+        transaction.
+
+        One clock per operation: the transaction first locks the key row (``lock``; on
+        SQLite ``BEGIN IMMEDIATE`` already did, and ``lock`` only creates the row), then
+        reads the database clock once, in a statement of its own (so after the lock was
+        granted), and every later statement decides on that reading (:data:`NOW_US`),
+        never one per statement: a holder seen alive by one statement is alive for all.
+        Two round trips where the driver takes several statements in one (psycopg 3,
+        MariaDB/MySQL): BEGIN, the lock and the reading; then the statements and COMMIT."""
         connection = lock_connection(self.using)
         wrapper = connection.wrapper
-        begin = self.sql.begin
+        sql = self.sql
+        head = [(part, ()) for part in sql.begin.split("; ")]
+        if lock is not None:
+            head.append(lock)
+        head.append((sql.read_clock, ()))
         try:
             if not connection.connected:
                 self._connect(wrapper)
             if self.vendor == "sqlite":
                 connection.sqlite_synchronous("FULL" if self.durable else "NORMAL")
-            cursor = connection.script_cursor()
-            results: list[tuple[list[Any], int]] = []
-            if cursor is None:  # one statement at a time (in-process SQLite, psycopg2)
-                cursor = connection.cursor()
-                cursor.execute(begin)
-                for sql, params in statements:
-                    cursor.execute(sql, params)
-                    results.append((cursor.fetchall() if cursor.description else [], cursor.rowcount))
-                cursor.execute("COMMIT")
-                return results
-            text = ";\n".join([begin, *(sql for sql, _ in statements), "COMMIT"])
-            cursor.execute(text, tuple(p for _, params in statements for p in params))
-            skip = begin.count(";") + 1  # the results of the BEGIN statements
-            while True:
-                if skip:
-                    skip -= 1
-                else:
-                    results.append((cursor.fetchall() if cursor.description else [], cursor.rowcount))
-                if not cursor.nextset():
-                    break
-            return results[: len(statements)]
+            now = int(self._execute(connection, head)[-1][0][0][0])
+            if self._after_clock_read is not None:
+                self._after_clock_read(now)
+            literal = str(now)
+            body = [(text.replace(NOW_US, literal), params) for text, params in statements]
+            return self._execute(connection, [*body, ("COMMIT", ())])[:-1]
         except (wrapper.Database.Error, DjangoDatabaseError) as e:
             connection.close()
             raise LockBackendError(
@@ -1168,6 +1236,27 @@ class DatabaseLock(BaseLock):
         except BaseException:
             connection.close()  # interrupted: whatever was left open goes with it
             raise
+
+    @staticmethod
+    def _execute(connection: LockConnection,
+                 statements: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[list[Any], int]]:
+        """Run ``statements`` on the private connection, in one round trip where the
+        driver can; (rows, rowcount) of each."""
+        cursor = connection.script_cursor()
+        results: list[tuple[list[Any], int]] = []
+        if cursor is None:  # one statement at a time (in-process SQLite, psycopg2)
+            cursor = connection.cursor()
+            for text, params in statements:
+                cursor.execute(text, params)
+                results.append((cursor.fetchall() if cursor.description else [], cursor.rowcount))
+            return results
+        cursor.execute(";\n".join(text for text, _ in statements),
+                       tuple(p for _, params in statements for p in params))
+        while True:
+            results.append((cursor.fetchall() if cursor.description else [], cursor.rowcount))
+            if not cursor.nextset():
+                break
+        return results
 
     # ----------------------------------------------------------------------- storage operations
 
@@ -1194,7 +1283,7 @@ class DatabaseLock(BaseLock):
         """Delete rows released or expired more than ``cull_grace`` ms ago (see the class)."""
         try:
             culled = self._run(self.sql.purge, (self.cull_grace * 1000,), fetch=False)[1]
-            culled += self._script([(self.sql.cull_holders, (self.cull_grace * 1000,))])[0][1]
+            culled += self._run(self.sql.cull_holders, (self.cull_grace * 1000,), fetch=False)[1]
         except LockBackendError as e:  # the attempt that follows reports the failure
             logger.warning("culling lock rows failed: %s (alias=%s)", e, self.alias)
             return
@@ -1292,7 +1381,7 @@ class DatabaseLock(BaseLock):
             admission = (sql.admit_shared, (*admit, key))
         else:
             admission = (sql.admit_semaphore, (*admit, key, mode.limit))
-        statements = [(sql.lock_key, (key,)), admission]
+        statements = [admission]
         if not mode.shared:
             statements.append((sql.move_exclusive, (key, token)))
         settle = (token, token, key, token)
@@ -1302,7 +1391,7 @@ class DatabaseLock(BaseLock):
         else:
             statements.append((sql.settle, settle))
         statements.append((sql.own_holder, (token,)))
-        rows = self._script(statements)[-1][0]
+        rows = self._script((sql.lock_key, (key,)), statements)[-1][0]
         if not rows:
             blockers, _ = self._run(sql.blockers, (key, key, key))
             return Attempt(None, _refusal(mode, blockers))
@@ -1315,17 +1404,16 @@ class DatabaseLock(BaseLock):
             shared=mode.shared, limit=mode.limit,
         ))
 
-    def _locking(self, key: str) -> list[tuple[str, tuple[Any, ...]]]:
+    def _locking(self, key: str) -> tuple[str, tuple[Any, ...]] | None:
         """The statement that locks the key row first (SQLite: BEGIN IMMEDIATE did)."""
-        return [] if self.vendor == "sqlite" else [(self.sql.lock_row, (key,))]
+        return None if self.vendor == "sqlite" else (self.sql.lock_row, (key,))
 
     def _release(self, key: str, token: str) -> bool:
         sql = self.sql
         if self._holder_tokens.pop(token, None) is None:
             if self._run(sql.release, (key, token), fetch=False)[1] == 1:
                 return True
-        results = self._script([
-            *self._locking(key),
+        results = self._script(self._locking(key), [
             (sql.release_holder, (token, key)),
             (sql.recompute, (key, key)),
         ])
@@ -1337,8 +1425,7 @@ class DatabaseLock(BaseLock):
             expires = self._extend_exclusive(key, token, ttl)
             if expires is not None:
                 return expires
-        results = self._script([
-            *self._locking(key),
+        results = self._script(self._locking(key), [
             (sql.extend_holder, (ttl * 1000, token, key)),
             (sql.recompute, (key, key)),
             (sql.holder_expiry, (token,)),
@@ -1366,8 +1453,7 @@ class DatabaseLock(BaseLock):
 
     def _force_release(self, key: str) -> bool:
         sql = self.sql
-        results = self._script([
-            *self._locking(key),
+        results = self._script(self._locking(key), [
             (sql.force_holders, (key,)),
             (sql.force_release, (key,)),
             (sql.clear_standing, (key,)),
@@ -1386,7 +1472,7 @@ class DatabaseLock(BaseLock):
 
     def _purge(self) -> int:
         cleared = self._run(self.sql.clear_expired, (), fetch=False)[1]
-        cleared += self._script([(self.sql.purge_holders, ())])[0][1]
+        cleared += self._run(self.sql.purge_holders, (), fetch=False)[1]
         return cleared + self._run(self.sql.purge, (PURGE_AFTER_US,), fetch=False)[1]
 
     def expired_locks(self) -> list[LockInfo]:

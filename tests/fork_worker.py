@@ -1,0 +1,126 @@
+"""A process that uses a lock alias, then forks, as gunicorn ``--preload``, Celery's
+prefork pool and ``multiprocessing`` do (see tests/test_fork.py).
+
+Usage: python -m tests.fork_worker CONFIG_JSON
+CONFIG: alias, key, rounds, children, ttl (ms), child_deadline (s).
+
+Before the first fork the parent uses everything the library opens per process: a
+try_acquire, a waiting acquisition (PostgreSQL: the LISTEN thread), an async waiting
+acquisition (Redis: its asyncio client), a lease renewed by a thread (kept for the whole
+run), and a lease of its own that the children inherit as an object. Then, each round,
+``children`` children are forked at once; each waits for the start (a pipe closes),
+makes one ``try_acquire_lock`` (timeout 0), and exits 10 if it won (keeping the lock),
+11 if it lost, 12 on an exception (printed on stderr), 13 if releasing the inherited
+lease did not fail as it must. The parent kills a child still running at the deadline
+(a hang) and reports it. After each round the parent lists the key's holders (the
+winner's correlation id, alone, is the round's "holders"), releases the winner's lock by
+its token, then acquires and releases the key itself.
+Prints one JSON line: {"rounds": [{"codes": [...], "winner_ok": bool}, ...], "parent_ok": bool}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+    import django
+
+    django.setup()
+    from django_locks import locks
+    from django_locks.exceptions import LockNotHeldError
+
+    alias, key, ttl = config["alias"], config["key"], config.get("ttl", 10_000)
+    backend = locks[alias]
+
+    # Use everything the library opens per process.
+    assert backend.try_acquire_lock("warm", key, ttl)
+    backend.release_lock("warm", key)
+    blocker = backend.lock(f"{key}:warm", ttl)
+    threading.Timer(0.05, blocker.release).start()
+    backend.lock(f"{key}:warm", ttl, timeout=5_000).release()  # waited: the listener, if any
+
+    async def wait_async() -> None:
+        held = await backend.alock(f"{key}:async", ttl)
+        asyncio.get_running_loop().call_later(0.05, held.release)
+        await asyncio.sleep(0)
+        lease = await backend.alock(f"{key}:async", ttl, timeout=5_000)
+        await lease.arelease()
+
+    asyncio.run(wait_async())
+    renewed = backend.lock(f"{key}:renewed", 3_000)
+    renewed.start_renewing(interval=0.05)
+    inherited = backend.lock(f"{key}:inherited", 60_000)
+
+    rounds = []
+    for _ in range(config["rounds"]):
+        start_read, start_write = os.pipe()
+        pids = []
+        for _ in range(config["children"]):
+            pid = os.fork()
+            if pid == 0:  # the child
+                os.close(start_write)
+                code = 12
+                try:
+                    os.read(start_read, 1)  # returns once the parent closes its end
+                    try:
+                        inherited.release()
+                        code = 13  # released the parent's lock
+                    except LockNotHeldError:
+                        child = locks[alias]
+                        if child.try_acquire_lock(f"child-{os.getpid()}", key, ttl):
+                            code = 10
+                        else:
+                            code = 11
+                except BaseException as e:  # reported to the parent
+                    print(f"child {os.getpid()}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                    code = 12
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        os.close(start_read)
+        os.close(start_write)  # start them all at once
+        deadline = time.monotonic() + config.get("child_deadline", 20)
+        codes = {}
+        while len(codes) < len(pids):
+            for pid in pids:
+                if pid in codes:
+                    continue
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    codes[pid] = os.waitstatus_to_exitcode(status)
+            if len(codes) < len(pids):
+                if time.monotonic() > deadline:
+                    for pid in pids:
+                        if pid not in codes:
+                            os.kill(pid, signal.SIGKILL)
+                            os.waitpid(pid, 0)
+                            codes[pid] = "hang"
+                    break
+                time.sleep(0.002)
+        winners = [f"child-{pid}" for pid in pids if codes[pid] == 10]
+        holders = backend.get_holders(key)
+        for holder in holders:
+            backend.release_lock("parent", key, owner=holder.token)
+        rounds.append({"codes": [codes[pid] for pid in pids],
+                       "winner_ok": [h.correlation_id for h in holders] == winners})
+        # The parent keeps working on its own connections.
+        backend.lock(key, ttl, timeout=5_000).release()
+
+    holders = backend.get_holders(f"{key}:inherited")
+    parent_ok = renewed.renewing and inherited.token in [h.token for h in holders]
+    renewed.release()
+    inherited.release()
+    print(json.dumps({"rounds": rounds, "parent_ok": parent_ok}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

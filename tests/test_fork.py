@@ -1,0 +1,38 @@
+"""Fork safety: a process that used a lock and then forks (gunicorn ``--preload``, Celery's
+prefork pool, uWSGI, ``multiprocessing``) hands its children nothing of its own: each
+child opens its own connections, listener and clients, and never touches the parent's
+sockets, threads or held tokens; the parent keeps working."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+
+from django_locks import locks
+from tests import proof
+from tests.helpers import ROOT, subprocess_env
+
+ROUNDS = 12
+CHILDREN = 4
+
+
+def test_children_forked_after_use_each_use_their_own_connections(shared_alias):
+    config = {"alias": shared_alias, "key": "forked", "rounds": ROUNDS, "children": CHILDREN}
+    result = subprocess.run([sys.executable, "-m", "tests.fork_worker", json.dumps(config)],
+                            cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    rounds = report["rounds"]
+    outcomes = Counter(code for one in rounds for code in one["codes"])
+    # 10 won, 11 lost: no hang, no error (12), no release of the parent's lock (13).
+    assert set(outcomes) <= {10, 11}, (outcomes, result.stderr[-3000:])
+    # One winner per round, and it alone holds the key.
+    assert all(one["codes"].count(10) == 1 and one["winner_ok"] for one in rounds), rounds
+    assert report["parent_ok"], "the parent's renewed or inherited lease was lost"
+    proof.record_fault("processes forked after using the lock", ROUNDS * CHILDREN)
+    backend = locks[shared_alias]
+    for key in ("forked", "forked:warm", "forked:async", "forked:renewed", "forked:inherited"):
+        assert backend.get_holders(key) == [], key  # nothing left
