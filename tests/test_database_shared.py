@@ -498,3 +498,43 @@ def test_an_exclusive_win_moved_by_a_semaphore_before_its_read_back_is_still_a_w
         stop.set()
         thread.join(30)
     assert errors == []
+
+
+# ----------------------------------------------------------------------------- one clock
+
+
+def test_an_extension_straddling_the_expiry_decides_on_one_reading(db_alias, using):
+    """The transaction's statements run after the holder expired by the wall clock, on a
+    clock reading taken before (the test hook waits in between): every statement treats
+    the holder as alive at that reading, so the key row follows the extension and no
+    exclusive acquisition gets in beside the extended holder. (Before: MariaDB and SQLite
+    read the clock once per statement; the extension saw the holder alive and the key
+    row expired, and left it expired.)"""
+    from django.db import connections
+
+    backend = locks[db_alias]
+    lease = backend.lock("edge", 300, limit=2)
+    clock = backend.sql.now_us
+
+    def database_now() -> int:
+        with connections[using].cursor() as cursor:
+            cursor.execute(f"SELECT {clock}")
+            return int(cursor.fetchone()[0])
+
+    readings = []
+
+    def past_the_expiry(now: int) -> None:
+        readings.append(now)
+        wait_until(lambda: database_now() > lease.info.expires_at_us + 20_000, timeout=10)
+
+    backend._after_clock_read = past_the_expiry
+    try:
+        lease.extend(60_000)
+    finally:
+        backend._after_clock_read = None
+    assert readings and readings[0] < lease.info.expires_at_us
+    other = type(backend)("other", {"OPTIONS": {"using": using}})
+    assert not other.try_acquire_lock(None, "edge", 1_000)
+    assert [holder.token for holder in backend.get_holders("edge")] == [lease.token]
+    lease.release()
+    assert other.try_acquire_lock(None, "edge", 1_000)

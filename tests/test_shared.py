@@ -282,3 +282,59 @@ def test_writer_is_not_starved_in_process(tmp_path):
         for thread in threads:
             thread.join(timeout=30)
     assert waited < 2.0
+
+
+# ----------------------------------------------------------------------------- one clock
+
+EDGE_ROUNDS = 200
+
+
+def test_extensions_at_the_expiry_edge_never_leave_two_holders(alias):
+    """A semaphore holder extends right at its expiry while another instance's exclusive
+    try_acquire_lock polls through it: either the extension or the exclusive acquisition
+    wins, never both, and the exclusive one never before the holder's expiry (MariaDB 24
+    of 300, SQLite 12 of 1,100 before one clock per operation). Every backend here runs
+    on this machine's clock, so the wall clock places a win before or after the expiry
+    (within SLACK_US)."""
+    import random
+
+    from django_locks.exceptions import LockNotHeldError
+
+    slack_us = 2_000
+    backend = locks[alias]
+    ttl = 15
+    both, early = [], []
+    extended = taken = 0
+    for round_ in range(EDGE_ROUNDS):
+        key = f"edge:{round_}"
+        lease = backend.lock(key, ttl, limit=2)
+        expires_at_us = lease.info.expires_at_us
+        start = time.monotonic()
+        won: list[int] = []
+
+        def poll(key=key, start=start, won=won) -> None:
+            other = locks[alias]  # this thread's own instance
+            while time.monotonic() < start + (ttl + 15) / 1000:
+                if other.try_acquire_lock(None, key, 60_000):
+                    won.append(time.time_ns() // 1000)
+                    return
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        time.sleep(max(0.0, start + (ttl + random.uniform(-3, 2)) / 1000 - time.monotonic()))
+        try:
+            lease.extend(60_000)
+            ok = True
+        except LockNotHeldError:
+            ok = False
+        poller.join()
+        extended += ok
+        taken += bool(won)
+        if ok and won:
+            both.append((key, [(h.token == lease.token, h.limit) for h in backend.get_holders(key)]))
+        if won and won[0] < expires_at_us - slack_us:
+            early.append((key, expires_at_us - won[0]))
+    assert both == [] and early == []
+    # The edge was reached from both sides (the cache.add fallback refuses any extension
+    # within its safety margin of the expiry, a quarter of this ttl: it never extends).
+    assert taken and (extended or alias == "locmem"), (extended, taken)
