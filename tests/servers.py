@@ -30,7 +30,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import redis
 
 #: The environment variable that carries the chosen ports to child processes.
@@ -437,6 +436,8 @@ class PgBouncer:
 
     def admin(self, command: str) -> list[dict[str, Any]]:
         """A SHOW command on PgBouncer's admin console, as dicts."""
+        import psycopg  # here: the psycopg2 runs of the suite (tests/settings.py) import no psycopg
+
         with psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, dbname="pgbouncer",
                              autocommit=True, prepare_threshold=None) as connection:
             cursor = connection.cursor()

@@ -5,6 +5,19 @@ import os
 import tempfile
 from pathlib import Path
 
+#: The drivers the database tests run under (CI runs them under each one): mysqlclient or
+#: PyMySQL for MariaDB, psycopg (3) or psycopg2 for PostgreSQL.
+MYSQL_DRIVER = os.environ.get("DJANGO_LOCKS_TEST_MYSQL_DRIVER", "mysqlclient")
+POSTGRES_DRIVER = os.environ.get("DJANGO_LOCKS_TEST_POSTGRES_DRIVER", "psycopg")
+if MYSQL_DRIVER == "pymysql":
+    import pymysql
+
+    pymysql.install_as_MySQLdb()
+if POSTGRES_DRIVER == "psycopg2":
+    import sys
+
+    sys.modules["psycopg"] = None  # type: ignore[assignment]  # Django then imports psycopg2
+
 SECRET_KEY = "django-locks-tests"
 USE_TZ = True
 DEBUG = False

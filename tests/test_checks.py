@@ -84,3 +84,24 @@ def test_registered_with_the_check_framework():
         found = checks.run_checks(tags=["django_locks"])
     assert [m.id for m in found] == ["django_locks.E005"]
     assert all(isinstance(m, checks.CheckMessage) for m in found)
+
+
+def test_mysql_connector_django_backend_is_refused_by_a_check_naming_it(monkeypatch):
+    """mysql-connector-python's own Django backend cannot run several statements in one
+    round trip: refused at check time (mysqlclient and PyMySQL through Django's backend
+    work; CI runs the database tests under each)."""
+    from django.db import connections
+
+    # A database alias of that backend (the driver is a test dependency), never connected.
+    monkeypatch.setitem(connections.settings, "connector",
+                        {"ENGINE": "mysql.connector.django", "NAME": "test", "HOST": "127.0.0.1"})
+    messages = [m for m in checks_for({"connector": {"BACKEND": DB, "OPTIONS": {"using": "connector"}}})
+                if m.obj == "LOCKS['connector']"]
+    assert [m.id for m in messages] == ["django_locks.E006"]
+    assert "mysql.connector.django" in messages[0].msg and "PyMySQL" in messages[0].msg
+
+
+def checks_for(locks_setting):
+    locks_setting = {"default": {"BACKEND": "django_locks.backends.memory.MemoryLock"}, **locks_setting}
+    with override_settings(LOCKS=locks_setting, CACHES=CACHES):
+        return check_locks_setting()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import connections, transaction
 
@@ -185,7 +186,7 @@ def test_durable_option_sets_the_commit_mode(db_alias, using, durable):
         raw = lock_connection(using).wrapper.connection
         if vendor == "postgresql":
             # Never a session setting, in either mode (a pooler would hand it on).
-            assert raw.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+            assert _query(raw, "SHOW synchronous_commit").fetchone()[0] == "on"
             sql = backend.sql
             writes = [sql.acquire, sql.force_release, sql.extend, sql.purge, sql.clear_expired,
                       sql.settle, sql.extend_holder]
@@ -196,21 +197,21 @@ def test_durable_option_sets_the_commit_mode(db_alias, using, durable):
             assert all(local_off in statement for statement in (sql.release, sql.release_holder))
             # What a durable alias's release sees: off, for its transaction only.
             held = backend.lock("held", 60_000)
-            import psycopg
-
-            with raw.transaction():
-                assert raw.execute(sql.release, ("held", held.token)).fetchall() == [("",)]
-                assert raw.execute("SHOW synchronous_commit").fetchone()[0] == "off"
-                raise psycopg.Rollback()
+            _query(raw, "BEGIN")
+            try:
+                assert _query(raw, sql.release, ("held", held.token)).fetchall() == [("",)]
+                assert _query(raw, "SHOW synchronous_commit").fetchone()[0] == "off"
+            finally:
+                _query(raw, "ROLLBACK")
             assert backend.get_lock("held").token == held.token  # rolled back: still held
             held.release()
-            assert raw.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+            assert _query(raw, "SHOW synchronous_commit").fetchone()[0] == "on"
             if durable is False:  # what those statements see: off, for their transaction only
                 probe = f"SELECT {sql.nosync}, current_setting('synchronous_commit')"
-                assert raw.execute(probe).fetchone() == (0, "off")
-                assert raw.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+                assert _query(raw, probe).fetchone() == (0, "off")
+                assert _query(raw, "SHOW synchronous_commit").fetchone()[0] == "on"
         elif vendor == "sqlite":
-            level = raw.execute("PRAGMA synchronous").fetchone()[0]
+            level = _query(raw, "PRAGMA synchronous").fetchone()[0]
             assert level == (1 if durable is False else 2)  # NORMAL / FULL
         close_thread_lock_connections()
 
@@ -230,9 +231,9 @@ def test_aliases_of_one_database_keep_their_own_durability(db_alias, using):
             with locks[alias].lock(f"job-{alias}", 60_000):
                 raw = lock_connection(using).wrapper.connection
                 if vendor == "sqlite":
-                    assert raw.execute("PRAGMA synchronous").fetchone()[0] == expected
+                    assert _query(raw, "PRAGMA synchronous").fetchone()[0] == expected
                 elif vendor == "postgresql":
-                    assert raw.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+                    assert _query(raw, "SHOW synchronous_commit").fetchone()[0] == "on"
         close_thread_lock_connections()
 
 
@@ -404,3 +405,22 @@ def test_a_lost_notification_costs_one_bounded_wait():
     assert got.wait(10)
     waiter.join(10)
     wait_until(lambda: listener.ready.is_set())  # it reconnected
+
+
+def test_the_run_uses_the_drivers_it_names():
+    """CI runs the database tests under each supported driver (tests/settings.py)."""
+    from django_locks.backends.database import lock_connection
+
+    modules = {"mysqlclient": "MySQLdb", "pymysql": "pymysql", "psycopg": "psycopg",
+               "psycopg2": "psycopg2"}
+    for using, driver in (("mysql", settings.MYSQL_DRIVER), ("postgres", settings.POSTGRES_DRIVER)):
+        if using in DATABASE_ALIASES.values():
+            assert lock_connection(using).wrapper.Database.__name__ == modules[driver]
+            assert locks[using].try_acquire_lock(None, "driver", 1_000)
+
+
+def _query(raw, sql, params=()):
+    """A statement on a raw connection of any driver (psycopg 3 has connection.execute)."""
+    cursor = raw.cursor()
+    cursor.execute(sql, params)
+    return cursor

@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import contextvars
 import copy
+import importlib
 import os
 import threading
 import time
@@ -67,6 +68,15 @@ FAIR_RESERVE_US = 20_000
 
 _SUPPORTED_VENDORS = ("postgresql", "mysql", "sqlite")
 
+#: Database backends of a supported vendor that DatabaseLock cannot run on (with why).
+_UNSUPPORTED_ENGINES = {
+    "mysql.connector.django": (
+        "mysql-connector-python's own Django backend cannot run several statements in one "
+        "round trip; use ENGINE 'django.db.backends.mysql' with mysqlclient, or with PyMySQL "
+        "(pymysql.install_as_MySQLdb())"
+    ),
+}
+
 #: Stands for "now" in the statements of a transaction on holders (see
 #: :meth:`DatabaseLock._script`): replaced by the one reading of the database clock that
 #: the transaction takes once it has locked the key row, as an integer literal (µs), so
@@ -91,6 +101,14 @@ class LockConnection:
         if wrapper_class.vendor == "mysql":
             # Keys may hold any Unicode character, emoji included.
             options["charset"] = "utf8mb4"
+            # Several statements in one round trip (a transaction on holders): mysqlclient
+            # allows them whatever the flags say, PyMySQL only when asked. FOUND_ROWS as
+            # Django sets it (an UPDATE counts the rows it matched).
+            client = importlib.import_module(f"{wrapper_class.Database.__name__}.constants.CLIENT")
+            options["client_flag"] = (
+                options.get("client_flag", client.FOUND_ROWS)
+                | client.MULTI_STATEMENTS | client.MULTI_RESULTS
+            )
         elif wrapper_class.vendor == "postgresql":
             # A private connection, not one of Django's pool (Django 5.1+), so nothing of
             # it goes back to a pool that Django's own connections share.
@@ -127,7 +145,7 @@ class LockConnection:
         if self._script_of is not raw:
             self._script, self._script_of = None, raw
             if self.wrapper.vendor == "mysql":
-                self._script = raw.cursor()  # mysqlclient enables multi-statements
+                self._script = raw.cursor()  # multi-statements enabled (see __init__)
             elif self.wrapper.vendor == "postgresql" and hasattr(raw, "pipeline"):
                 import psycopg
 
@@ -332,8 +350,8 @@ class Listener:
                 connection = self._connection = LockConnection(self.using)
                 connection.wrapper.connect()
                 raw = connection.wrapper.connection
-                if not hasattr(raw, "notifies"):
-                    return self._give_up("its driver cannot receive notifications")
+                if not callable(getattr(raw, "notifies", None)):  # psycopg 3's generator
+                    return self._give_up("its driver cannot wait for notifications (psycopg 3 can)")
                 raw.execute(f"LISTEN {NOTIFY_CHANNEL}")
                 self._raw = raw
                 if not self._probed and not self._probe(raw):
@@ -1069,6 +1087,11 @@ class DatabaseLock(BaseLock):
             raise self._invalid(
                 f"database {using!r} has an unusable ENGINE {engine!r}: {e}", "django_locks.E006"
             ) from e
+        if engine in _UNSUPPORTED_ENGINES:
+            raise self._invalid(
+                f"database {using!r} has ENGINE {engine!r}: {_UNSUPPORTED_ENGINES[engine]}",
+                "django_locks.E006",
+            )
         if vendor not in _SUPPORTED_VENDORS:
             raise self._invalid(
                 f"database {using!r} is {vendor}; DatabaseLock supports "
