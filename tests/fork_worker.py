@@ -9,7 +9,8 @@ try_acquire, a waiting acquisition (PostgreSQL: the LISTEN thread), an async wai
 acquisition (Redis: its asyncio client), a lease renewed by a thread (kept for the whole
 run), and a lease of its own that the children inherit as an object. Then, each round,
 ``children`` children are forked at once; each waits for the start (a pipe closes),
-makes one ``try_acquire_lock`` (timeout 0), and exits 10 if it won (keeping the lock),
+makes one ``try_acquire_lock`` (timeout 0), then a waiting acquisition of a second key
+(the children take turns), and exits 10 if it won the first (keeping that lock),
 11 if it lost, 12 on an exception (printed on stderr), 13 if releasing the inherited
 lease did not fail as it must. The parent kills a child still running at the deadline
 (a hang) and reports it. After each round the parent lists the key's holders (the
@@ -76,10 +77,11 @@ def main() -> None:
                         code = 13  # released the parent's lock
                     except LockNotHeldError:
                         child = locks[alias]
-                        if child.try_acquire_lock(f"child-{os.getpid()}", key, ttl):
-                            code = 10
-                        else:
-                            code = 11
+                        won = child.try_acquire_lock(f"child-{os.getpid()}", key, ttl)
+                        # A wait of its own (PostgreSQL: the child's own listener), the
+                        # children taking turns on a second key.
+                        child.lock(f"{key}:turns", ttl, timeout=10_000).release()
+                        code = 10 if won else 11
                 except BaseException as e:  # reported to the parent
                     print(f"child {os.getpid()}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
                     code = 12

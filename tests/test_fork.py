@@ -34,5 +34,29 @@ def test_children_forked_after_use_each_use_their_own_connections(shared_alias):
     assert report["parent_ok"], "the parent's renewed or inherited lease was lost"
     proof.record_fault("processes forked after using the lock", ROUNDS * CHILDREN)
     backend = locks[shared_alias]
-    for key in ("forked", "forked:warm", "forked:async", "forked:renewed", "forked:inherited"):
+    for key in ("forked", "forked:turns", "forked:warm", "forked:async", "forked:renewed",
+                "forked:inherited"):
         assert backend.get_holders(key) == [], key  # nothing left
+
+
+def test_a_forked_child_starts_with_no_process_local_locks():
+    """MemoryLock's locks live in one process: a child does not inherit its parent's
+    (nor a mutex some thread of the parent held at the fork)."""
+    import os
+
+    backend = locks["memory"]
+    lease = backend.lock("parent's", 60_000)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ok = backend.get_holders("parent's") == [] and backend.try_acquire_lock(None, "parent's", 1_000)
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.waitpid(pid, 0)
+    assert answer == b"1"
+    assert [holder.token for holder in backend.get_holders("parent's")] == [lease.token]
+    lease.release()

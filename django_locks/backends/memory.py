@@ -7,6 +7,7 @@ monotonic clock; a waiter is woken by the release through a condition variable.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -57,11 +58,24 @@ class _MemoryStore:
 
 _stores: dict[str, _MemoryStore] = {}
 _stores_mutex = threading.Lock()
+_stores_pid = os.getpid()
 
 
 def _store(alias: str) -> _MemoryStore:
     with _stores_mutex:
         return _stores.setdefault(alias, _MemoryStore())
+
+
+def _stores_after_fork() -> None:
+    """A forked child is another process: it starts with no locks (its parent's live on in
+    the parent) and with mutexes no thread of the parent can have left held. Once per
+    process, whichever after-fork callback comes first (a module's or an instance's)."""
+    global _stores, _stores_mutex, _stores_pid
+    if _stores_pid != os.getpid():
+        _stores, _stores_mutex, _stores_pid = {}, threading.Lock(), os.getpid()
+
+
+os.register_at_fork(after_in_child=_stores_after_fork)
 
 
 def _refusal(mode: Mode, holders: list[_Entry], mark: tuple[str, float] | None,
@@ -90,6 +104,11 @@ class MemoryLock(BaseLock):
     process_local = True
 
     def configure(self, options: dict[str, Any]) -> None:
+        self._store = _store(self.alias)
+
+    def _after_fork_in_child(self) -> None:
+        super()._after_fork_in_child()
+        _stores_after_fork()
         self._store = _store(self.alias)
 
     @staticmethod
