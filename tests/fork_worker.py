@@ -61,6 +61,17 @@ def main() -> None:
     renewed.start_renewing(interval=0.05)
     inherited = backend.lock(f"{key}:inherited", 60_000)
 
+    def own_connection() -> object:
+        """The parent's private database connection (None for other backends, and for
+        SQLite, whose connections the parent closes before each fork and reopens)."""
+        using = getattr(backend, "using", None)
+        if using is None or getattr(backend, "vendor", "") == "sqlite":
+            return None
+        from django_locks.backends.database import lock_connection
+
+        return lock_connection(using).wrapper.connection
+
+    before = own_connection()
     rounds = []
     for _ in range(config["rounds"]):
         start_read, start_write = os.pipe()
@@ -83,7 +94,10 @@ def main() -> None:
                         child.lock(f"{key}:turns", ttl, timeout=10_000).release()
                         code = 10 if won else 11
                 except BaseException as e:  # reported to the parent
-                    print(f"child {os.getpid()}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                    import traceback
+
+                    print(f"child {os.getpid()}: {type(e).__name__}: {e}\n{traceback.format_exc()}",
+                          file=sys.stderr, flush=True)
                     code = 12
                 finally:
                     os._exit(code)
@@ -118,7 +132,10 @@ def main() -> None:
         backend.lock(key, ttl, timeout=5_000).release()
 
     holders = backend.get_holders(f"{key}:inherited")
-    parent_ok = renewed.renewing and inherited.token in [h.token for h in holders]
+    # Still renewing, still holding, and on the same connection: no child ended its
+    # session (a dropped connection is replaced by the next statement).
+    parent_ok = (renewed.renewing and inherited.token in [h.token for h in holders]
+                 and own_connection() is before)
     renewed.release()
     inherited.release()
     print(json.dumps({"rounds": rounds, "parent_ok": parent_ok}), flush=True)

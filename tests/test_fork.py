@@ -10,11 +10,13 @@ import subprocess
 import sys
 from collections import Counter
 
+import pytest
+
 from django_locks import locks
 from tests import proof
 from tests.helpers import ROOT, subprocess_env
 
-ROUNDS = 12
+ROUNDS = 20
 CHILDREN = 4
 
 
@@ -28,10 +30,11 @@ def test_children_forked_after_use_each_use_their_own_connections(shared_alias):
     rounds = report["rounds"]
     outcomes = Counter(code for one in rounds for code in one["codes"])
     # 10 won, 11 lost: no hang, no error (12), no release of the parent's lock (13).
-    assert set(outcomes) <= {10, 11}, (outcomes, result.stderr[-3000:])
+    if not set(outcomes) <= {10, 11}:
+        pytest.fail(f"{outcomes}\n{result.stderr[-6000:]}")
     # One winner per round, and it alone holds the key.
     assert all(one["codes"].count(10) == 1 and one["winner_ok"] for one in rounds), rounds
-    assert report["parent_ok"], "the parent's renewed or inherited lease was lost"
+    assert report["parent_ok"], "the parent's renewed or inherited lease, or its connection, was lost"
     proof.record_fault("processes forked after using the lock", ROUNDS * CHILDREN)
     backend = locks[shared_alias]
     for key in ("forked", "forked:turns", "forked:warm", "forked:async", "forked:renewed",

@@ -193,6 +193,48 @@ class LockConnection:
 _thread_connections = threading.local()
 _all_connections: weakref.WeakSet[LockConnection] = weakref.WeakSet()
 
+class SQLiteForkGate:
+    """SQLite statements in flight in this process, so that a fork waits until there are
+    none: a child would inherit SQLite's in-memory record of the locks a statement of
+    another thread holds (the WAL write lock, say), and since that statement never ends
+    there, every connection the child opens to the file would wait for it ("database is
+    locked"). Statements of other vendors need no gate (the child never reads the
+    parent's sockets)."""
+
+    #: Longest a fork waits for statements in flight (s); then it forks anyway.
+    WAIT = 10.0
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._running = 0
+        self._forking = False
+
+    @contextlib.contextmanager
+    def statement(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._forking)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._running -= 1
+                self._condition.notify_all()
+
+    def close(self) -> None:
+        """Before a fork: no new statement starts, and those in flight end."""
+        with self._condition:
+            self._forking = True
+            self._condition.wait_for(lambda: self._running == 0, self.WAIT)
+
+    def open(self) -> None:
+        with self._condition:
+            self._forking = False
+            self._condition.notify_all()
+
+
+sqlite_gate = SQLiteForkGate()
+
 #: In a forked child, the parent's connections (and listeners), kept referenced for good:
 #: their drivers would otherwise, once collected, say goodbye on the parent's sockets
 #: (libpq's Terminate, MySQL's COM_QUIT), ending the parent's sessions.
@@ -201,6 +243,15 @@ _forking: list[Any] = []
 
 
 def _before_fork() -> None:
+    # SQLite's locks are per process, and its library keeps per-file lock state in memory
+    # that a child would inherit and trust (it would skip locks it does not hold, or wait
+    # for ones a statement of another thread holds): once no statement is in flight, the
+    # parent closes its SQLite connections (in-process, nothing to say goodbye to) and
+    # reopens them on next use, so that the child starts with none open.
+    sqlite_gate.close()
+    for connection in list(_all_connections):
+        if connection.wrapper.vendor == "sqlite":
+            connection.abandon()
     # Strong references across the fork: the child clears the other threads' states (and
     # their thread-local connections) before any after-fork callback runs.
     _forking[:] = [*_all_connections, *_listeners.values()]
@@ -210,12 +261,14 @@ def _before_fork() -> None:
 
 def _after_fork_in_parent() -> None:
     _forking.clear()
+    sqlite_gate.open()
 
 
 def _after_fork_in_child() -> None:
     """A forked child opens connections and listeners of its own on first use; it never
     touches (closes, cancels, reads) the parent's."""
-    global _thread_connections, _all_connections, _listeners, _listeners_mutex
+    global _thread_connections, _all_connections, _listeners, _listeners_mutex, sqlite_gate
+    sqlite_gate = SQLiteForkGate()
     _inherited.extend(_forking)
     _forking.clear()
     _thread_connections = threading.local()
@@ -1195,8 +1248,16 @@ class DatabaseLock(BaseLock):
             # A second connection to the file can write while others read.
             raw.execute("PRAGMA journal_mode=WAL").fetchall()
 
+    def _gate(self) -> contextlib.AbstractContextManager[None]:
+        """SQLite: a statement a fork waits for (see :class:`SQLiteForkGate`)."""
+        return sqlite_gate.statement() if self.vendor == "sqlite" else contextlib.nullcontext()
+
     def _run(self, sql: str, params: tuple[Any, ...], *, fetch: bool = True) -> tuple[list[Any], int]:
         """Run one statement on this thread's private connection: (rows, rowcount)."""
+        with self._gate():
+            return self._run_statement(sql, params, fetch)
+
+    def _run_statement(self, sql: str, params: tuple[Any, ...], fetch: bool) -> tuple[list[Any], int]:
         connection = lock_connection(self.using)
         wrapper = connection.wrapper
         try:
@@ -1233,6 +1294,12 @@ class DatabaseLock(BaseLock):
         never one per statement: a holder seen alive by one statement is alive for all.
         Two round trips where the driver takes several statements in one (psycopg 3,
         MariaDB/MySQL): BEGIN, the lock and the reading; then the statements and COMMIT."""
+        with self._gate():
+            return self._run_script(lock, statements)
+
+    def _run_script(
+        self, lock: tuple[str, tuple[Any, ...]] | None, statements: list[tuple[str, tuple[Any, ...]]]
+    ) -> list[tuple[list[Any], int]]:
         connection = lock_connection(self.using)
         wrapper = connection.wrapper
         sql = self.sql
