@@ -190,7 +190,7 @@ def supervise(lease: Lease, command: list[str], *, held_since: float, keep_runni
         status, stopped = _run_child(command, keeper, wake, keep_running=keep_running,
                                      grace=grace_ms / 1000, warn=warn)
     finally:
-        keeper.stop()
+        keeper.stop(wait=keeper.lost is None)  # a renewal that hangs is not waited for
     held = not lease.released and time.monotonic() < keeper.deadline
     return Outcome(status, keeper.lost, stopped, held)
 
