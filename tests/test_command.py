@@ -18,8 +18,9 @@ from django.core.management.base import CommandError
 
 from django_locks import locks
 from django_locks.management.commands.locks import Command
+from django_locks.management.supervise import EXIT_LOST, MAX_RENEW_INTERVAL
 from tests import proof
-from tests.helpers import subprocess_env
+from tests.helpers import subprocess_env, wait_until
 
 #: Hermetic: also in the unit tier (on MemoryLock), except the tests marked servers.
 pytestmark = pytest.mark.unit
@@ -157,6 +158,10 @@ def test_force_release_list_and_purge():
         ["release", "held", "--owner", "f" * 32, "--limit", "2"],  # release has no mode
         ["run", "k", "--ttl", "1000", "--limit", "0", "--", "touch", "{marker}"],
         ["run", "k", "--ttl", "1000", "--limit", "2", "--shared", "--", "touch", "{marker}"],
+        ["run", "k", "--ttl", "1000", "--grace", "-1", "--", "touch", "{marker}"],
+        ["run", "k", "--ttl", "1000", "--grace", "1.5", "--", "touch", "{marker}"],
+        ["run", "k", "--ttl", "1000", "--grace", "--", "touch", "{marker}"],
+        ["run", "k", "--ttl", "1000", "--keep-running-on-loss", "yes", "--", "touch", "{marker}"],
         ["nosuch"],
         [],
     ],
@@ -311,14 +316,65 @@ def test_run_a_command_that_cannot_start_exits_127():
 
 
 @pytest.mark.servers  # a process of its own, or the unreachable Redis
-def test_run_warns_when_the_lock_was_lost(monkeypatch):
-    # The command force-releases the lock it runs under: run still exits with its status.
+@pytest.mark.parametrize("keep_running", [False, True])
+def test_run_when_the_command_itself_loses_the_lock(monkeypatch, keep_running):
+    # COMMAND force-releases the lock it runs under, then exits 6 at once: whether run's
+    # renewal or its release finds the loss, run exits 4 (the lock was lost), or with
+    # --keep-running-on-loss COMMAND's status with a warning.
     for name, value in subprocess_env().items():
         monkeypatch.setenv(name, value)
     steal = [sys.executable, "-m", "django", "locks", "release", "job", "--force"]
-    result = locks_cmd("run", "job", "--ttl", "60000", "--", "sh", "-c", '"$@" && exit 4', "sh", *steal)
-    assert result.returncode == 4, result
+    options = ["--keep-running-on-loss"] if keep_running else []
+    result = locks_cmd("run", "job", "--ttl", "60000", *options, "--", "sh", "-c", '"$@" && exit 6', "sh",
+                       *steal)
+    assert result.returncode == (6 if keep_running else EXIT_LOST), result
     assert "lock 'job' was lost" in result.stderr
+    assert ("ran on (--keep-running-on-loss)" in result.stderr) is keep_running
+
+
+def test_run_stops_the_command_when_the_lock_is_force_released(tmp_path):
+    """In-process, from a thread other than the main one (no signal forwarding there): the
+    force release is seen at the next renewal, COMMAND gets SIGTERM, and run exits 4."""
+    import os
+    import threading
+    import time
+
+    pid_file = tmp_path / "pid"
+    code = ("import os, pathlib, signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(5))\n"
+            f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+            "time.sleep(60)\n")
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=locks_cmd(
+        "run", "job", "--ttl", "60000", "--backend", "memory", "--", sys.executable, "-c", code)))
+    thread.start()
+    wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=30)
+    pid = int(pid_file.read_text())
+    assert locks["memory"].force_release("job")
+    released = time.monotonic()
+    thread.join(30)
+    assert time.monotonic() - released < MAX_RENEW_INTERVAL + 2.0
+    result = outcome["result"]
+    assert result.returncode == EXIT_LOST, result
+    assert "stopped it (status 5)" in result.stderr  # its SIGTERM handler ran
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        pass  # gone, and reaped
+    else:
+        pytest.fail(f"COMMAND {pid} is still there")
+    assert locks_cmd("run", "job", "--ttl", "60000", "--backend", "memory", "--", "true").returncode == 0
+
+
+def test_run_renews_before_the_command_starts_when_the_acquisition_waited_longer_than_the_ttl():
+    # The lease's ttl is counted from when the acquisition was asked for; a wait longer than
+    # the ttl would leave none of it: run extends the lease before COMMAND starts.
+    locks["memory"].lock("job", 1500)
+    result = locks_cmd("run", "job", "--ttl", "1000", "--timeout", "10000", "--backend", "memory",
+                       "--", "true")
+    assert result.returncode == 0, result
+    assert "lost" not in result.stderr
+    assert locks["memory"].get_lock("job") is None
 
 
 # ----------------------------------------------------------------------------- shared and limit

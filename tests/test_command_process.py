@@ -305,3 +305,233 @@ def test_run_with_limit_2_lets_two_runs_overlap_and_a_third_waits_or_refuses(tmp
         (tmp_path / f"{name}.open").touch()
     assert second.wait(30) == 0 and waiting.wait(30) == 0
     wait_until(lambda: locks[alias].get_holders("imports") == [], timeout=5)
+
+
+# ------------------------------------------------------------------ the lock lost while COMMAND runs
+
+# A COMMAND (role "command") that starts a helper (role "helper") in its process group, then
+# waits (deadline 120 s). Each writes "ROLE PID" to OUT.term when it gets SIGTERM, then
+# exits ("polite") or carries on ("stubborn"). The command writes "PID HELPER_PID" to
+# OUT.pids once both handlers are in place.
+VICTIM = """\
+import os, signal, subprocess, sys, time
+role, out, manner = sys.argv[1:4]
+
+def on_term(sig, frame):
+    with open(out + ".term", "a") as f:
+        f.write(f"{role} {os.getpid()}\\n")
+    if manner == "polite":
+        sys.exit(0)
+
+signal.signal(signal.SIGTERM, on_term)
+if role == "command":
+    helper = subprocess.Popen([sys.executable, __file__, "helper", out, manner], stdout=subprocess.PIPE)
+    helper.stdout.readline()  # its handler is in place
+    with open(out + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} {helper.pid}")
+    os.replace(out + ".tmp", out + ".pids")
+else:
+    print("ready", flush=True)
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    time.sleep(0.05)
+sys.exit(3)
+"""
+
+
+def _group_members(group: int) -> list[int]:
+    """The live (not zombie) processes of a process group, from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+class Victim:
+    """`locks run` of VICTIM, its pids, and the SIGTERMs its processes recorded."""
+
+    def __init__(self, tmp_path, spawned, alias: str, *options: str, manner: str = "polite",
+                 env: dict[str, str] | None = None) -> None:
+        script = tmp_path / "victim.py"
+        script.write_text(VICTIM)
+        self.out = tmp_path / "victim"
+        self.stderr = tmp_path / "run.stderr"
+        with open(self.stderr, "w") as stderr:
+            self.process = subprocess.Popen(
+                [*COMMAND, "run", "job", "--ttl", "60000", "--backend", alias, *options, "--",
+                 sys.executable, str(script), "command", str(self.out), manner],
+                cwd=ROOT, env=env or subprocess_env(), stderr=stderr, text=True,
+            )
+        spawned.append(self.process.pid)
+        pids = tmp_path / "victim.pids"
+        wait_until(pids.exists, timeout=30)
+        self.command, self.helper = map(int, pids.read_text().split())
+        spawned.append(self.command)  # the process group too (the fixture kills both)
+
+    def terms(self) -> set[str]:
+        path = self.out.with_suffix(".term")
+        return set(path.read_text().splitlines()) if path.exists() else set()
+
+    def message(self) -> str:
+        return self.stderr.read_text()
+
+
+def _lock_aliases(*aliases: str) -> list:
+    return [pytest.param(alias, marks=pytest.mark.skipif(alias not in list(locks),
+                                                          reason=f"LOCKS[{alias!r}] is not configured"))
+            for alias in aliases]
+
+
+@pytest.mark.parametrize("alias", _lock_aliases("default", "postgres", "redis"))
+def test_a_force_release_stops_the_command_and_its_process_group(tmp_path, alias, spawned):
+    """The lock of a running `locks run` is force-released: COMMAND and the helper it
+    started get SIGTERM within a renewal interval, the whole group is gone when run exits
+    with 4, and a second run can start."""
+    import time
+
+    from django_locks.management.supervise import EXIT_LOST, MAX_RENEW_INTERVAL
+
+    victim = Victim(tmp_path, spawned, alias)
+    assert locks[alias].force_release("job")
+    released = time.monotonic()
+    assert victim.process.wait(30) == EXIT_LOST, victim.message()
+    elapsed = time.monotonic() - released
+    assert elapsed < MAX_RENEW_INTERVAL + 2.0, elapsed  # seen at the next renewal, not the ttl's third
+    assert victim.terms() == {f"command {victim.command}", f"helper {victim.helper}"}
+    assert _group_members(victim.command) == []
+    message = victim.message()
+    assert "lock 'job' was lost" in message and "stopping" in message and "stopped it (status 0)" in message
+    second = locks_cmd("run", "job", "--ttl", "60000", "--backend", alias, "--", "true")
+    assert second.returncode == 0, second.stderr
+
+
+@pytest.mark.parametrize("alias", _lock_aliases("default", "redis"))
+def test_a_command_that_ignores_sigterm_is_killed_after_the_grace(tmp_path, alias, spawned):
+    """COMMAND and its helper record SIGTERM and carry on: SIGKILL reaches the whole group
+    once --grace has passed."""
+    import time
+
+    from django_locks.management.supervise import EXIT_LOST, MAX_RENEW_INTERVAL
+
+    victim = Victim(tmp_path, spawned, alias, "--grace", "1500", manner="stubborn")
+    assert locks[alias].force_release("job")
+    released = time.monotonic()
+    wait_until(lambda: len(victim.terms()) == 2, timeout=MAX_RENEW_INTERVAL + 2.0)
+    assert victim.process.poll() is None and len(_group_members(victim.command)) == 2  # the grace
+    assert victim.process.wait(30) == EXIT_LOST, victim.message()
+    elapsed = time.monotonic() - released
+    assert 1.5 <= elapsed < MAX_RENEW_INTERVAL + 1.5 + 2.0, elapsed  # SIGKILL 1.5 s after SIGTERM
+    assert victim.terms() == {f"command {victim.command}", f"helper {victim.helper}"}
+    assert _group_members(victim.command) == []
+    assert "SIGKILL after 1.5 s" in victim.message()
+    assert f"stopped it (status {128 + signal.SIGKILL})" in victim.message()
+
+
+@pytest.mark.parametrize("alias", _lock_aliases("default", "redis"))
+def test_keep_running_on_loss_lets_the_command_run_on_and_exits_with_its_status(tmp_path, alias, spawned):
+    script = tmp_path / "hold.py"
+    script.write_text(HOLD_UNTIL_OPENED + "sys.exit(7)\n")
+    stderr_path = tmp_path / "run.stderr"
+    with open(stderr_path, "w") as stderr:
+        process = subprocess.Popen(
+            [*COMMAND, "run", "job", "--ttl", "60000", "--backend", alias, "--keep-running-on-loss",
+             "--", sys.executable, str(script), str(tmp_path / "in"), str(tmp_path / "open")],
+            cwd=ROOT, env=subprocess_env(), stderr=stderr,
+        )
+    spawned.append(process.pid)
+    wait_until((tmp_path / "in").exists, timeout=30)
+    child = int((tmp_path / "in").read_text())
+    spawned.append(child)
+    assert locks[alias].force_release("job")
+    wait_until(lambda: "runs on (--keep-running-on-loss)" in stderr_path.read_text(), timeout=5)
+    assert process.poll() is None and _pid_alive(child)
+    with locks[alias].lock("job", 60_000) as other:  # the lock is free for others meanwhile
+        (tmp_path / "open").touch()
+        assert process.wait(30) == 7  # COMMAND's status
+        assert "ran on (--keep-running-on-loss) and ended with status 7" in stderr_path.read_text()
+        assert locks[alias].get_lock("job").token == other.token  # run left the other's lock alone
+
+
+@pytest.mark.parametrize("fault", ["SIGSTOP", "killed"])
+def test_a_backend_failing_for_a_whole_ttl_counts_as_a_loss(tmp_path, fault, spawned):
+    """Redis (a server of the test's own) stops answering (SIGSTOP) or is gone: the renewals
+    fail, and once no renewal has succeeded for a whole ttl by run's monotonic clock,
+    COMMAND is stopped and run exits 4 (not before: the lock may still be held until then)."""
+    import time
+
+    from django_locks.management.supervise import EXIT_LOST, MAX_RENEW_INTERVAL
+    from tests import proof
+    from tests.helpers import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        script = tmp_path / "victim.py"
+        script.write_text(VICTIM)
+        out, stderr_path = tmp_path / "victim", tmp_path / "run.stderr"
+        with open(stderr_path, "w") as stderr:
+            process = subprocess.Popen(
+                [*COMMAND, "run", "job", "--ttl", "3000", "--backend", "redis", "--",
+                 sys.executable, str(script), "command", str(out), "polite"],
+                cwd=ROOT, env=subprocess_env(REDIS_URL=server.url), stderr=stderr,
+            )
+        spawned.append(process.pid)
+        wait_until((tmp_path / "victim.pids").exists, timeout=30)
+        command, helper = map(int, (tmp_path / "victim.pids").read_text().split())
+        spawned.append(command)
+        if fault == "SIGSTOP":
+            os.kill(server.process.pid, signal.SIGSTOP)
+        else:
+            server.stop()
+        failed = time.monotonic()
+        proof.record_fault(f"Redis {fault} under locks run")
+        assert process.wait(30) == EXIT_LOST, stderr_path.read_text()
+        elapsed = time.monotonic() - failed
+        # The last renewal that succeeded began at most one interval before the fault.
+        assert 3.0 - MAX_RENEW_INTERVAL - 0.1 <= elapsed < 3.0 + 2.0, elapsed
+        assert set((tmp_path / "victim.term").read_text().splitlines()) == {f"command {command}",
+                                                                            f"helper {helper}"}
+        assert _group_members(command) == []
+        assert "no renewal succeeded for its whole ttl (3 s)" in stderr_path.read_text()
+    finally:
+        if server.process is not None:
+            os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
+
+
+# Prints which of SIGINT and SIGHUP it ignores, then waits (deadline 60 s).
+IGNORED_SIGNALS = """\
+import signal, sys, time
+ignored = int(next(line for line in open("/proc/self/status") if line.startswith("SigIgn:")).split()[1], 16)
+print(" ".join(f"{sig.name}={bool(ignored >> (sig - 1) & 1)}" for sig in (signal.SIGINT, signal.SIGHUP)),
+      flush=True)
+time.sleep(60)
+sys.exit(3)
+"""
+
+
+def test_command_does_not_inherit_ignored_sigint_from_the_shell(spawned):
+    """A shell that runs `locks run` with SIGINT and SIGHUP ignored (a background job, nohup):
+    run forwards them, and COMMAND has their default action (exec resets handled signals;
+    an ignored one would be inherited), so a forwarded SIGINT ends it."""
+    launcher = ["sh", "-c", "trap '' INT HUP; exec \"$@\"", "sh", *COMMAND, "run", "job", "--ttl", "60000",
+                "--", sys.executable, "-c", IGNORED_SIGNALS]
+    control = subprocess.run([*launcher[:4], sys.executable, "-c", "import signal; "
+                              "print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)"],
+                             capture_output=True, text=True, timeout=30)
+    assert control.stdout.strip() == "True"  # the launcher does make SIGINT ignored
+    process = subprocess.Popen(launcher, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    spawned.append(process.pid)
+    assert process.stdout.readline().split() == ["SIGINT=False", "SIGHUP=False"]
+    os.kill(process.pid, signal.SIGINT)  # (sh exec'd run: same pid)
+    assert process.wait(30) == 128 + signal.SIGINT
+    wait_until(lambda: locks["default"].get_lock("job") is None, timeout=5)

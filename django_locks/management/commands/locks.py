@@ -3,7 +3,10 @@
 Exit codes, the same for every subcommand:
 0 done; 1 the lock is busy, not held, or held by another token; 2 bad arguments;
 3 the backend failed (unreachable, error). ``run`` exits with COMMAND's status, or with
-``--conflict-exit-code`` (75, EX_TEMPFAIL) when the lock cannot be had.
+``--conflict-exit-code`` (75, EX_TEMPFAIL) when the lock cannot be had, or with 4 when the
+lock was lost while it held it: by default COMMAND is then stopped (SIGTERM to its process
+group, SIGKILL after ``--grace`` ms, 5000), unless ``--keep-running-on-loss`` lets it run on
+(``run`` then exits with its status). See :mod:`django_locks.management.supervise`.
 
 Every exit code is a ``CommandError(returncode=...)``: ``manage.py`` exits with it, and
 ``call_command("locks", ...)`` raises it (``run`` with a zero status returns normally).
@@ -27,14 +30,10 @@ measurement (``LockInfo.remaining_ms``), never this machine's clock.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
-import os
 import shlex
-import signal
-import subprocess
 import sys
-import threading
+import time
 from collections import Counter
 from datetime import datetime, timezone
 from functools import partial
@@ -59,6 +58,7 @@ from django_locks.exceptions import (
     LockTimeoutError,
 )
 from django_locks.guard import LockGuard, free_in_ms, warn_if_short_ttl
+from django_locks.management.supervise import DEFAULT_GRACE_MS, EXIT_LOST, supervise
 from django_locks.values import EXCLUSIVE, MAX_LIMIT, Mode, lock_holder, validate_mode
 
 EXIT_BUSY = 1
@@ -173,7 +173,8 @@ def _busy_detail(mode: Mode, holders: list[LockInfo]) -> str:
 class Command(BaseCommand):
     help = (
         "Acquire, try, release, list and purge locks, or run a command under a lock. "
-        "Exit codes: 0 done, 1 busy / not held, 2 bad arguments, 3 backend error."
+        "Exit codes: 0 done, 1 busy / not held, 2 bad arguments, 3 backend error; run: COMMAND's, "
+        "75 busy, 4 lock lost."
     )
     requires_system_checks: list[str] = []
     #: call_command("locks", "run", KEY, "--ttl", MS, command=[...]) as well as "--", ...
@@ -248,13 +249,20 @@ class Command(BaseCommand):
             "run", "Run COMMAND (everything after --) while holding KEY, renewed, like flock(1).",
             takes_command=True,
             usage="%(prog)s KEY --ttl MS [--timeout MS] [--shared | --limit N] "
-                  "[--conflict-exit-code N] [options] -- COMMAND [ARG ...]",
+                  "[--conflict-exit-code N] [--keep-running-on-loss] [--grace MS] [options] "
+                  "-- COMMAND [ARG ...]",
         )
         run.add_argument("key", metavar="KEY")
         run.add_argument("--ttl", type=int, required=True, metavar="MS")
         run.add_argument("--timeout", type=int, default=0, metavar="MS")
         run.add_argument("--conflict-exit-code", type=int, default=EX_TEMPFAIL, metavar="N",
                          help="exit status when the lock cannot be had (default 75)")
+        run.add_argument("--keep-running-on-loss", action="store_true",
+                         help=f"when the lock is lost, let COMMAND run on and exit with its status "
+                              f"(default: stop COMMAND and exit {EXIT_LOST})")
+        run.add_argument("--grace", type=int, default=DEFAULT_GRACE_MS, metavar="MS",
+                         help="when the lock is lost, the time COMMAND's process group has between "
+                              f"SIGTERM and SIGKILL (default {DEFAULT_GRACE_MS})")
         self._mode_arguments(run)
 
     @staticmethod
@@ -292,6 +300,7 @@ class Command(BaseCommand):
                     raise ValueError(
                         f"--conflict-exit-code must be 0-255, got {options['conflict_exit_code']}"
                     )
+                validate_timeout(options["grace"], "--grace")
         except (TypeError, ValueError) as e:
             raise CommandError(str(e), returncode=EXIT_USAGE) from None
         try:
@@ -473,15 +482,17 @@ class Command(BaseCommand):
             )
 
     def handle_run(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
+        """COMMAND under the lock, renewed while it runs and stopped when the lock is lost
+        (see :mod:`django_locks.management.supervise`)."""
         command, key, conflict = list(options["command"]), options["key"], options["conflict_exit_code"]
+        keep_running: bool = options["keep_running_on_loss"]
         mode: Mode = options["mode"]
-        status: int | None = None
+        # The one locking core; run renews the lease itself (it must know when it is lost).
+        guard = LockGuard(key, ttl=options["ttl"], timeout=options["timeout"], backend=backend.alias,
+                          correlation_id=correlation_id, shared=mode.shared, limit=mode.limit)
+        asked = time.monotonic()
         try:
-            # The one locking core, renewed while COMMAND runs (like flock(1), with a ttl).
-            with LockGuard(key, ttl=options["ttl"], timeout=options["timeout"], backend=backend.alias,
-                           auto_renew=True, correlation_id=correlation_id, shared=mode.shared,
-                           limit=mode.limit):
-                status = self._run_child(command)
+            lease = guard.acquire(key)
         except LockTimeoutError:
             detail = _busy_detail(mode, backend.get_holders(key))
             busy = f"lock {key!r} is busy: not running {shlex.join(command)}{detail}"
@@ -489,73 +500,28 @@ class Command(BaseCommand):
                 self.stderr.write(busy)
                 return
             raise CommandError(busy, returncode=conflict) from None
-        except LockNotHeldError:
-            if status is None:  # only releasing on the way out raises it
-                raise
-            self.stderr.write(f"warning: lock {key!r} was lost while {command[0]!r} ran")
+        outcome = supervise(lease, command, held_since=asked, keep_running=keep_running,
+                            grace_ms=options["grace"], warn=self.stderr.write)
+        lost = outcome.lost
+        if outcome.held:
+            try:
+                lease.release()
+            except LockNotHeldError:  # lost after the last renewal: extend() or release() logged it
+                lost = "found when releasing it: it expired, was taken over or was force-released"
+        status = outcome.status
+        if status is None:
+            raise CommandError(f"lock {key!r} was lost before {command[0]!r} started ({lost}): not "
+                               "running it", returncode=EXIT_LOST)
+        if lost is not None and not keep_running:
+            what = (f"stopped it (status {status})" if outcome.stopped
+                    else f"it had ended with status {status}")
+            raise CommandError(f"lock {key!r} was lost while {command[0]!r} ran ({lost}); {what}",
+                               returncode=EXIT_LOST)
+        if lost is not None:
+            self.stderr.write(f"warning: lock {key!r} was lost while {command[0]!r} ran ({lost}); "
+                              f"it ran on (--keep-running-on-loss) and ended with status {status}")
         if status:
             raise CommandError(f"{command[0]!r} exited with status {status}", returncode=status)
-
-    def _run_child(self, command: list[str]) -> int:
-        """Run COMMAND in a process group of its own, tied to this process's life.
-
-        SIGTERM, SIGINT, SIGHUP and SIGQUIT sent to this process go to COMMAND's group
-        (and this process waits for COMMAND, then releases the lock). On Linux COMMAND
-        also gets ``PR_SET_PDEATHSIG`` = SIGKILL: if this process dies without a chance
-        to forward anything (SIGKILL, a crash), COMMAND is killed with it, so it never
-        runs on while nothing renews its lock. Other platforms get the process group and
-        the forwarded signals only (see the README).
-        """
-        started: list[subprocess.Popen] = []
-        early: list[int] = []  # signals that came before COMMAND started: passed on then
-
-        def forward(sig: int, _frame: Any) -> None:
-            if not started:
-                early.append(sig)
-                return
-            try:
-                os.killpg(started[0].pid, sig)
-            except ProcessLookupError:  # COMMAND's group is gone already
-                pass
-
-        # Signal handlers belong to the main thread (signals are delivered there, and
-        # signal.signal() raises elsewhere): call_command from another thread runs COMMAND
-        # without forwarding, still tied to this process's life. They are in place before
-        # COMMAND starts, so a signal sent once it is running is never this process's death.
-        main = threading.current_thread() is threading.main_thread()
-        previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS} if main else {}
-        try:
-            try:
-                started.append(subprocess.Popen(command, preexec_fn=partial(_tie_to_parent, os.getpid())))
-            except OSError as e:
-                self.stderr.write(f"cannot run {command[0]!r}: {e}")
-                return 127
-            for sig in early:
-                forward(sig, None)
-            status = started[0].wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        return 128 - status if status < 0 else status
-
-
-#: Signals that ``run`` passes on to COMMAND's process group.
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
-_PR_SET_PDEATHSIG = 1
-try:  # Linux: prctl(PR_SET_PDEATHSIG) ties the child's life to this process's
-    _LIBC: Any = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-except OSError:  # pragma: no cover
-    _LIBC = None
-
-
-def _tie_to_parent(parent_pid: int) -> None:
-    """Runs in COMMAND's process between fork and exec: its own process group, and on
-    Linux death with the parent (checked once more, in case the parent died already)."""
-    os.setpgid(0, 0)
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent_pid:
-            os._exit(1)
 
 
 def _info_json(info: LockInfo, holders: int) -> dict[str, Any]:
