@@ -66,7 +66,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 def pytest_sessionfinish(session, exitstatus) -> None:
     from tests import proof
 
-    if proof.contention or proof.faults or proof.bad_inputs:
+    if proof.contention or proof.faults or proof.bad_inputs or proof.deployment:
         artifacts = Path(os.environ.get("DJANGO_LOCKS_ARTIFACTS", ROOT / "artifacts"))
         proof.write(artifacts / "proof-report.json")
 
@@ -75,6 +75,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     from tests import proof
 
     data = proof.summary()
+    if data["deployment_runs"]:
+        terminalreporter.write_sep("-", "django_locks deployment tier")
+        for run in data["deployment_runs"]:
+            terminalreporter.write_line(" ".join(f"{name}={value}" for name, value in run.items()))
     if not data["contention_runs"]:
         return
     runs = data["contention_runs"]

@@ -12,6 +12,8 @@ contention: list[dict[str, Any]] = []
 faults: Counter[str] = Counter()
 bad_inputs: Counter[str] = Counter()
 state_machine_steps: Counter[str] = Counter()
+#: The deployment tier's server runs (tests/test_deployment.py): one dict each.
+deployment: list[dict[str, Any]] = []
 
 
 def record_contention(test: str, alias: str, processes: int, iterations: int, keys: int,
@@ -29,6 +31,10 @@ def record_bad_inputs(entry_point: str, count: int = 1) -> None:
     bad_inputs[entry_point] += count
 
 
+def record_deployment(run: dict[str, Any]) -> None:
+    deployment.append(run)
+
+
 def summary() -> dict[str, Any]:
     return {
         "contention_runs": contention,
@@ -38,6 +44,7 @@ def summary() -> dict[str, Any]:
         "bad_inputs_tried": dict(bad_inputs),
         "bad_inputs_total": sum(bad_inputs.values()),
         "state_machine_steps": dict(state_machine_steps),
+        "deployment_runs": deployment,
     }
 
 

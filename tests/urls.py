@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from tests import views
 
@@ -13,4 +13,5 @@ urlpatterns = [
     path("misconfigured/<int:pk>/", views.misconfigured),
     path("search/<path:q>", views.search),
     path("cbv/<int:pk>/", views.ClassBased.as_view()),
+    path("deploy/", include("tests.deploy.urls")),  # the deployment tier (tests/deploy)
 ]
