@@ -92,7 +92,7 @@ def test_mysql_connector_django_backend_is_refused_by_a_check_naming_it(monkeypa
     work; CI runs the database tests under each)."""
     from django.db import connections
 
-    # A database alias of that backend (the driver is a test dependency), never connected.
+    # A database alias of that backend, never connected (refused before it is even loaded).
     monkeypatch.setitem(connections.settings, "connector",
                         {"ENGINE": "mysql.connector.django", "NAME": "test", "HOST": "127.0.0.1"})
     messages = [m for m in checks_for({"connector": {"BACKEND": DB, "OPTIONS": {"using": "connector"}}})

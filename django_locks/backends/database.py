@@ -1134,17 +1134,17 @@ class DatabaseLock(BaseLock):
                 f"OPTIONS 'using' names database {using!r}, not in DATABASES", "django_locks.E003"
             )
         engine = connections.settings[using].get("ENGINE", "")
+        if engine in _UNSUPPORTED_ENGINES:
+            raise self._invalid(
+                f"database {using!r} has ENGINE {engine!r}: {_UNSUPPORTED_ENGINES[engine]}",
+                "django_locks.E006",
+            )
         try:
             vendor = load_backend(engine).DatabaseWrapper.vendor
         except Exception as e:
             raise self._invalid(
                 f"database {using!r} has an unusable ENGINE {engine!r}: {e}", "django_locks.E006"
             ) from e
-        if engine in _UNSUPPORTED_ENGINES:
-            raise self._invalid(
-                f"database {using!r} has ENGINE {engine!r}: {_UNSUPPORTED_ENGINES[engine]}",
-                "django_locks.E006",
-            )
         if vendor not in _SUPPORTED_VENDORS:
             raise self._invalid(
                 f"database {using!r} is {vendor}; DatabaseLock supports "
