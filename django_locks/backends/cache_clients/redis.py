@@ -74,6 +74,7 @@ logger = logging.getLogger("django_locks")
 try:  # redis is an optional dependency (the "redis" extra); without it no cache is Redis
     import redis.asyncio as redis_asyncio
     from redis import Redis
+    from redis.cluster import RedisCluster
     from redis.exceptions import (
         BusyLoadingError,
         ClusterDownError,
@@ -87,7 +88,7 @@ try:  # redis is an optional dependency (the "redis" extra); without it no cache
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError:  # pragma: no cover
-    redis_asyncio = Redis = None
+    redis_asyncio = Redis = RedisCluster = None
     class RedisError(Exception):  # type: ignore[no-redef]
         pass
 
@@ -440,7 +441,7 @@ return 1
 
 # Reads a lock's hash (every holder), its remaining life (PTTL) and the server's clock
 # (TIME: which holders are live is decided to the microsecond, as the admission scripts
-# decide it) in one command on one key, so a cluster client routes and retries it like
+# decide it) in one command on one key, so a cluster client routes it like
 # any single-key command. Returns {HGETALL, pttl, seconds, microseconds}; see
 # RedisLockClient._infos.
 READ_SCRIPT = """
@@ -462,6 +463,15 @@ class _Script:
         except NoScriptError:
             return client.eval(self.source, len(keys), *keys, *args)
 
+    def on_node(self, client: Any, keys: list[str], args: list[Any]) -> Any:
+        """The script on a cluster client, sent to the node of its keys' slot as one
+        command: :func:`node_command`."""
+        command = node_command(client, keys[0])
+        try:
+            return command("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return command("EVAL", self.source, len(keys), *keys, *args)
+
     def on_pool(self, pool: tuple[Callable[[], Any], Callable[[Any], None]],
                 keys: list[str], args: list[Any]) -> Any:
         """The script on a pooled connection (``pool``: :func:`_direct_pool`'s get and
@@ -482,6 +492,40 @@ class _Script:
         except NoScriptError:
             conn.send_command("EVAL", self.source, len(keys), *keys, *args)
             return conn.read_response()
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether a raw client is a ``redis.cluster.RedisCluster``."""
+    return RedisCluster is not None and isinstance(client, RedisCluster)
+
+
+def node_command(client: Any, key: str) -> Callable[..., Any]:
+    """How to send a command about ``key`` on a cluster client once, to the node that
+    serves ``key``'s slot: a call fails at once when that node is down, as on one server.
+
+    A cluster client retries a command that met a refused connection, a timeout or
+    CLUSTERDOWN: redis-py 5 three times at once (failing within milliseconds), redis-py 8
+    up to 10 times with a backoff (about 3 s), long enough to reach the replica promoted
+    meanwhile, so a call that began during the outage answered late, as if there had been
+    none. Given its target node, a cluster client sends a command without those retries
+    (every version since 4.1); it still follows MOVED and ASK to the slot's new owner, and
+    asks for a topology refresh after the error. Lock waiters retry by themselves
+    (BaseLock._retryable), with their own backoff and deadline.
+
+    redis-py 8 runs the refresh an error asked for at the start of the next command, once
+    due: after the node is chosen, so a command would go to the node the refresh just
+    replaced (a hung master: one more socket timeout). The refresh runs first here, as the
+    client's own command loop would run it.
+    """
+    manager = client.nodes_manager
+    if getattr(manager, "_refresh_requested", False):  # redis-py 8's paced refresh
+        manager._run_requested_refresh(client.retry)
+    node = client.get_node_from_key(key)
+
+    def command(*args: Any) -> Any:
+        return client.execute_command(*args, target_nodes=node)
+
+    return command
 
 
 def _direct_pool(client: Any) -> tuple[Callable[[], Any], Callable[[Any], None]] | None:
@@ -636,6 +680,7 @@ class RedisLockClient(CacheLockClient):
             raise TypeError(f"{backend.cache_backend_class.__name__} is not a Redis cache")
         self._get_client = getter
         self._client: Any = None
+        self._cluster = False
         self._pool: tuple[Callable[[], Any], Callable[[Any], None]] | None = None
         #: Tokens of exclusive waiters refused once: they hold the writer mark, so their
         #: next attempts go through MODE_ACQUIRE_SCRIPT (see try_acquire).
@@ -650,6 +695,7 @@ class RedisLockClient(CacheLockClient):
         if self._client is None:
             client = self._get_client(self.backend.cache)
             self._pool = _direct_pool(client)
+            self._cluster = is_cluster(client)
             self._client = client
         return self._client
 
@@ -678,6 +724,8 @@ class RedisLockClient(CacheLockClient):
             client = self._client if self._client is not None else self.get_client()
             if self._pool is not None:
                 return script.on_pool(self._pool, keys, args)
+            if self._cluster:
+                return script.on_node(client, keys, args)
             return script(client, keys, args)
         except (RedisError, RedisClusterException, OSError) as e:
             raise self._failed(e) from e
@@ -863,7 +911,10 @@ class RedisLockClient(CacheLockClient):
             _woken.set(None)
             time.sleep(min(max(block, 0.001), seconds, 0.01))
             return
-        popped = self._call(lambda c: c.blpop([keys.wake], timeout=round(block, 3)))
+        if self._cluster:
+            popped = self._call(lambda c: node_command(c, keys.wake)("BLPOP", keys.wake, round(block, 3)))
+        else:
+            popped = self._call(lambda c: c.blpop([keys.wake], timeout=round(block, 3)))
         self._remember_wake(keys, popped)
 
     async def await_release(self, keys: LockKeys, seconds: float, waits: int) -> None:
