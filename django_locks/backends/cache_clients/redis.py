@@ -58,7 +58,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -517,15 +516,21 @@ def node_command(client: Any, key: str) -> Callable[..., Any]:
     replaced (a hung master: one more socket timeout). The refresh runs first here, as the
     client's own command loop would run it.
     """
-    manager = client.nodes_manager
-    if getattr(manager, "_refresh_requested", False):  # redis-py 8's paced refresh
-        manager._run_requested_refresh(client.retry)
-    node = client.get_node_from_key(key)
+    node = node_of(client, key)
 
     def command(*args: Any) -> Any:
         return client.execute_command(*args, target_nodes=node)
 
     return command
+
+
+def node_of(client: Any, key: str) -> Any:
+    """The node of a cluster client that serves ``key``'s slot, after the topology
+    refresh an earlier error asked for, if it is due (see :func:`node_command`)."""
+    manager = client.nodes_manager
+    if getattr(manager, "_refresh_requested", False):  # redis-py 8's paced refresh
+        manager._run_requested_refresh(client.retry)
+    return client.get_node_from_key(key)
 
 
 def _direct_pool(client: Any) -> tuple[Callable[[], Any], Callable[[Any], None]] | None:
@@ -542,7 +547,13 @@ def _direct_pool(client: Any) -> tuple[Callable[[], Any], Callable[[Any], None]]
     if (Redis is None or not isinstance(client, Redis) or execute is not Redis.execute_command
             or hasattr(execute, "__wrapped__") or getattr(client, "connection", None) is not None):
         return None
-    pool = getattr(client, "connection_pool", None)
+    return _pool_access(getattr(client, "connection_pool", None))
+
+
+def _pool_access(pool: Any) -> tuple[Callable[[], Any], Callable[[Any], None]] | None:
+    """A pool's get and release of a connection, or None for none or a pool with
+    client-side caching (its connections answer some commands from the cache). Through
+    the pool's own methods, so its fork check (a child gets new connections) applies."""
     if pool is None or getattr(pool, "cache", None) is not None:
         return None
     get_connection = pool.get_connection
@@ -589,13 +600,13 @@ def _shared_client(cache: Any) -> Any:
     return client
 
 
-#: asyncio clients, per event loop (dropped with it) and sync pool.
-_async_clients: weakref.WeakKeyDictionary[Any, dict[tuple[int, int], Any]] = weakref.WeakKeyDictionary()
-
-
 def async_client_like(sync_pool: Any) -> Any:
     """A ``redis.asyncio`` client connecting the way ``sync_pool``'s connections do
-    (host and port or socket path, database, credentials, timeouts, TLS)."""
+    (host and port or socket path, database, credentials, timeouts, TLS).
+
+    Async waiters no longer use one (they block on a connection of the sync pool itself,
+    see ``RedisLockClient.await_release``): an asyncio client is bound to its event loop,
+    and one kept per loop was dropped unclosed with it, a connection left per loop."""
     connection_class = getattr(redis_asyncio, _ASYNC_CONNECTIONS[sync_pool.connection_class.__name__])
     # Every class's own parameters: redis-py 5+ asyncio connections take most settings
     # (db, credentials, timeouts) in a base class's __init__, through **kwargs.
@@ -672,6 +683,7 @@ class RedisLockClient(CacheLockClient):
     force_release_script = _Script(FORCE_RELEASE_SCRIPT)
     unmark_script = _Script(UNMARK_SCRIPT)
     read_script = _Script(READ_SCRIPT)
+    pass_on_script = _Script(PASS_ON_SCRIPT)
 
     def __init__(self, backend: CacheLock) -> None:
         super().__init__(backend)
@@ -917,46 +929,103 @@ class RedisLockClient(CacheLockClient):
             popped = self._call(lambda c: c.blpop([keys.wake], timeout=round(block, 3)))
         self._remember_wake(keys, popped)
 
+    def _checkout(self, key: str) -> tuple[Any, Callable[[Any], None]] | None:
+        """A connection to block on for ``key``'s wake-up list, and how to give it back:
+        from the client's own pool, on a cluster from the pool of the node serving the
+        key. None when the client has no such pool (client-side caching)."""
+        client = self.get_client()
+        if self._cluster:
+            access = _pool_access(client.get_redis_connection(node_of(client, key)).connection_pool)
+        else:
+            access = _pool_access(getattr(client, "connection_pool", None))
+        if access is None:
+            return None
+        get, release = access
+        return get(), release
+
     async def await_release(self, keys: LockKeys, seconds: float, waits: int) -> None:
-        """Block on the wake-up list through ``redis.asyncio``: woken by the release at
-        once, holding no thread (the event loop's own connection pool)."""
+        """Block on the wake-up list holding no thread: BLPOP on a connection of the sync
+        pool, its reply awaited in the event loop (the descriptor's readiness). No client
+        is kept per event loop (asyncio connections belong to the loop that opened them),
+        so a waiter in a fresh loop (``asyncio.run``, ``async_to_sync``) leaves nothing
+        open behind it. Taking the connection (which may connect) runs in a worker."""
         block = self._block_seconds(seconds)
-        client = self._async_client()
         _woken.set(None)
-        if client is None:  # a cluster or Sentinel client: no asyncio twin here, poll
-            await asyncio.sleep(self.backend._poll_delay(seconds, waits))
-            return
         if block < 0.001:
             await asyncio.sleep(min(max(block, 0.001), seconds, 0.01))
             return
+        loop = asyncio.get_running_loop()
+        checkout = loop.run_in_executor(None, self._checkout, keys.wake)
         try:
-            self._remember_wake(keys, await client.blpop([keys.wake], timeout=round(block, 3)))
+            held = await asyncio.shield(checkout)
         except asyncio.CancelledError:
-            await self._pass_on(client, keys)
+            checkout.add_done_callback(_give_back)  # taken after all: back to the pool
             raise
-        except (RedisError, OSError) as e:
-            raise LockBackendError(
-                f"LOCKS[{self.backend.alias!r}]: Redis behind cache "
-                f"{self.backend.cache_alias!r} failed: {e}"
-            ) from e
-
-    async def _pass_on(self, client: Any, keys: LockKeys) -> None:
-        """After a cancelled BLPOP (PASS_ON_SCRIPT): best effort, the cancellation goes on."""
+        except (RedisError, RedisClusterException, OSError) as e:
+            raise self._failed(e) from e
+        if held is None:
+            await asyncio.sleep(self.backend._poll_delay(seconds, waits))
+            return
+        conn, release = held
         try:
-            await client.eval(PASS_ON_SCRIPT, 2, keys.lock, keys.wake, WAKE_TTL_MS)
-        except (RedisError, OSError) as e:
+            conn.send_command("BLPOP", keys.wake, round(block, 3))
+            socket_timeout = conn.socket_timeout
+            if not await _readable(conn, block + socket_timeout if socket_timeout else None):
+                raise RedisTimeoutError("Timeout reading from socket")
+            popped = conn.read_response()
+        except asyncio.CancelledError:
+            # Cancelled mid-BLPOP: the connection goes (its reply would be read by the next
+            # command), and the wake-up it may have taken is passed on.
+            conn.disconnect()
+            release(conn)
+            await loop.run_in_executor(None, self._pass_on, keys)
+            raise
+        except BaseException as e:
+            conn.disconnect()
+            release(conn)
+            if isinstance(e, (RedisError, OSError)):
+                raise self._failed(e) from e
+            raise
+        release(conn)
+        self._remember_wake(keys, popped)
+
+    def _pass_on(self, keys: LockKeys) -> None:
+        """After an abandoned BLPOP (PASS_ON_SCRIPT): best effort."""
+        try:
+            self._run(self.pass_on_script, [keys.lock, keys.wake], [WAKE_TTL_MS])
+        except LockBackendError as e:
             logger.debug("lock wake-up of a cancelled waiter not passed on: %s", e)
 
-    def _async_client(self) -> Any:
-        """An asyncio client with the cache client's connection settings, one per event
-        loop and process (asyncio connections belong to the loop that opened them)."""
-        loop = asyncio.get_running_loop()
-        sync_pool = getattr(self._call(lambda c: c), "connection_pool", None)
-        if sync_pool is None or sync_pool.connection_class.__name__ not in _ASYNC_CONNECTIONS:
-            return None
-        config = (id(sync_pool), os.getpid())
-        per_loop = _async_clients.setdefault(loop, {})
-        client = per_loop.get(config)
-        if client is None:
-            client = per_loop[config] = async_client_like(sync_pool)
-        return client
+
+def _give_back(checkout: asyncio.Future[Any]) -> None:
+    """A connection checked out for a waiter cancelled meanwhile: back to its pool."""
+    if not checkout.cancelled() and checkout.exception() is None and checkout.result() is not None:
+        conn, release = checkout.result()
+        release(conn)
+
+
+def _mark_ready(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
+
+
+async def _readable(conn: Any, timeout: float | None) -> bool:
+    """Whether a reply can be read on the sync connection ``conn`` within ``timeout``
+    seconds (None: no limit), awaited in the event loop: its descriptor's readiness
+    (``loop.add_reader``; a loop without it, as on Windows, waits in a worker)."""
+    if conn.can_read(timeout=0):  # already buffered
+        return True
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = conn._sock.fileno()
+    try:
+        loop.add_reader(fd, _mark_ready, ready)
+    except NotImplementedError:
+        return await loop.run_in_executor(None, functools.partial(conn.can_read, timeout=timeout))
+    try:
+        await asyncio.wait_for(ready, timeout)
+    except asyncio.TimeoutError:
+        return conn.can_read(timeout=0)
+    finally:
+        loop.remove_reader(fd)
+    return True
