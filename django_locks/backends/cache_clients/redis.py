@@ -58,9 +58,10 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 
@@ -74,13 +75,17 @@ try:  # redis is an optional dependency (the "redis" extra); without it no cache
     import redis.asyncio as redis_asyncio
     from redis import Redis
     from redis.cluster import RedisCluster
+    from redis.connection import BlockingConnectionPool
     from redis.exceptions import (
+        AskError,
         BusyLoadingError,
         ClusterDownError,
+        MovedError,
         NoScriptError,
         ReadOnlyError,
         RedisClusterException,
         RedisError,
+        ResponseError,
         SlotNotCoveredError,
         TryAgainError,
     )
@@ -99,6 +104,8 @@ except ImportError:  # pragma: no cover
 
     RedisConnectionError = RedisTimeoutError = BusyLoadingError = ClusterDownError = RedisError
     ReadOnlyError = TryAgainError = SlotNotCoveredError = RedisError
+    ResponseError = MovedError = AskError = RedisError
+    BlockingConnectionPool = None
 
 try:
     from django_redis.cache import RedisCache as DjangoRedisPackageCache
@@ -637,6 +644,9 @@ _NOT_COPIED = frozenset({"parser_class", "retry", "connection_pool", "event_disp
                          "himport_registry"})
 
 
+#: Pools whose get_connection waits for a free connection (_unblock takes none from them).
+_BLOCKING_POOLS: tuple[type, ...] = (BlockingConnectionPool,) if BlockingConnectionPool is not None else ()
+
 _TAG_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
 
@@ -697,6 +707,8 @@ class RedisLockClient(CacheLockClient):
         #: Tokens of exclusive waiters refused once: they hold the writer mark, so their
         #: next attempts go through MODE_ACQUIRE_SCRIPT (see try_acquire).
         self._marking: set[str] = set()
+        #: Whether the server takes CLIENT UNBLOCK (see _unblock).
+        self._unblock_allowed = True
 
     @classmethod
     def handles(cls, cache_class: type) -> bool:
@@ -918,42 +930,108 @@ class RedisLockClient(CacheLockClient):
         _woken.set((keys.wake, hops) if hops > 0 else None)
 
     def wait(self, keys: LockKeys, seconds: float, waits: int) -> None:
+        """Block on the wake-up list (BLPOP) until a release pushes to it or ``seconds``
+        (at most MAX_BLOCK_SECONDS) pass, the end kept by this client (see
+        :meth:`_end_blocked`), not by the server."""
         block = self._block_seconds(seconds)
+        _woken.set(None)
         if block < 0.001:  # too short to block on the server: a short sleep instead
-            _woken.set(None)
             time.sleep(min(max(block, 0.001), seconds, 0.01))
             return
-        if self._cluster:
-            popped = self._call(lambda c: node_command(c, keys.wake)("BLPOP", keys.wake, round(block, 3)))
-        else:
+        deadline = time.monotonic() + block
+        try:
+            held = self._checkout(keys.wake)
+        except (RedisError, RedisClusterException, OSError) as e:
+            raise self._failed(e) from e
+        if held is None:  # no pool to take a connection from: the client's BLPOP
             popped = self._call(lambda c: c.blpop([keys.wake], timeout=round(block, 3)))
+        else:
+            conn = held.conn
+            try:
+                _send_blpop(conn, keys.wake, block)
+                client_id = _client_id(conn)
+                if conn.can_read(timeout=max(deadline - time.monotonic(), 0)):
+                    popped = _blpop_reply(conn)
+                elif client_id is not None and self._unblock(held, client_id):
+                    popped = _blpop_reply(conn)
+                else:
+                    popped = self._abandon(held, keys)
+            except BaseException as e:
+                conn.disconnect()
+                held.release(conn)
+                if isinstance(e, (RedisError, OSError)):
+                    raise self._failed(e) from e
+                raise
+            held.release(conn)
         self._remember_wake(keys, popped)
 
-    def _checkout(self, key: str) -> tuple[Any, Callable[[Any], None]] | None:
-        """A connection to block on for ``key``'s wake-up list, and how to give it back:
-        from the client's own pool, on a cluster from the pool of the node serving the
-        key. None when the client has no such pool (client-side caching)."""
+    def _checkout(self, key: str) -> _Held | None:
+        """A connection to block on for ``key``'s wake-up list, from the client's own
+        pool (on a cluster, the pool of the node serving the key). None when the client
+        has no such pool (client-side caching)."""
         client = self.get_client()
         if self._cluster:
-            access = _pool_access(client.get_redis_connection(node_of(client, key)).connection_pool)
+            pool = client.get_redis_connection(node_of(client, key)).connection_pool
         else:
-            access = _pool_access(getattr(client, "connection_pool", None))
+            pool = getattr(client, "connection_pool", None)
+        access = _pool_access(pool)
         if access is None:
             return None
         get, release = access
-        return get(), release
+        return _Held(get(), get, release, pool)
+
+    def _unblock(self, held: _Held, client_id: int) -> bool:
+        """End the BLPOP of connection ``client_id`` at the waiter's deadline.
+
+        Redis times a blocking command out only at its next tick (1/hz: 100 ms late at the
+        default hz 10, a second at hz 1), so the waiter ends it itself: CLIENT UNBLOCK from
+        another connection of the same pool. The blocked connection then reads its reply
+        (nil, or the wake-up it popped meanwhile, which is kept: nothing is lost) and goes
+        back to the pool clean. False if that is not done (the server refuses CLIENT
+        UNBLOCK, an ACL; a BlockingConnectionPool, which could make this wait for a free
+        connection): see :meth:`_abandon`. A server that does not answer raises, as any
+        command would (the caller drops the blocked connection).
+        """
+        if not self._unblock_allowed or isinstance(held.pool, _BLOCKING_POOLS):
+            return False
+        # One at a time per pool: waiters that time out together (N blocked connections)
+        # reuse one more connection instead of opening N more.
+        with _unblocker(held.pool):
+            other = held.get()
+            try:
+                other.send_command("CLIENT", "UNBLOCK", client_id)
+                other.read_response()
+                return True
+            except ResponseError as e:
+                logger.debug("CLIENT UNBLOCK refused (%s): waits past their deadline disconnect", e)
+                self._unblock_allowed = False
+                return False
+            except BaseException:
+                other.disconnect()
+                raise
+            finally:
+                held.release(other)
+
+    def _abandon(self, held: _Held, keys: LockKeys) -> None:
+        """A BLPOP that could not be ended (:meth:`_unblock`) is abandoned: its connection
+        is disconnected (the server drops the blocked client; its reply must never be
+        read by the next command), and the wake-up it may have taken is passed on."""
+        held.conn.disconnect()
+        self._pass_on(keys)
 
     async def await_release(self, keys: LockKeys, seconds: float, waits: int) -> None:
-        """Block on the wake-up list holding no thread: BLPOP on a connection of the sync
-        pool, its reply awaited in the event loop (the descriptor's readiness). No client
-        is kept per event loop (asyncio connections belong to the loop that opened them),
-        so a waiter in a fresh loop (``asyncio.run``, ``async_to_sync``) leaves nothing
-        open behind it. Taking the connection (which may connect) runs in a worker."""
+        """:meth:`wait` holding no thread: BLPOP on a connection of the sync pool, its
+        reply awaited in the event loop (the descriptor's readiness). No client is kept
+        per event loop (asyncio connections belong to the loop that opened them), so a
+        waiter in a fresh loop (``asyncio.run``, ``async_to_sync``) leaves nothing open
+        behind it. Taking a connection (which may connect) and ending a BLPOP at the
+        deadline (:meth:`_unblock`) run in a worker."""
         block = self._block_seconds(seconds)
         _woken.set(None)
         if block < 0.001:
             await asyncio.sleep(min(max(block, 0.001), seconds, 0.01))
             return
+        deadline = time.monotonic() + block
         loop = asyncio.get_running_loop()
         checkout = loop.run_in_executor(None, self._checkout, keys.wake)
         try:
@@ -966,27 +1044,37 @@ class RedisLockClient(CacheLockClient):
         if held is None:
             await asyncio.sleep(self.backend._poll_delay(seconds, waits))
             return
-        conn, release = held
+        conn = held.conn
         try:
-            conn.send_command("BLPOP", keys.wake, round(block, 3))
-            socket_timeout = conn.socket_timeout
-            if not await _readable(conn, block + socket_timeout if socket_timeout else None):
+            _send_blpop(conn, keys.wake, block)
+            if not await _readable(conn, conn.socket_timeout):
                 raise RedisTimeoutError("Timeout reading from socket")
-            popped = conn.read_response()
+            client_id = _client_id(conn)
+            if await _readable(conn, max(deadline - time.monotonic(), 0)):
+                popped = _blpop_reply(conn)
+            elif (client_id is not None
+                  and await loop.run_in_executor(None, self._unblock, held, client_id)):
+                if not await _readable(conn, conn.socket_timeout):
+                    raise RedisTimeoutError("Timeout reading from socket")
+                popped = _blpop_reply(conn)
+            else:
+                conn.disconnect()
+                popped = None
+                await loop.run_in_executor(None, self._pass_on, keys)
         except asyncio.CancelledError:
             # Cancelled mid-BLPOP: the connection goes (its reply would be read by the next
             # command), and the wake-up it may have taken is passed on.
             conn.disconnect()
-            release(conn)
+            held.release(conn)
             await loop.run_in_executor(None, self._pass_on, keys)
             raise
         except BaseException as e:
             conn.disconnect()
-            release(conn)
+            held.release(conn)
             if isinstance(e, (RedisError, OSError)):
                 raise self._failed(e) from e
             raise
-        release(conn)
+        held.release(conn)
         self._remember_wake(keys, popped)
 
     def _pass_on(self, keys: LockKeys) -> None:
@@ -997,11 +1085,56 @@ class RedisLockClient(CacheLockClient):
             logger.debug("lock wake-up of a cancelled waiter not passed on: %s", e)
 
 
+class _Held(NamedTuple):
+    """A connection a waiter blocks on, and its pool's get and release."""
+
+    conn: Any
+    get: Callable[[], Any]
+    release: Callable[[Any], None]
+    pool: Any
+
+
+#: A mutex per pool for RedisLockClient._unblock (see there).
+_unblockers: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_unblockers_mutex = threading.Lock()
+
+
+def _unblocker(pool: Any) -> threading.Lock:
+    with _unblockers_mutex:
+        lock = _unblockers.get(pool)
+        if lock is None:
+            lock = _unblockers[pool] = threading.Lock()
+        return lock
+
+
+def _send_blpop(conn: Any, key: str, block: float) -> None:
+    """CLIENT ID (to end the BLPOP from elsewhere: RedisLockClient._unblock) and BLPOP,
+    sent at once; the server's own timeout is the block, rounded to the millisecond."""
+    conn.send_packed_command(conn.pack_commands([("CLIENT", "ID"), ("BLPOP", key, round(block, 3))]))
+
+
+def _client_id(conn: Any) -> int | None:
+    """CLIENT ID's reply (:func:`_send_blpop`), or None if the server refused it."""
+    try:
+        return int(conn.read_response())
+    except ResponseError:
+        return None
+
+
+def _blpop_reply(conn: Any) -> Any:
+    """BLPOP's reply; None (no wake-up) if a cluster node says the key moved: the next
+    attempt follows the redirect, and the next wait goes to the new node."""
+    try:
+        return conn.read_response()
+    except (MovedError, AskError):
+        return None
+
+
 def _give_back(checkout: asyncio.Future[Any]) -> None:
     """A connection checked out for a waiter cancelled meanwhile: back to its pool."""
     if not checkout.cancelled() and checkout.exception() is None and checkout.result() is not None:
-        conn, release = checkout.result()
-        release(conn)
+        held = checkout.result()
+        held.release(held.conn)
 
 
 def _mark_ready(ready: asyncio.Future[None]) -> None:
