@@ -24,7 +24,9 @@ failover does to locks.
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlparse
@@ -61,9 +63,43 @@ class CacheCluster(RedisCluster):
         kwargs.setdefault("target_nodes", self.PRIMARIES)
         return super().keys(pattern, **kwargs)
 
+    #: How :func:`cluster_client` made it (startup URLs, options), and in which process.
+    _origin: tuple[list[str], dict[str, Any]] | None = None
+    _pid: int | None = None
+
+    def for_this_process(self) -> CacheCluster:
+        """This client, or in a process forked since it was made (which inherited it in a
+        cache client that keeps it, such as django-redis's), the process's own for the
+        same startup nodes and options (:func:`cluster_client`)."""
+        if self._origin is None or self._pid == os.getpid():
+            return self
+        urls, kwargs = self._origin
+        return cluster_client(urls, **kwargs)
+
 
 _clusters: dict[tuple[Any, ...], CacheCluster] = {}
 _clusters_lock = threading.Lock()
+#: What a forked child inherited from its parent (clients, pools): kept referenced and
+#: never used, so that nothing closes or says goodbye on the parent's connections.
+_inherited: list[Any] = []
+#: The Sentinel cache clients of this process (for _after_fork_in_child).
+_sentinel_clients: weakref.WeakSet[SentinelRedisCacheClient] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (gunicorn ``--preload``, Celery's prefork pool, ``multiprocessing``)
+    makes its own cluster and Sentinel clients on first use: the parent's are dropped
+    (kept referenced, never closed), and so is the mutex, which a thread of the parent
+    may have held (making a cluster client) when it forked."""
+    global _clusters, _clusters_lock
+    _inherited.append(_clusters)
+    _clusters = {}
+    _clusters_lock = threading.Lock()
+    for client in list(_sentinel_clients):
+        client._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _frozen(value: Any) -> Any:
@@ -103,7 +139,9 @@ def cluster_client(startup_urls: Iterable[str], **kwargs: Any) -> CacheCluster:
                 # other URLs add startup nodes. The client discovers the cluster when it is
                 # created: if no startup node answers, this raises and nothing is kept, so
                 # the next call tries again.
-                client = _clusters[key] = CacheCluster.from_url(urls[0], startup_nodes=nodes[1:], **kwargs)
+                client = CacheCluster.from_url(urls[0], startup_nodes=nodes[1:], **kwargs)
+                client._origin, client._pid = (urls, kwargs), os.getpid()
+                _clusters[key] = client
     return client
 
 
@@ -197,6 +235,16 @@ class SentinelRedisCacheClient(RedisCacheClient):
         if not sentinels:
             raise ValueError("SentinelRedisCache needs OPTIONS['sentinels'], a list of (host, port)")
         super().__init__(servers, serializer, pool_class or SentinelConnectionPool, parser_class, **options)
+        self._sentinel_args = (sentinels, sentinel_kwargs, options)
+        self._sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **options)
+        _sentinel_clients.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: new pools and sentinel connections, made on first use; the
+        parent's are kept referenced, never closed."""
+        _inherited.append((self._pools, self._sentinel))
+        self._pools = {}
+        sentinels, sentinel_kwargs, options = self._sentinel_args
         self._sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **options)
 
     def _get_connection_pool(self, write: bool) -> Any:

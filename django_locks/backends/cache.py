@@ -95,6 +95,13 @@ class CacheLock(BaseLock):
             self._cache = caches[self.cache_alias]
         return self._cache
 
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: the cache is looked up again and the client drops its own
+        clients (see the client's ``after_fork_in_child``)."""
+        self._cache = None
+        self.client.after_fork_in_child()
+        super()._after_fork_in_child()
+
     def check(self) -> list[CheckMessage]:
         return type(self.client).check(self)
 

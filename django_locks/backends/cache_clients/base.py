@@ -91,6 +91,10 @@ class CacheLockClient(abc.ABC):
         """Remove the writer mark of the waiter ``token`` that gave up, if it is its own.
         Default: nothing (a client without marks)."""
 
+    def after_fork_in_child(self) -> None:  # noqa: B027 - optional
+        """In a forked child: drop what this client opened in the parent, never closing it
+        (that could talk on the parent's connections). Default: nothing."""
+
     def retryable(self, error: LockBackendError) -> bool:
         """Whether a waiter may retry through ``error`` (a failover that ends by itself)."""
         return False

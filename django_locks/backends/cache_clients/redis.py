@@ -718,10 +718,24 @@ class RedisLockClient(CacheLockClient):
         """The raw redis-py client (thread-safe; one per backend instance is enough)."""
         if self._client is None:
             client = self._get_client(self.backend.cache)
+            for_this_process = getattr(client, "for_this_process", None)
+            if for_this_process is not None:  # a CacheCluster (django_locks.cluster)
+                client = for_this_process()
             self._pool = _direct_pool(client)
             self._cluster = is_cluster(client)
             self._client = client
         return self._client
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: the raw client is fetched again on first use (the cache's
+        pools see the new process and open new connections: redis-py's fork check, which
+        every connection taken here goes through); the parent's is kept referenced. The
+        module's own clients and mutexes are dropped too (:func:`_after_fork_in_child`)."""
+        _inherited.append((self._client, self._pool))
+        self._client = None
+        self._pool = None
+        self._cluster = False
+        self._marking = set()
 
     def keys(self, key: str) -> LockKeys:
         """Full Redis keys; ``{TAG}`` (:func:`hash_tag`) puts the four in one cluster slot."""
@@ -1093,6 +1107,25 @@ class _Held(NamedTuple):
     release: Callable[[Any], None]
     pool: Any
 
+
+#: What a forked child inherited from its parent (clients, pools): kept referenced and
+#: never used, so that nothing closes or says goodbye on the parent's connections.
+_inherited: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (gunicorn ``--preload``, Celery's prefork pool, ``multiprocessing``)
+    makes its own shared clients on first use, and its own mutexes (a thread of the parent
+    may have held one when it forked: a child waiting for it would wait forever)."""
+    global _shared_clients, _shared_clients_mutex, _unblockers, _unblockers_mutex
+    _inherited.append((_shared_clients, _unblockers))
+    _shared_clients = {}
+    _shared_clients_mutex = threading.Lock()
+    _unblockers = weakref.WeakKeyDictionary()
+    _unblockers_mutex = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 #: A mutex per pool for RedisLockClient._unblock (see there).
 _unblockers: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
