@@ -946,7 +946,7 @@ class RedisLockClient(CacheLockClient):
     def wait(self, keys: LockKeys, seconds: float, waits: int) -> None:
         """Block on the wake-up list (BLPOP) until a release pushes to it or ``seconds``
         (at most MAX_BLOCK_SECONDS) pass, the end kept by this client (see
-        :meth:`_end_blocked`), not by the server."""
+        :meth:`_unblock`), not by the server."""
         block = self._block_seconds(seconds)
         _woken.set(None)
         if block < 0.001:  # too short to block on the server: a short sleep instead
@@ -1092,11 +1092,13 @@ class RedisLockClient(CacheLockClient):
         self._remember_wake(keys, popped)
 
     def _pass_on(self, keys: LockKeys) -> None:
-        """After an abandoned BLPOP (PASS_ON_SCRIPT): best effort."""
+        """After an abandoned BLPOP (cancelled, or not ended by CLIENT UNBLOCK): the
+        wake-up it may have taken goes back if another waiter could use it (PASS_ON_SCRIPT).
+        Best effort."""
         try:
             self._run(self.pass_on_script, [keys.lock, keys.wake], [WAKE_TTL_MS])
         except LockBackendError as e:
-            logger.debug("lock wake-up of a cancelled waiter not passed on: %s", e)
+            logger.debug("the wake-up an abandoned wait may have taken was not passed on: %s", e)
 
 
 class _Held(NamedTuple):
