@@ -63,3 +63,25 @@ def test_a_forked_child_starts_with_no_process_local_locks():
     assert answer == b"1"
     assert [holder.token for holder in backend.get_holders("parent's")] == [lease.token]
     lease.release()
+
+
+def test_a_child_ending_normally_leaves_the_parent_connected(shared_alias):
+    """A forked child that ends through interpreter shutdown (a gunicorn worker: sys.exit)
+    frees what it inherited; the drivers' goodbyes must not reach the parent's sessions
+    (mysqlclient's COM_QUIT did: the parent's release then failed, the lock stayed held).
+    Found by an outside attack."""
+    code = (
+        "import os, sys, django; django.setup()\n"
+        "from django_locks import locks\n"
+        f"with locks[{shared_alias!r}].lock('job', 60_000):\n"
+        "    for _ in range(3):\n"
+        "        pid = os.fork()\n"
+        "        if pid == 0:\n"
+        "            sys.exit(0)\n"
+        "        os.waitpid(pid, 0)\n"
+        "print('released')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "released" in result.stdout, result.stderr[-3000:]
+    assert locks[shared_alias].get_holders("job") == []

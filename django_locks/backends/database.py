@@ -269,12 +269,40 @@ def _after_fork_in_child() -> None:
     touches (closes, cancels, reads) the parent's."""
     global _thread_connections, _all_connections, _listeners, _listeners_mutex, sqlite_gate
     sqlite_gate = SQLiteForkGate()
+    _detach([connection for connection in _forking if isinstance(connection, LockConnection)])
     _inherited.extend(_forking)
     _forking.clear()
     _thread_connections = threading.local()
     _all_connections = weakref.WeakSet()
     _listeners = {}
     _listeners_mutex = threading.Lock()
+
+
+def _detach(inherited: list[LockConnection]) -> None:
+    """In a forked child: point the descriptor of each inherited raw connection at
+    /dev/null. Kept referenced, they are still freed when the child's interpreter shuts
+    down (a worker ending with ``sys.exit``), and their drivers then say goodbye on the
+    socket (mysqlclient's COM_QUIT ended the parent's session); now that goes nowhere.
+    Closing the child's copy of a descriptor leaves the parent's socket open."""
+    descriptors = []
+    for connection in inherited:
+        raw = connection.wrapper.connection
+        if raw is None:
+            continue
+        try:
+            fileno = raw.fileno if hasattr(raw, "fileno") else raw._sock.fileno  # PyMySQL
+            descriptors.append(int(fileno()))
+        except Exception:  # closed, or a driver without a descriptor (SQLite)
+            continue
+    if not descriptors:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in descriptors:
+            if fd != devnull:
+                os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
