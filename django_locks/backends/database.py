@@ -585,6 +585,12 @@ class LockSQL:
     #: The one reading of the clock a transaction on holders takes once the key row is
     #: locked (a statement of its own: evaluated after the lock was granted).
     read_clock = ""
+    #: Statements that open the transaction of a read deciding which holders are live
+    #: (``holders``, ``held``, ``expired``), where its snapshot would otherwise be taken
+    #: after its clock reading (MariaDB/MySQL: the statement's time is when it started,
+    #: before a wait for a table lock, say). Empty: one statement reads the clock after
+    #: its snapshot (SQLite) or is written to (PostgreSQL).
+    snapshot_read: tuple[str, ...] = ()
     greatest = "GREATEST"
     #: The driver's parameter placeholder (statements run on the raw DB-API cursor).
     placeholder = "%s"
@@ -832,6 +838,13 @@ class PostgreSQLLockSQL(LockSQL):
 
     def __init__(self, table: str, key: str, durable: bool = True, holders: str | None = None) -> None:
         super().__init__(table, key, durable, holders)
+        # Reads deciding which holders are live: statement_timestamp() is when the statement
+        # arrived, its snapshot is taken later (after a wait for a table lock, say), so they
+        # read the clock once during execution, after the snapshot (a CTE: one reading).
+        clock = "(SELECT now_us FROM django_locks_clock)"
+        for name in ("holders", "held", "expired"):
+            setattr(self, name, f"WITH django_locks_clock AS MATERIALIZED ({self.read_clock} AS now_us) "
+                                + getattr(self, name).replace(self.now_us, clock))
         # Release, force release and the clearing of expired holders tell the waiters of
         # those keys, in the same statement: NOTIFY is delivered when its transaction
         # commits, so a wake-up is never sent for a change that did not commit.
@@ -913,6 +926,10 @@ class MySQLLockSQL(LockSQL):
     # consistent read per statement, and no gap locks that could deadlock two keys'
     # transactions through neighbouring entries of the holders' key index.
     begin = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION"
+    # A consistent snapshot taken by a statement before the read's (whose UTC_TIMESTAMP is
+    # when it starts): for this one transaction only, never a session setting.
+    snapshot_read = ("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+                     "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
 
     def touch(self, t: str, k: str) -> str:
         return "ON DUPLICATE KEY UPDATE fencing_token = fencing_token"
@@ -1276,33 +1293,51 @@ class DatabaseLock(BaseLock):
             # A second connection to the file can write while others read.
             raw.execute("PRAGMA journal_mode=WAL").fetchall()
 
-    def _gate(self) -> contextlib.AbstractContextManager[None]:
-        """SQLite: a statement a fork waits for (see :class:`SQLiteForkGate`)."""
-        return sqlite_gate.statement() if self.vendor == "sqlite" else contextlib.nullcontext()
+    @contextlib.contextmanager
+    def _connection(self, *, in_transaction: bool) -> Iterator[LockConnection]:
+        """This thread's private connection, connected; a fork waits while it is in use on
+        SQLite (see :class:`SQLiteForkGate`). A database error drops the connection and is
+        raised as LockBackendError; so is any interruption of a transaction
+        (``in_transaction``): whatever was left open goes with the connection."""
+        connection = lock_connection(self.using)
+        wrapper = connection.wrapper
+        with sqlite_gate.statement() if self.vendor == "sqlite" else contextlib.nullcontext():
+            try:
+                if not connection.connected:
+                    self._connect(wrapper)
+                if self.vendor == "sqlite":
+                    # Per alias: aliases of one database share this thread's connection.
+                    connection.sqlite_synchronous("FULL" if self.durable else "NORMAL")
+                yield connection
+            except (wrapper.Database.Error, DjangoDatabaseError) as e:
+                connection.close()
+                raise LockBackendError(
+                    f"LOCKS[{self.alias!r}]: database {self.using!r} failed: "
+                    f"{_migrate_hint(e, self.using)}{e}"
+                ) from e
+            except BaseException:
+                if in_transaction:
+                    connection.close()
+                raise
 
     def _run(self, sql: str, params: tuple[Any, ...], *, fetch: bool = True) -> tuple[list[Any], int]:
         """Run one statement on this thread's private connection: (rows, rowcount)."""
-        with self._gate():
-            return self._run_statement(sql, params, fetch)
-
-    def _run_statement(self, sql: str, params: tuple[Any, ...], fetch: bool) -> tuple[list[Any], int]:
-        connection = lock_connection(self.using)
-        wrapper = connection.wrapper
-        try:
-            if not connection.connected:
-                self._connect(wrapper)
-            if self.vendor == "sqlite":
-                # Per alias: aliases of one database share this thread's connection.
-                connection.sqlite_synchronous("FULL" if self.durable else "NORMAL")
+        with self._connection(in_transaction=False) as connection:
             cursor = connection.cursor()
             cursor.execute(sql, params)
             rows = cursor.fetchall() if fetch else []
             return rows, cursor.rowcount
-        except (wrapper.Database.Error, DjangoDatabaseError) as e:
-            connection.close()
-            raise LockBackendError(
-                f"LOCKS[{self.alias!r}]: database {self.using!r} failed: {_migrate_hint(e, self.using)}{e}"
-            ) from e
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """The rows of a read that decides which holders are live: on its one clock
+        reading, taken after the snapshot it reads (see ``LockSQL.snapshot_read``), so it
+        never lists a holder that had expired before a newer one it lists was admitted."""
+        begin = self.sql.snapshot_read
+        if not begin:
+            return self._run(sql, params)[0]
+        with self._connection(in_transaction=True) as connection:
+            statements = [*((text, ()) for text in begin), (sql, params), ("COMMIT", ())]
+            return self._execute(connection, statements)[-2][0]
 
     #: Test hook: called with the clock reading of a transaction on holders, after it
     #: locked the key row and before its other statements run (None in production).
@@ -1322,38 +1357,18 @@ class DatabaseLock(BaseLock):
         never one per statement: a holder seen alive by one statement is alive for all.
         Two round trips where the driver takes several statements in one (psycopg 3,
         MariaDB/MySQL): BEGIN, the lock and the reading; then the statements and COMMIT."""
-        with self._gate():
-            return self._run_script(lock, statements)
-
-    def _run_script(
-        self, lock: tuple[str, tuple[Any, ...]] | None, statements: list[tuple[str, tuple[Any, ...]]]
-    ) -> list[tuple[list[Any], int]]:
-        connection = lock_connection(self.using)
-        wrapper = connection.wrapper
         sql = self.sql
         head = [(part, ()) for part in sql.begin.split("; ")]
         if lock is not None:
             head.append(lock)
         head.append((sql.read_clock, ()))
-        try:
-            if not connection.connected:
-                self._connect(wrapper)
-            if self.vendor == "sqlite":
-                connection.sqlite_synchronous("FULL" if self.durable else "NORMAL")
+        with self._connection(in_transaction=True) as connection:
             now = int(self._execute(connection, head)[-1][0][0][0])
             if self._after_clock_read is not None:
                 self._after_clock_read(now)
             literal = str(now)
             body = [(text.replace(NOW_US, literal), params) for text, params in statements]
             return self._execute(connection, [*body, ("COMMIT", ())])[:-1]
-        except (wrapper.Database.Error, DjangoDatabaseError) as e:
-            connection.close()
-            raise LockBackendError(
-                f"LOCKS[{self.alias!r}]: database {self.using!r} failed: {_migrate_hint(e, self.using)}{e}"
-            ) from e
-        except BaseException:
-            connection.close()  # interrupted: whatever was left open goes with it
-            raise
 
     @staticmethod
     def _execute(connection: LockConnection,
@@ -1581,12 +1596,10 @@ class DatabaseLock(BaseLock):
         return results[-4][1] > 0 or results[-3][1] > 0
 
     def _holders(self, key: str) -> list[LockInfo]:
-        rows, _ = self._run(self.sql.holders, (key, key))
-        return [_info(row) for row in rows]
+        return [_info(row) for row in self._read(self.sql.holders, (key, key))]
 
     def _held(self) -> list[LockInfo]:
-        rows, _ = self._run(self.sql.held, ())
-        return [_info(row) for row in rows]
+        return [_info(row) for row in self._read(self.sql.held, ())]
 
     def _purge(self) -> int:
         cleared = self._run(self.sql.clear_expired, (), fetch=False)[1]
@@ -1595,5 +1608,5 @@ class DatabaseLock(BaseLock):
 
     def expired_locks(self) -> list[LockInfo]:
         """Holders whose lock expired without a release, until :meth:`purge` clears them."""
-        rows, _ = self._run(self.sql.expired, ())
+        rows = self._read(self.sql.expired, ())
         return sorted((_info(row) for row in rows), key=lambda info: (info.expires_at, info.key))
