@@ -231,9 +231,10 @@ class CacheAddLockClient(CacheLockClient):
                 return slot, None, False
             slot = self._slot(keys, index)
             holder = cache.get(slot)
-        if not holder or holder["token"] != token or holder["expires"] <= self._now_us():
+        now_us = self._now_us()  # one reading for both questions
+        if not holder or holder["token"] != token or holder["expires"] <= now_us:
             return slot, None, False
-        return slot, holder, (holder["expires"] - self._now_us()) // 1000 > self._margin_ms(holder)
+        return slot, holder, (holder["expires"] - now_us) // 1000 > self._margin_ms(holder)
 
     def _margin_ms(self, state: dict[str, Any]) -> int:
         return min(self.SAFETY_MARGIN_MS, state["ttl"] // 4)
