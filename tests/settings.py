@@ -33,6 +33,7 @@ INSTALLED_APPS = [
     "django.contrib.admin",
     "django_locks",
     "example_project",  # the model of the README's recipes (tests/test_recipes.py)
+    "tests.fencedapp",  # a FencedModel (tests/test_fencing.py)
 ]
 STATIC_URL = "static/"
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
