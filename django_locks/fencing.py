@@ -280,7 +280,6 @@ class FencedQuerySet(models.QuerySet[_M]):
             return written
 
     update.alters_data = True  # type: ignore[attr-defined]
-    update.queryset_only = True  # type: ignore[attr-defined]
 
     def delete(self) -> tuple[int, dict[str, int]]:
         if self._fence_lease is None:

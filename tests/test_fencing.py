@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -218,10 +219,35 @@ def test_an_accepted_fenced_write_is_part_of_the_callers_transaction(combo):
     assert row(db, document.pk) == ("old", 0)
 
 
+@pytest.mark.parametrize("alias", [a for a in DATABASE_ALIASES if DATABASE_ALIASES[a] != "default"])
+def test_the_lease_extends_and_releases_inside_the_atomic_block_of_its_fenced_write(alias):
+    """The fenced write reads the lock row, it does not lock it: the lease's own extend and
+    release (on DatabaseLock's private connection) do not wait for the caller's commit.
+    (SQLite excepted: there any open write transaction holds the file's one write lock.)"""
+    db = DATABASE_ALIASES[alias]
+    document = doc(db)
+    done = []
+
+    def extend_and_release(lease) -> None:
+        lease.extend()
+        lease.release()
+        done.append(True)
+
+    lease = locks[alias].lock("report:7", ttl=30_000)
+    with transaction.atomic(using=db):
+        Document.objects.using(db).fenced(lease).filter(pk=document.pk).update(body="x")
+        thread = threading.Thread(target=extend_and_release, args=(lease,), daemon=True)
+        thread.start()
+        thread.join(timeout=15)
+        assert done, "the lease's extend/release waited for the caller's transaction"
+    assert row(db, document.pk) == ("x", lease.fencing_token)
+
+
 @pytest.mark.parametrize("db", DBS)
 def test_unfenced_writes_are_djangos(db):
     document = doc(db)
     assert Document.objects.using(db).filter(pk=document.pk).update(body="plain") == 1
+    assert Document.objects.db_manager(db).update(body="manager") == 1  # Manager.update, as Django's
     document.refresh_from_db(using=db)
     document.body = "saved"
     document.save(using=db)
