@@ -299,6 +299,9 @@ def ratios(rows: list[dict]) -> list[tuple[str, float, str]]:
         ratio(f"{db}: baseline / DatabaseLock (speed-up)", f"{db}: django-db-lock-style baseline",
               f"{db}: DatabaseLock", ">= 2")
         ratio(f"{db}: DatabaseLock / SELECT 1 x2", f"{db}: DatabaseLock", f"{db}: floor SELECT 1 x2", "")
+        ratio(f"{db}: fenced update / plain update",
+              f"{db}: fenced update of one row (DatabaseLock lease, same database)",
+              f"{db}: plain update of one row", "")
     ratio("MemoryLock / threading.Lock", "MemoryLock", "threading.Lock", "")
     return out
 
@@ -324,7 +327,8 @@ def _ms(value: float | None) -> str:
 
 def markdown(env: dict, uncontended: list[dict], contended: list[dict], modes: list[dict]) -> str:
     lines = ["Servers: " + ", ".join(f"{k} {v}" for k, v in env.items()), "",
-             "| uncontended acquire + release | median µs | p99 µs | pairs/s |", "|---|---:|---:|---:|"]
+             "| uncontended acquire + release (update rows: one update) | median µs | p99 µs | pairs/s |",
+             "|---|---:|---:|---:|"]
     lines += [f"| {r['name']} | {r['median_us']:.1f} | {r['p99_us']:.1f} | {r['pairs_per_s']:,.0f} |"
               for r in uncontended]
     lines += ["", "| ratio (medians) | value | goal |", "|---|---:|---|"]

@@ -224,6 +224,28 @@ def _threading_lock() -> Callable[[], None]:
     return pair
 
 
+def _update(alias: str, fenced: bool) -> Callable[[], None]:
+    """One UPDATE of one row of a FencedModel, plain or fenced by a lease of the DatabaseLock
+    on the same database (the costliest fence: row lock, token check and the lease's
+    liveness by the database's clock, in one transaction)."""
+    from tests.fencedapp.models import Document
+
+    using = DB_ALIASES[alias]
+    name = f"bench:{alias}:{'fenced' if fenced else 'plain'}"
+    Document.objects.using(using).filter(name=name).delete()
+    pk = Document.objects.using(using).create(name=name).pk
+    lease = locks[alias].lock(f"bench:fenced:{uuid.uuid4().hex}", 3_600_000) if fenced else None
+    counter = iter(range(10**12))
+
+    def update() -> None:
+        rows = Document.objects.using(using)
+        if lease is not None:
+            rows = rows.fenced(lease)
+        assert rows.filter(pk=pk).update(body=str(next(counter))) == 1
+
+    return update
+
+
 #: (group, row name, factory, floor of the group?)
 UNCONTENDED: list[tuple[str, str, Callable[[], Callable[[], None]]]] = [
     ("redis", "Redis floor: PING x2", _redis_floor_ping),
@@ -251,6 +273,12 @@ UNCONTENDED += [
     ("memory", "threading.Lock", _threading_lock),
     ("memory", "MemoryLock", lambda: _django_locks("memory")),
 ]
+for _db in ("postgres", "mysql", "sqlite"):
+    UNCONTENDED += [
+        (_db, f"{_db}: plain update of one row", lambda db=_db: _update(db, False)),
+        (_db, f"{_db}: fenced update of one row (DatabaseLock lease, same database)",
+         lambda db=_db: _update(db, True)),
+    ]
 #: Shared locks and semaphores (issue 13), next to each backend's exclusive pair above.
 MODE_ALIASES = {"CacheLock (django-redis)": "django_redis", "postgres: DatabaseLock": "postgres",
                 "mysql: DatabaseLock": "mysql", "sqlite: DatabaseLock": "sqlite",
