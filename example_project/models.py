@@ -2,13 +2,17 @@
 
 from django.db import models
 
+from django_locks.fencing import FencedModel
 
-class Report(models.Model):
+
+class Report(FencedModel):
+    """A FencedModel: its ``fencing_token`` is the token of the lock holder that last wrote
+    the row through a fenced write (0: never), and ``Report.objects.fenced(lease)`` refuses
+    writes by a lease older than that (see docs/fencing.md)."""
+
     name = models.CharField(max_length=100, unique=True)
     body = models.TextField(blank=True)
     published = models.BooleanField(default=False)
-    #: The fencing token of the lock holder that last wrote this row (0: never written under a lock).
-    fencing_token = models.BigIntegerField(default=0)
 
     def __str__(self) -> str:
         return self.name

@@ -21,6 +21,7 @@ from django.test import Client, override_settings
 import example_project.tests as example_tests
 from django_locks import locks
 from django_locks.exceptions import LockTimeoutError
+from django_locks.fencing import StaleLeaseError
 from example_project.models import Report
 from example_project.recipes import fencing, limits, on_commit, rebuild, tasks
 from tests.helpers import ROOT, subprocess_env, wait_until
@@ -185,7 +186,7 @@ def test_a_lost_lease_cannot_overwrite_a_newer_holder(reports, tmp_path):
     report.refresh_from_db()
     assert report.body == "new body" and report.fencing_token > lost.fencing_token
 
-    with pytest.raises(fencing.StaleWriteError):
+    with pytest.raises(StaleLeaseError):
         fencing.save_report(lost, report.pk, "stale body")  # the database refuses it
     report.refresh_from_db()
     assert report.body == "new body"

@@ -1,23 +1,16 @@
-# What to do with lease.fencing_token: hand it to what you write, and let that refuse older ones.
+# What to do with lease.fencing_token: let what you write refuse a lease older than its last writer.
 import json
 from datetime import timedelta
 from pathlib import Path
 
 from django_locks import locks
-from example_project.models import Report
+from example_project.models import Report  # a FencedModel
 
 
-class StaleWriteError(Exception):
-    """A holder with a newer fencing token wrote first: this lease was lost (paused past its ttl)."""
-
-
-def save_report(lease, report_id: int, body: str) -> None:
-    """A database row: one conditional UPDATE refusing lower tokens (never a read, then a write)."""
-    written = Report.objects.filter(pk=report_id, fencing_token__lte=lease.fencing_token).update(
-        body=body, fencing_token=lease.fencing_token
-    )
-    if not written:
-        raise StaleWriteError(f"report {report_id} was written under a newer lock")
+def save_report(lease, report_id: int, body: str) -> int:
+    """A fenced UPDATE: written with lease.fencing_token, or django_locks.fencing.StaleLeaseError
+    and nothing written when a newer holder wrote the row (check and write: one transaction)."""
+    return Report.objects.fenced(lease).filter(pk=report_id).update(body=body)
 
 
 def store_report(lease, bucket: Path, report_id: int, body: str) -> Path:
