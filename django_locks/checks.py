@@ -24,6 +24,7 @@ from typing import Any
 from django.apps import apps
 from django.core.checks import CheckMessage, Error, Tags, register
 from django.db import DatabaseError, connections, router
+from django.db.migrations.executor import MigrationExecutor
 
 from django_locks.exceptions import InvalidLockBackendError
 from django_locks.handler import DEFAULT_LOCK_ALIAS, locks
@@ -67,8 +68,6 @@ def _fenced_models() -> list[Any]:
 
 def _pending_apps(db: str) -> set[str]:
     """Labels of the apps with migrations not yet applied on database ``db``."""
-    from django.db.migrations.executor import MigrationExecutor
-
     executor = MigrationExecutor(connections[db])
     plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
     return {migration.app_label for migration, backwards in plan if not backwards}

@@ -35,6 +35,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
+from asgiref.sync import sync_to_async
 from django.apps import apps
 from django.db import IntegrityError, connections, models, router, transaction
 from django.db.models.utils import resolve_callables
@@ -377,6 +378,10 @@ class FencedQuerySet(models.QuerySet[_M]):
                 setattr(obj, FENCING_FIELD, lease.fencing_token)
                 update_fields = {*defaults, FENCING_FIELD}
                 if self.model._meta._non_pk_concrete_field_names.issuperset(update_fields):
+                    # As Django's update_or_create: with the fields set on pre_save (auto_now).
+                    for field in self.model._meta.local_concrete_fields:
+                        if not field.primary_key and type(field).pre_save is not models.Field.pre_save:
+                            update_fields.update({field.name, field.attname})
                     obj.save(using=db, update_fields=update_fields)
                 else:
                     obj.save(using=db)
@@ -439,6 +444,8 @@ class FencedModel(models.Model):
         kwargs["using"] = using
         update_fields = kwargs.get("update_fields")
         if update_fields is not None:
+            if not update_fields:
+                return super().save(*args, **kwargs)  # Django's: an empty update_fields saves nothing
             kwargs["update_fields"] = {*update_fields, FENCING_FIELD}
         with _write_transaction(model, using):
             tokens: list[int] = []
@@ -462,8 +469,6 @@ class FencedModel(models.Model):
 
     async def asave(self, *args: Any, fence: Lease | None = None, **kwargs: Any) -> None:
         """:meth:`save` for async code (``fence=lease`` as there)."""
-        from asgiref.sync import sync_to_async
-
         return await sync_to_async(self.save)(*args, fence=fence, **kwargs)
 
     asave.alters_data = True  # type: ignore[attr-defined]

@@ -71,13 +71,15 @@ def main() -> None:
         lease = backend.lock(config["key"], ttl, timeout=60_000)
         try:
             time.sleep(rng.uniform(0, config["pause_max"]))  # the workload's pause: GC, a slow call
+            body = f"{lease.fencing_token} {os.getpid()}"
+            # Load, then save in a transaction of its own (on SQLite a transaction that reads
+            # before it writes fails at its first write if another connection wrote meanwhile).
+            document = Document.objects.using(db).get(name=name) if rng.random() < 0.5 else None
             try:
                 with transaction.atomic(using=db):
-                    body = f"{lease.fencing_token} {os.getpid()}"
-                    if rng.random() < 0.5:
+                    if document is None:
                         Document.objects.using(db).fenced(lease).filter(name=name).update(body=body)
                     else:
-                        document = Document.objects.using(db).get(name=name)
                         document.body = body
                         document.save(fence=lease, using=db)
                     WriteLog.objects.using(db).create(

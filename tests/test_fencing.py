@@ -105,6 +105,11 @@ def test_fenced_writes_stamp_the_lease_token(combo):
         instance.body = "saved again"
         instance.save(fence=lease, using=db)  # an update: the same lease may write twice
         assert row(db, instance.pk) == ("saved again", lease.fencing_token)
+        unfenced = doc(db, name="unfenced")  # written without a lease: token 0
+        unfenced.body, unfenced.name = "only the body", "not saved"
+        unfenced.save(fence=lease, using=db, update_fields=["body"])  # the token is added to them
+        assert row(db, unfenced.pk) == ("only the body", lease.fencing_token)
+        assert Document.objects.using(db).get(pk=unfenced.pk).name == "unfenced"
         assert fenced.filter(pk=instance.pk).delete() == (1, {"fencedapp.Document": 1})
         assert row(db, instance.pk) is None
 
