@@ -248,6 +248,7 @@ def test_the_lease_extends_and_releases_inside_the_atomic_block_of_its_fenced_wr
     assert row(db, document.pk) == ("x", lease.fencing_token)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("db", DBS)
 def test_unfenced_writes_are_djangos(db):
     document = doc(db)
@@ -261,9 +262,29 @@ def test_unfenced_writes_are_djangos(db):
     assert Document.objects.all().fence is None
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize("db", DBS)
+def test_memory_lock_leases_fence_by_token_order(db):
+    """MemoryLock (a process's own locks, tokens from 1): the token order alone."""
+    document = doc(db)
+    older = locks["memory"].lock("report:7", ttl=60_000)
+    assert locks["memory"].force_release("report:7")
+    newer = locks["memory"].lock("report:7", ttl=60_000)
+    instance = Document.objects.using(db).get(pk=document.pk)
+    instance.body = "new"
+    instance.save(fence=newer)
+    with pytest.raises(StaleLeaseError) as refused:
+        Document.objects.using(db).fenced(older).filter(pk=document.pk).update(body="stale")
+    assert (refused.value.fencing_token, refused.value.newer_fencing_token) == (
+        older.fencing_token, newer.fencing_token)
+    assert row(db, document.pk) == ("new", newer.fencing_token)
+    newer.release()
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.unit
 def test_bad_leases_are_refused_naming_the_argument_and_nothing_is_written():
     db = "default"
     document = doc(db)
@@ -485,6 +506,7 @@ def test_contention_with_random_pauses_keeps_every_write_in_token_order(combo):
 # ----------------------------------------------------------------------------- admin, checks
 
 
+@pytest.mark.unit
 def test_the_admin_shows_the_fencing_token():
     with locks["default"].lock("report:7", ttl=30_000) as lease:
         document = Document.objects.fenced(lease).create(name="report:7", body="b")
@@ -504,6 +526,7 @@ def e010(databases):
     return [m for m in checks.run_checks(databases=databases) if m.id == "django_locks.E010"]
 
 
+@pytest.mark.unit
 def test_check_e010_is_silent_on_migrated_databases():
     assert e010(DBS) == []
 
@@ -529,6 +552,7 @@ def unmigrated_model():
     apps.clear_cache()
 
 
+@pytest.mark.unit
 def test_check_e010_flags_a_table_without_the_column(unmigrated_model):
     messages = e010(["default"])
     assert len(messages) == 1
@@ -539,6 +563,7 @@ def test_check_e010_flags_a_table_without_the_column(unmigrated_model):
     assert e010(None) == []  # a database check: only run when databases are given
 
 
+@pytest.mark.unit
 def test_check_e010_waits_for_pending_migrations(unmigrated_model):
     """migrate runs the database checks before it applies migrations: an app with some
     still to apply is not reported (its migration may add the column)."""
