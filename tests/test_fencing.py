@@ -182,6 +182,23 @@ def test_a_lease_past_its_ttl_writes_only_where_the_lock_is_not_on_the_same_data
 
 
 @pytest.mark.parametrize("db", DBS)
+def test_many_rows_are_written_in_chunks_of_one_transaction(db):
+    """More rows than one statement takes by primary key (500): all written, or none."""
+    Document.objects.using(db).bulk_create([Document(name=f"d{i}") for i in range(1201)])
+    older, newer = lost_and_newer("memory", "many")
+    assert Document.objects.using(db).fenced(older).update(body="older") == 1201
+    Document.objects.using(db).filter(name="d1200").update(fencing_token=newer.fencing_token)
+    with pytest.raises(StaleLeaseError):  # the newer row is the last chunk's
+        Document.objects.using(db).fenced(older).update(body="stale")
+    assert set(Document.objects.using(db).values_list("body", flat=True)) == {"older"}
+    assert Document.objects.using(db).fenced(newer).update(body="newer") == 1201
+    assert set(Document.objects.using(db).values_list("fencing_token", flat=True)) == {newer.fencing_token}
+    deleted = Document.objects.using(db).fenced(newer).delete()
+    assert deleted == (1201, {"fencedapp.Document": 1201})
+    assert not Document.objects.using(db).exists()
+
+
+@pytest.mark.parametrize("db", DBS)
 def test_an_exclusive_holder_a_semaphore_joined_still_writes(db):
     """A semaphore admitted beside an exclusive holder moves it to the holders' table: it
     still holds the key, and its fenced writes pass the same-database check."""
