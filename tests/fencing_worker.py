@@ -11,8 +11,9 @@ Modes (CONFIG["mode"]):
   refusal the error's class, message and tokens.
 - "contend": ``iterations`` times take ``key`` (waiting), pause a random time up to
   ``pause_max`` seconds (longer than the ttl at times: a holder paused past its ttl), then
-  write the Document ``name`` through a fenced update or a fenced save (at random) and, in
-  the same transaction, log the write (WriteLog); print a JSON summary.
+  write the Documents named in ``names``: all of them through one fenced update, or one of
+  them (loaded first) through a fenced save, at random; in the same transaction, log each
+  document written (WriteLog); print a JSON summary.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def main() -> None:
     from tests.fencedapp.models import Document, WriteLog
 
     backend = locks[config["alias"]]
-    db, name, ttl = config["db"], config["name"], config["ttl"]
+    db, name, ttl = config["db"], config.get("name"), config["ttl"]
 
     if config["mode"] == "pause":
         lease = backend.lock(config["key"], ttl, timeout=30_000, correlation_id="paused")
@@ -74,16 +75,23 @@ def main() -> None:
             body = f"{lease.fencing_token} {os.getpid()}"
             # Load, then save in a transaction of its own (on SQLite a transaction that reads
             # before it writes fails at its first write if another connection wrote meanwhile).
-            document = Document.objects.using(db).get(name=name) if rng.random() < 0.5 else None
+            names = config["names"]
+            document = None
+            if rng.random() < 0.5:
+                document = Document.objects.using(db).get(name=rng.choice(names))
             try:
                 with transaction.atomic(using=db):
                     if document is None:
-                        Document.objects.using(db).fenced(lease).filter(name=name).update(body=body)
+                        fenced = Document.objects.using(db).fenced(lease)
+                        assert fenced.filter(name__in=names).update(body=body) == len(names)
+                        written = names
                     else:
                         document.body = body
                         document.save(fence=lease, using=db)
-                    WriteLog.objects.using(db).create(
-                        document=name, fencing_token=lease.fencing_token, pid=os.getpid())
+                        written = [document.name]
+                    WriteLog.objects.using(db).bulk_create([
+                        WriteLog(document=each, fencing_token=lease.fencing_token, pid=os.getpid())
+                        for each in written])
                 accepted += 1
             except StaleLeaseError:
                 refused += 1
