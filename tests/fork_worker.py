@@ -24,10 +24,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 import threading
-import time
+
+from tests.forking import reap
 
 
 def main() -> None:
@@ -104,24 +104,7 @@ def main() -> None:
             pids.append(pid)
         os.close(start_read)
         os.close(start_write)  # start them all at once
-        deadline = time.monotonic() + config.get("child_deadline", 20)
-        codes = {}
-        while len(codes) < len(pids):
-            for pid in pids:
-                if pid in codes:
-                    continue
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    codes[pid] = os.waitstatus_to_exitcode(status)
-            if len(codes) < len(pids):
-                if time.monotonic() > deadline:
-                    for pid in pids:
-                        if pid not in codes:
-                            os.kill(pid, signal.SIGKILL)
-                            os.waitpid(pid, 0)
-                            codes[pid] = "hang"
-                    break
-                time.sleep(0.002)
+        codes = reap(pids, config.get("child_deadline", 20))
         winners = [f"child-{pid}" for pid in pids if codes[pid] == 10]
         holders = backend.get_holders(key)
         for holder in holders:

@@ -23,12 +23,12 @@ import asyncio
 import gc
 import json
 import os
-import signal
 import socket
 import sys
 import threading
-import time
 import weakref
+
+from tests.forking import reap
 
 
 def spy_on_inherited_sockets() -> list[str]:
@@ -119,23 +119,7 @@ def main() -> None:
         os.close(start_read)
         os.close(start_write)  # start them all at once
         os.close(report_write)
-        deadline = time.monotonic() + config.get("child_deadline", 60)
-        round_codes: dict = {}
-        while len(round_codes) < len(pids):
-            for pid in pids:
-                if pid not in round_codes:
-                    done, status = os.waitpid(pid, os.WNOHANG)
-                    if done:
-                        round_codes[pid] = os.waitstatus_to_exitcode(status)
-            if len(round_codes) < len(pids):
-                if time.monotonic() > deadline:
-                    for pid in pids:
-                        if pid not in round_codes:
-                            os.kill(pid, signal.SIGKILL)
-                            os.waitpid(pid, 0)
-                            round_codes[pid] = "hang"
-                    break
-                time.sleep(0.005)
+        round_codes = reap(pids, config.get("child_deadline", 60), interval=0.005)
         with os.fdopen(report_read) as report:
             touched.extend(line for line in report.read().splitlines() if line)
         codes.extend(round_codes[pid] for pid in pids)
