@@ -157,9 +157,14 @@ def test_waits_end_on_time_whatever_the_servers_hz(redis_alias, slow_ticking_red
             assert connected <= 5
         # About 10 ms (the median); a wait that a loaded machine delayed still ends far
         # before the server's tick (hz 1: a second; they ended 750-975 ms late before).
+        # Where the server refuses CLIENT UNBLOCK, an async wait ends by dropping its
+        # connection and passing its wake-up on from a worker thread: slower (a CI
+        # rehearsal measured a median of 17-19 ms and outliers up to 274 ms; see the note
+        # of that round), still well before the tick.
         every = [value for values in overruns.values() for value in values]
-        assert statistics.median(every) < 0.015, overruns
-        assert max(every) < 0.3, overruns
+        median_bound, max_bound = (0.05, 0.5) if unblock_refused else (0.015, 0.3)
+        assert statistics.median(every) < median_bound, overruns
+        assert max(every) < max_bound, overruns
         assert not any("b" in client.get("flags", "") for client in observer.client_list())
         # The connections went back clean: replies still match their commands.
         cache = backend.cache
