@@ -172,7 +172,7 @@ def _check_held(lease: Lease, model: type[models.Model], db: str) -> None:
     qn = connection.ops.quote_name
     lock_table = qn(apps.get_model("django_locks", "Lock")._meta.db_table)
     holder_table = qn(apps.get_model("django_locks", "Holder")._meta.db_table)
-    key, now = qn("key"), backend.sql.now_us
+    key, now = qn("key"), backend.operations.now_us
     sql = (
         f"SELECT l.fencing_token, CASE WHEN (l.token = %s AND l.expires_at_us > {now}) "
         f"OR EXISTS (SELECT 1 FROM {holder_table} h WHERE h.token = %s AND h.{key} = %s "

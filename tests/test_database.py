@@ -187,19 +187,19 @@ def test_durable_option_sets_the_commit_mode(db_alias, using, durable):
         if vendor == "postgresql":
             # Never a session setting, in either mode (a pooler would hand it on).
             assert _query(raw, "SHOW synchronous_commit").fetchone()[0] == "on"
-            sql = backend.sql
-            writes = [sql.acquire, sql.force_release, sql.extend, sql.purge, sql.clear_expired,
-                      sql.settle, sql.extend_holder]
+            ops = backend.operations
+            writes = [ops.acquire.sql, ops.force_release.sql, ops.extend.sql, ops.purge.sql,
+                      ops.clear_expired.sql, ops.settle.sql, ops.extend_holder.sql]
             local_off = "set_config('synchronous_commit', 'off', true)"
             assert all((local_off in statement) is (durable is False) for statement in writes)
             # A holder's release never waits for the disk: lost in a crash, the lock stays
             # held until its ttl; the next durable commit (the next acquisition) flushes it.
-            assert all(local_off in statement for statement in (sql.release, sql.release_holder))
+            assert all(local_off in statement for statement in (ops.release.sql, ops.release_holder.sql))
             # What a durable alias's release sees: off, for its transaction only.
             held = backend.lock("held", 60_000)
             _query(raw, "BEGIN")
             try:
-                assert _query(raw, sql.release, ("held", held.token)).fetchall() == [("",)]
+                assert _query(raw, ops.release.sql, ops.release.bind(key="held", token=held.token)).fetchall() == [("",)]
                 assert _query(raw, "SHOW synchronous_commit").fetchone()[0] == "off"
             finally:
                 _query(raw, "ROLLBACK")
@@ -207,7 +207,7 @@ def test_durable_option_sets_the_commit_mode(db_alias, using, durable):
             held.release()
             assert _query(raw, "SHOW synchronous_commit").fetchone()[0] == "on"
             if durable is False:  # what those statements see: off, for their transaction only
-                probe = f"SELECT {sql.nosync}, current_setting('synchronous_commit')"
+                probe = f"SELECT {ops.nosync}, current_setting('synchronous_commit')"
                 assert _query(raw, probe).fetchone() == (0, "off")
                 assert _query(raw, "SHOW synchronous_commit").fetchone()[0] == "on"
         elif vendor == "sqlite":

@@ -435,15 +435,15 @@ def test_processes_mix_readers_and_writers(db_alias, tmp_path):
 
 @pytest.mark.parametrize("db_alias", [a for a in DATABASE_ALIASES if a != "default"])
 def test_round_trips(db_alias, monkeypatch):
-    """Each _run is one statement and each _script one multi-statement round trip on
+    """Each _run is one statement and each _transaction one multi-statement round trip on
     PostgreSQL and MariaDB: an exclusive pair costs what it did, a shared or semaphore
     acquisition one round trip, and a holder's release by its instance one."""
     from django_locks.backends.database import DatabaseLock
 
     calls: list[str] = []
-    run, script = DatabaseLock._run, DatabaseLock._script
+    run, script = DatabaseLock._run, DatabaseLock._transaction
     monkeypatch.setattr(DatabaseLock, "_run", lambda self, *a, **k: calls.append("run") or run(self, *a, **k))
-    monkeypatch.setattr(DatabaseLock, "_script",
+    monkeypatch.setattr(DatabaseLock, "_transaction",
                         lambda self, *a, **k: calls.append("script") or script(self, *a, **k))
     backend = fresh(db_alias)
     backend.lock("trips", TTL).release()
@@ -515,7 +515,7 @@ def test_an_extension_straddling_the_expiry_decides_on_one_reading(db_alias, usi
 
     backend = locks[db_alias]
     lease = backend.lock("edge", 300, limit=2)
-    clock = backend.sql.now_us
+    clock = backend.operations.now_us
 
     def database_now() -> int:
         with connections[using].cursor() as cursor:

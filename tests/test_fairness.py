@@ -42,7 +42,7 @@ def row(alias: str, key: str) -> Lock:
 def db_now_us(alias: str) -> int:
     using = DATABASE_ALIASES[alias]
     with connections[using].cursor() as cursor:
-        cursor.execute(f"SELECT {database._SQL_CLASSES[connections[using].vendor].now_us}")
+        cursor.execute(f"SELECT {database.VENDORS[connections[using].vendor][1].now_us}")
         return int(cursor.fetchone()[0])
 
 
@@ -101,7 +101,7 @@ def test_a_waiting_call_marks_the_row_and_its_win_clears_the_mark(fair_alias):
 
 
 def test_release_reserves_the_lock_for_a_waiter_not_for_the_releaser(fair_alias, monkeypatch):
-    monkeypatch.setattr(database, "FAIR_RESERVE_US", 5_000_000)  # long: no race with the clock
+    monkeypatch.setattr(database.fairness, "FAIR_RESERVE_US", 5_000_000)  # long: no race with the clock
     backend = locks[fair_alias]
     assert backend.try_acquire_lock(None, "job", 60_000)
     fencing = backend.get_lock("job").fencing_token
@@ -119,7 +119,7 @@ def test_release_reserves_the_lock_for_a_waiter_not_for_the_releaser(fair_alias,
 
 
 def test_a_reservation_is_held_by_nobody(fair_alias, monkeypatch):
-    monkeypatch.setattr(database, "FAIR_RESERVE_US", 5_000_000)
+    monkeypatch.setattr(database.fairness, "FAIR_RESERVE_US", 5_000_000)
     backend = locks[fair_alias]
     assert backend.try_acquire_lock(None, "job", 60_000)
     assert isinstance(Waiter(fair_alias, "job", 50).result().error, LockTimeoutError)
@@ -137,7 +137,7 @@ def test_a_reservation_is_held_by_nobody(fair_alias, monkeypatch):
 
 def test_an_abandoned_wait_delays_a_reacquire_by_the_reservation_at_most(fair_alias, monkeypatch):
     reserve_us = 300_000
-    monkeypatch.setattr(database, "FAIR_RESERVE_US", reserve_us)
+    monkeypatch.setattr(database.fairness, "FAIR_RESERVE_US", reserve_us)
     backend = locks[fair_alias]
     assert backend.try_acquire_lock(None, "job", 60_000)
     waiter = Waiter(fair_alias, "job", 100)  # gives up while the lock is held
@@ -218,7 +218,7 @@ def test_a_reader_in_a_reservation_keeps_the_waiter_out(fair_alias, monkeypatch)
     NULL, a future expiry, like a reservation): the waiter the reservation was for must
     not take the row from under the reader. Driven attempt by attempt, with one owner
     token, as the wait loop does."""
-    monkeypatch.setattr(database, "FAIR_RESERVE_US", 5_000_000)
+    monkeypatch.setattr(database.fairness, "FAIR_RESERVE_US", 5_000_000)
     backend, waiter = locks[fair_alias], locks.create_connection(fair_alias)
     assert backend.try_acquire_lock(None, "job", 60_000)
     token = "e" * 32

@@ -12,6 +12,7 @@ from django.test import override_settings
 
 from django_locks import locks
 from django_locks.backends.database import DatabaseLock
+from django_locks.backends.database.operations import Statement
 from django_locks.checks import check_locks_setting
 from django_locks.decorators import locked
 from django_locks.exceptions import InvalidLockBackendError, LockBackendError
@@ -91,8 +92,11 @@ def test_a_missing_table_from_the_command(unmigrated_database):
 @pytest.mark.servers  # PostgreSQL and MariaDB say it their own way
 def test_a_missing_table_on_every_database(db_alias):
     backend = locks.create_connection(db_alias)
-    sql_class = type(backend.sql)
-    backend._sql = sql_class("django_locks_not_migrated", "`key`" if backend.vendor == "mysql" else '"key"')
+    quote = "`" if backend.vendor == "mysql" else '"'
+    backend._operations = type(backend.operations)(
+        f"{quote}django_locks_not_migrated{quote}", f"{quote}key{quote}", f"{quote}django_locks_holder{quote}",
+        returning=backend.features.returning, fair=backend.features.fair_handoff,
+    )
     with pytest.raises(LockBackendError, match=r"the lock table does not exist: run `python manage\.py"):
         backend.try_acquire_lock(None, "k", 1000)
     with pytest.raises(LockBackendError, match=r"manage\.py migrate"):
@@ -102,8 +106,7 @@ def test_a_missing_table_on_every_database(db_alias):
 
 def test_other_database_errors_get_no_migrate_hint(unmigrated_database):
     backend = DatabaseLock("fresh-lock", {"OPTIONS": {"using": unmigrated_database}})
-    backend._sql = type(backend.sql)('"t"', '"key"')
-    backend._sql.held = "SELECT nonsense FROM"
+    backend.operations.held = Statement("held", "SELECT nonsense FROM", ())
     with pytest.raises(LockBackendError) as caught:
         backend.held_locks()
     assert "manage.py migrate" not in str(caught.value) and "incomplete input" in str(caught.value)

@@ -1,0 +1,269 @@
+"""DatabaseLock's private connections: one per process, thread and database alias.
+
+A private connection is a Django ``DatabaseWrapper`` of its own (never one of
+``django.db.connections``) in autocommit mode, so a lock is independent of the caller's
+transaction and never leaves session state on a shared or pooled connection. A forked
+child never touches the parent's connections (see :func:`detach`); on SQLite a fork waits
+for statements in flight (:class:`SQLiteForkGate`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+from django.db import connections
+from django.db.utils import load_backend
+
+from django_locks.backends.database.vendors import features_of
+
+
+class LockConnection:
+    """This module's private connection to one database, for one thread.
+
+    ``wrapper`` is a Django ``DatabaseWrapper`` of its own (never one of
+    ``django.db.connections``) in autocommit mode; lock statements run on one raw
+    cursor of it, reused while the raw connection lives.
+    """
+
+    def __init__(self, using: str) -> None:
+        settings_dict = copy.deepcopy(connections[using].settings_dict)
+        wrapper_class = load_backend(settings_dict["ENGINE"]).DatabaseWrapper
+        options = settings_dict.setdefault("OPTIONS", {})
+        self.features = features_of(wrapper_class.vendor)
+        self.features.private_connection_options(options, wrapper_class.Database)
+        settings_dict["AUTOCOMMIT"] = True
+        self.using = using
+        self.wrapper = wrapper_class(settings_dict, using)
+        self._cursor: Any = None
+        self._cursor_of: Any = None  # the raw connection ``_cursor`` belongs to
+        self._script: Any = None
+        self._script_of: Any = None
+        self._synchronous: tuple[Any, str] | None = None  # (raw connection, SQLite mode)
+
+    @property
+    def connected(self) -> bool:
+        return self.wrapper.connection is not None
+
+    def cursor(self) -> Any:
+        """The reused raw cursor (the connection must be open)."""
+        raw = self.wrapper.connection
+        if self._cursor_of is not raw:
+            self._cursor, self._cursor_of = raw.cursor(), raw
+        return self._cursor
+
+    def script_cursor(self) -> Any:
+        """A cursor that runs several statements in one round trip (several result sets),
+        or None where the driver cannot (SQLite, psycopg2): they run one by one."""
+        raw = self.wrapper.connection
+        if self._script_of is not raw:
+            self._script, self._script_of = self.features.script_cursor(raw), raw
+        return self._script
+
+    def sqlite_synchronous(self, mode: str) -> None:
+        """SQLite: ``PRAGMA synchronous`` of the open connection, set when it changes (a
+        private connection: nothing else sees it)."""
+        raw = self.wrapper.connection
+        if self._synchronous != (raw, mode):
+            raw.execute(f"PRAGMA synchronous={mode}")
+            self._synchronous = (raw, mode)
+
+    def close(self) -> None:
+        """Close it now; a broken connection is just dropped. The next use reconnects."""
+        try:
+            self.wrapper.close()
+        except Exception:
+            self.wrapper.connection = None
+        self._cursor = self._cursor_of = self._script = self._script_of = None
+
+    def close_if_unusable_or_obsolete(self) -> None:
+        """Apply ``CONN_MAX_AGE`` and health checks, like ``close_old_connections``."""
+        try:
+            self.wrapper.close_if_unusable_or_obsolete()
+        except Exception:
+            self.wrapper.connection = None
+        if self.wrapper.connection is None:
+            self._cursor = self._cursor_of = None
+
+    def abandon(self) -> None:
+        """Close the raw connection from any thread (Django's own close is thread-bound)."""
+        raw, self.wrapper.connection = self.wrapper.connection, None
+        self._cursor = self._cursor_of = None
+        if raw is not None:
+            try:
+                raw.close()
+            except Exception:
+                pass
+
+
+_thread_connections = threading.local()
+_all_connections: weakref.WeakSet[LockConnection] = weakref.WeakSet()
+
+class SQLiteForkGate:
+    """SQLite statements in flight in this process, so that a fork waits until there are
+    none: a child would inherit SQLite's in-memory record of the locks a statement of
+    another thread holds (the WAL write lock, say), and since that statement never ends
+    there, every connection the child opens to the file would wait for it ("database is
+    locked"). Statements of other vendors need no gate (the child never reads the
+    parent's sockets)."""
+
+    #: Longest a fork waits for statements in flight (s); then it forks anyway.
+    WAIT = 10.0
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._running = 0
+        self._forking = False
+
+    @contextlib.contextmanager
+    def statement(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._forking)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._running -= 1
+                self._condition.notify_all()
+
+    def close(self) -> None:
+        """Before a fork: no new statement starts, and those in flight end."""
+        with self._condition:
+            self._forking = True
+            self._condition.wait_for(lambda: self._running == 0, self.WAIT)
+
+    def open(self) -> None:
+        with self._condition:
+            self._forking = False
+            self._condition.notify_all()
+
+
+sqlite_gate = SQLiteForkGate()
+
+#: In a forked child, the parent's connections (and listeners), kept referenced for good:
+#: their drivers would otherwise, once collected, say goodbye on the parent's sockets
+#: (libpq's Terminate, MySQL's COM_QUIT), ending the parent's sessions.
+_inherited: list[Any] = []
+_forking: list[Any] = []
+
+
+def _before_fork() -> None:
+    # SQLite's locks are per process, and its library keeps per-file lock state in memory
+    # that a child would inherit and trust (it would skip locks it does not hold, or wait
+    # for ones a statement of another thread holds): once no statement is in flight, the
+    # parent closes its SQLite connections (in-process, nothing to say goodbye to) and
+    # reopens them on next use, so that the child starts with none open.
+    sqlite_gate.close()
+    for connection in list(_all_connections):
+        if connection.features.in_process:
+            connection.abandon()
+    # Strong references across the fork: the child clears the other threads' states (and
+    # their thread-local connections) before any after-fork callback runs.
+    _forking[:] = list(_all_connections)
+
+
+def _after_fork_in_parent() -> None:
+    _forking.clear()
+    sqlite_gate.open()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child opens connections and listeners of its own on first use; it never
+    touches (closes, cancels, reads) the parent's."""
+    global _thread_connections, _all_connections, sqlite_gate
+    sqlite_gate = SQLiteForkGate()
+    detach(_forking)
+    _inherited.extend(_forking)
+    _forking.clear()
+    _thread_connections = threading.local()
+    _all_connections = weakref.WeakSet()
+
+
+def detach(inherited: list[LockConnection]) -> None:
+    """In a forked child: point the descriptor of each inherited raw connection at
+    /dev/null. Kept referenced, they are still freed when the child's interpreter shuts
+    down (a worker ending with ``sys.exit``), and their drivers then say goodbye on the
+    socket (mysqlclient's COM_QUIT ended the parent's session); now that goes nowhere.
+    Closing the child's copy of a descriptor leaves the parent's socket open."""
+    descriptors = []
+    for connection in inherited:
+        raw = connection.wrapper.connection
+        if raw is None:
+            continue
+        try:
+            fileno = raw.fileno if hasattr(raw, "fileno") else raw._sock.fileno  # PyMySQL
+            descriptors.append(int(fileno()))
+        except Exception:  # closed, or a driver without a descriptor (SQLite)
+            continue
+    if not descriptors:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in descriptors:
+            if fd != devnull:
+                os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+
+
+def _this_thread() -> dict[str, LockConnection]:
+    return _thread_connections.__dict__.setdefault("by_alias", {})
+
+
+def lock_connection(using: str) -> LockConnection:
+    """This thread's private connection to database ``using`` (created, not connected)."""
+    per_thread = _this_thread()
+    connection = per_thread.get(using)
+    if connection is None:
+        connection = per_thread[using] = LockConnection(using)
+        _all_connections.add(connection)
+    return connection
+
+
+def close_thread_lock_connections() -> None:
+    """Close this thread's lock connections."""
+    for connection in _this_thread().values():
+        connection.close()
+
+
+def abandon_all_lock_connections() -> None:
+    """Close every private lock connection of this process, from any thread."""
+    for connection in list(_all_connections):
+        connection.abandon()
+
+
+def execute(connection: LockConnection, statements: list[tuple[str, tuple[Any, ...]]]) -> list[Result]:
+    """Run ``statements`` (SQL, parameters) on a private connection, in one round trip
+    where the driver can; the rows and rowcount of each."""
+    cursor = connection.script_cursor()
+    results: list[Result] = []
+    if cursor is None:  # one statement at a time (in-process SQLite, psycopg2)
+        cursor = connection.cursor()
+        for sql, params in statements:
+            cursor.execute(sql, params)
+            results.append(Result(cursor.fetchall() if cursor.description else [], cursor.rowcount))
+        return results
+    cursor.execute(";\n".join(sql for sql, _ in statements),
+                   tuple(p for _, params in statements for p in params))
+    while True:
+        results.append(Result(cursor.fetchall() if cursor.description else [], cursor.rowcount))
+        if not cursor.nextset():
+            break
+    return results
+
+
+class Result(NamedTuple):
+    """What one statement returned."""
+
+    rows: list[Any]
+    rowcount: int
