@@ -77,7 +77,7 @@ def test_run_page(data: dict | None) -> str:
     commit = data.get("commit") or "unknown"
     lines = [f"Recorded on {data['recorded'][:10]} from commit `{commit[:12]}` "
              f"(Python {data['python']}, Django {data['django']}, {data['cores']} cores), "
-             f"by `scripts/docs --record-run` from {data['source']}.", ""]
+             f"by `scripts/docs --record-run` from `{data['source']}`.", ""]
     lines += ["| figure | value |", "|---|---|"]
     lines.append(f"| tests in the suite | {_n(data['collected'])} |")
     if data.get("unit") is not None:
