@@ -47,9 +47,9 @@ def test_distribution_name_license_and_build_backend(pyproject):
 def test_extras_are_the_backends_and_development_tools_are_groups(pyproject):
     assert set(pyproject["project"]["optional-dependencies"]) == {"redis", "postgres", "mysql"}
     groups = pyproject["dependency-groups"]
-    assert set(groups) == {"test", "bench", "packaging"}
+    assert set(groups) == {"test", "bench", "packaging", "docs"}
     names = {re.split(r"[<>=\[;]", r)[0] for group in groups.values() for r in group if isinstance(r, str)}
-    assert {"pytest", "playwright", "ruff", "pottery", "build"} <= names
+    assert {"pytest", "playwright", "ruff", "pottery", "build", "twine", "sphinx", "myst-parser"} <= names
     assert {"include-group": "packaging"} in groups["test"]
     # A group never names the project itself: pip would fetch it from the index.
     assert not any(NAME in str(r) or "django-locks" in str(r) for group in groups.values() for r in group)
@@ -68,6 +68,52 @@ def test_the_scripts_install_groups_not_the_old_extras():
     assert 'scripts/setup-venv "$venv" test' in (ROOT / "scripts" / "test").read_text()
     assert 'scripts/setup-venv "$venv" bench' in (ROOT / "scripts" / "bench").read_text()
     assert "scripts/check-dist" in (ROOT / ".ci" / "run").read_text()
+    assert "packaging|docs)" in setup
+    assert 'scripts/setup-venv "$venv" docs' in (ROOT / "scripts" / "docs").read_text()
+    assert "\nscripts/docs\n" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_metadata_names_the_project_urls_and_the_versions_ci_tests(pyproject):
+    project = pyproject["project"]
+    assert set(project["urls"]) == {"Homepage", "Documentation", "Changelog", "Issues", "Source"}
+    assert all(url.startswith("https://") for url in project["urls"].values())
+    assert project["authors"]
+    classifiers = set(project["classifiers"])
+    assert "Development Status :: 4 - Beta" in classifiers
+    assert {f"Framework :: Django :: {v}" for v in ("4.2", "5.2", "6.0")} <= classifiers
+    assert {f"Programming Language :: Python :: 3.{minor}" for minor in range(10, 14)} <= classifiers
+    # The Django versions CI runs (.ci/run): each has its classifier.
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'DJANGO="django>=4.2,<5.0"' in ci and 'DJANGO="django>=6.0,<7.0"' in ci
+
+
+def test_every_link_of_the_readme_is_absolute():
+    """The README is the project's page on PyPI, where a relative link leads nowhere."""
+    check_dist = load_check_dist()
+    assert check_dist.relative_links((ROOT / "README.md").read_text()) == []
+    found = check_dist.relative_links("[a](docs/x.md)\n![b](x.png)\n[c]: LICENSE\n<a href='#x'>d</a>")
+    assert sorted(found) == sorted(["docs/x.md", "x.png", "LICENSE", "#x"])
+    assert check_dist.relative_links("`[a](in/code)`\n```\n[b](in/block)\n```\n[c](https://x.org/y)") == []
+
+
+def test_the_readme_links_into_pages_and_files_that_exist():
+    """Its links into the documentation and the repository name real pages and files."""
+    readme = (ROOT / "README.md").read_text()
+    site = "django-distributed-locks.readthedocs.io/en/latest"
+    repository = "django-locks/django-distributed-locks"
+    docs = re.findall(rf"https://{re.escape(site)}/([^)\s#]+)\.html", readme)
+    files = re.findall(rf"https://github\.com/{re.escape(repository)}/blob/main/([^)\s#]+)", readme)
+    assert docs and files
+    for page in docs:
+        assert (ROOT / "docs" / f"{page}.md").is_file(), page
+    for path in files:
+        assert (ROOT / path).is_file(), path
+
+
+def test_the_readme_keeps_its_two_set_up_commands_short():
+    readme = (ROOT / "README.md").read_text()
+    assert "scripts/run-example   #" in readme and "scripts/test          #" in readme
+    assert len(readme.splitlines()) <= 250
 
 
 def test_the_readme_installs_the_new_name_and_warns_about_the_old_one():
@@ -99,7 +145,9 @@ def fake_sdist(path: Path, files: dict[str, str]) -> Path:
 
 
 GOOD_METADATA = (f"Metadata-Version: 2.4\nName: {NAME}\nLicense-Expression: MIT\nLicense-File: LICENSE\n"
-                 "Provides-Extra: redis\nProvides-Extra: postgres\nProvides-Extra: mysql\n"
+                 + "".join(f"Project-URL: {name}, https://example.org/{name}\n"
+                           for name in ("Homepage", "Documentation", "Changelog", "Issues", "Source"))
+                 + "Provides-Extra: redis\nProvides-Extra: postgres\nProvides-Extra: mysql\n"
                  "Requires-Dist: Django>=4.2\nRequires-Dist: redis>=4.5; extra == \"redis\"\n")
 
 
@@ -126,7 +174,9 @@ def test_the_checker_finds_what_is_missing_or_stray(tmp_path):
         **{name: "" for name in expected}, "benchmarks/impls.py": "",
     })
     problems = check_dist.check_sdist(sdist, expected)
-    assert problems == ["sdist: missing LICENSE", "sdist: should not contain benchmarks/impls.py"]
+    assert problems == ["sdist: missing LICENSE", "sdist: missing CHANGELOG.md",
+                        "sdist: missing docs/index.md", "sdist: missing docs/conf.py",
+                        "sdist: should not contain benchmarks/impls.py"]
 
     good = fake_wheel(tmp_path / "good.whl", {**{name: "" for name in expected},
                                               "x-0.1.0.dist-info/METADATA": GOOD_METADATA,
@@ -149,4 +199,6 @@ def test_the_built_wheel_and_sdist(tmp_path):
             "django_locks/templates/admin/django_locks/lock/change_list.html"} <= expected
     assert check_dist.check_wheel(wheel, expected) == []
     assert check_dist.check_sdist(sdist, expected) == []
+    # What PyPI would say of the README and the metadata.
+    assert check_dist.twine_check([wheel, sdist]) == []
     assert wheel.name == "django_distributed_locks-0.1.0-py3-none-any.whl"

@@ -1,6 +1,6 @@
-"""The README's recipes, run as written: each recipe's file (example_project/recipes/, the
-example project's own tests) is a code block of the README, character for character, and
-is exercised here."""
+"""The documentation's recipes, run as written: each recipe's file (example_project/recipes/,
+the example project's own tests) is shown by a page of docs/ as it is (``literalinclude``),
+and is exercised here."""
 
 from __future__ import annotations
 
@@ -33,17 +33,21 @@ pytestmark = pytest.mark.unit
 RECIPES = ROOT / "example_project" / "recipes"
 
 
-def readme_blocks() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    return [block.strip("\n") for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, re.S | re.M)]
+def documented_files() -> set[Path]:
+    """The files the documentation includes whole (``literalinclude`` in docs/**/*.md)."""
+    found = set()
+    for page in (ROOT / "docs").rglob("*.md"):
+        for target in re.findall(r"^```\{literalinclude\} (\S+)$", page.read_text(), re.M):
+            found.add((page.parent / target).resolve())
+    return found
 
 
 @pytest.mark.parametrize("path", ["tasks.py", "crontab", "api.py", "on_commit.py", "fencing.py",
                                   "limits.py", "rebuild.py",
                                   "../tests.py"])
-def test_each_recipe_is_in_the_readme_as_it_is_run(path):
-    source = (RECIPES / path).read_text().strip("\n")
-    assert source in readme_blocks(), f"README has no code block equal to example_project/recipes/{path}"
+def test_each_recipe_is_in_the_docs_as_it_is_run(path):
+    assert (RECIPES / path).resolve() in documented_files(), \
+        f"no page of docs/ includes example_project/recipes/{path} (literalinclude)"
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 # A class-based JSON API view, the shape of a DRF APIView: one rebuild of a report at a time.
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from django.http import JsonResponse
 from django.utils.decorators import method_decorator
@@ -14,9 +14,11 @@ from django_locks.decorators import lock_view
 def rebuild_busy(request, pk):
     """on_locked: the answer while another request rebuilds the report."""
     holder = locks["default"].get_lock(f"report:{pk}")
-    left = (holder.expires_at - datetime.now(timezone.utc)).total_seconds() if holder else 1
+    # The holder's remaining life as the lock backend measured it, on its own clock: never
+    # computed from expires_at and this server's clock, which may be skewed against it.
+    left_ms = holder.remaining_ms if holder and holder.remaining_ms is not None else 1000
     response = JsonResponse({"detail": f"report {pk} is being rebuilt"}, status=409)
-    response["Retry-After"] = str(max(1, math.ceil(left)))
+    response["Retry-After"] = str(max(1, math.ceil(left_ms / 1000)))
     return response
 
 
