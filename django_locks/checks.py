@@ -3,7 +3,8 @@
 E001 unknown or unusable BACKEND (or a malformed LOCKS); E002 unknown option or setting;
 E003 DatabaseLock on a database alias missing from DATABASES; E004 CacheLock on a cache
 alias missing from CACHES; E005 CacheLock on DummyCache; E006 DatabaseLock on an
-unsupported database engine; E007 DatabaseLock on an in-memory SQLite database.
+unsupported database engine (E007, an in-memory SQLite database, is retired: there
+DatabaseLock keeps its locks in process memory).
 E008 a LOCKS setting without a "default" alias (what the decorators and the command use
 unless told otherwise, as Django requires a "default" cache in CACHES); E009 CacheLock on
 FileBasedCache, which gives no mutual exclusion.

@@ -68,16 +68,6 @@ def test_unsupported_database_engine(extra_database):
     assert ids({"x": {"BACKEND": DB, "OPTIONS": {"using": "other"}}}) == ["django_locks.E006"]
 
 
-def test_in_memory_sqlite(extra_database):
-    from django.db import connections
-
-    extra_database("mem", {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:", "TEST": {}})
-    try:
-        assert ids({"x": {"BACKEND": DB, "OPTIONS": {"using": "mem"}}}) == ["django_locks.E007"]
-    finally:
-        del connections["mem"]
-
-
 def test_registered_with_the_check_framework():
     dummy = {"default": {"BACKEND": CACHE, "OPTIONS": {"cache": "dummy"}}}
     with override_settings(LOCKS=dummy, CACHES=CACHES):

@@ -16,11 +16,11 @@ caller's transaction, fencing, shared holders, poolers, forks) is told in
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from django.apps import apps
-from django.core.checks import CheckMessage, Error
 from django.db import Error as DjangoDatabaseError
 from django.db import connections
 from django.db.utils import load_backend
@@ -53,8 +53,11 @@ from django_locks.backends.database.operations import (
     Statement,
 )
 from django_locks.backends.database.vendors import UNSUPPORTED_ENGINES, VENDORS
-from django_locks.exceptions import InvalidLockBackendError, LockBackendError
+from django_locks.backends.memory import MemoryLock
+from django_locks.exceptions import LockBackendError
 from django_locks.values import Attempt, LockInfo, Mode
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
 
 __all__ = [
     "FAIR_RESERVE_US",
@@ -109,6 +112,21 @@ def refusal_ms(mode: Mode, blockers: list[Blocker]) -> int:
     if len(left) < mode.limit:
         return 0
     return left[len(left) - mode.limit] // 1000
+
+
+def _in_memory_too(method: _Method) -> _Method:
+    """A storage operation that, on an in-memory SQLite database, is the in-process
+    store's (see :meth:`DatabaseLock.in_memory_store`)."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def operation(self: DatabaseLock, *args: Any, **kwargs: Any) -> Any:
+        store = self.in_memory_store()
+        if store is not None:
+            return getattr(store, name)(*args, **kwargs)
+        return method(self, *args, **kwargs)
+
+    return operation  # type: ignore[return-value]
 
 
 class DatabaseLock(BaseLock):
@@ -204,19 +222,24 @@ class DatabaseLock(BaseLock):
             )
         return self._operations
 
-    def _in_memory_error(self) -> InvalidLockBackendError:
-        return self._invalid(
-            f"DatabaseLock needs a file database; database {self.using!r} is an in-memory "
-            "SQLite database, which other connections cannot share (for tests, set its "
-            "TEST['NAME'] to a file path)",
-            "django_locks.E007",
-        )
+    def in_memory_store(self) -> MemoryLock | None:
+        """On an in-memory SQLite database (Django's default test database), the locks
+        live in this process's memory, in a MemoryLock store of this alias: the private
+        connection cannot share a test transaction's database (SQLite's shared cache
+        admits one writer), and no other process can see an in-memory database, so a
+        lock in this process's memory excludes everyone who could. None otherwise (the
+        database's NAME decides, at each call: the test runner renames it)."""
+        if not (self.features.in_process and connections[self.using].is_in_memory_db()):
+            return None
+        store = self.__dict__.get("_memory_store")
+        if store is None:
+            store = self.__dict__["_memory_store"] = MemoryLock(f"{self.alias}\x00in-memory", {})
+        return store
 
-    def check(self) -> list[CheckMessage]:
-        if self.features.in_process and connections[self.using].is_in_memory_db():
-            error = self._in_memory_error()
-            return [Error(str(error), id=error.check_id, obj=f"LOCKS[{self.alias!r}]")]
-        return []
+    @property  # type: ignore[override]
+    def process_local(self) -> bool:
+        """Locks of an in-memory database are this process's alone (see in_memory_store)."""
+        return self.in_memory_store() is not None
 
     def _after_fork_in_child(self) -> None:
         super()._after_fork_in_child()
@@ -261,12 +284,14 @@ class DatabaseLock(BaseLock):
         wait = current_wait.get()
         return wait if wait is not None and wait.key == key and wait.listener.ready.is_set() else None
 
+    @_in_memory_too
     def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
         if (wait := self._notified(key)) is not None:
             wait.listener.wait(key, wait.generation, seconds)  # woken by the release's NOTIFY
         else:
             super()._wait_for_release(key, seconds, waits)
 
+    @_in_memory_too
     async def _await_release(self, key: str, seconds: float, waits: int) -> None:
         if (wait := self._notified(key)) is not None:
             await wait.listener.await_change(key, wait.generation, seconds)  # woken by the NOTIFY
@@ -287,8 +312,6 @@ class DatabaseLock(BaseLock):
         with _connections.sqlite_gate.statement() if features.in_process else contextlib.nullcontext():
             try:
                 if not connection.connected:
-                    if features.in_process and wrapper.is_in_memory_db():
-                        raise self._in_memory_error()
                     wrapper.connect()
                     features.after_connect(wrapper.connection)
                 if features.in_process:
@@ -367,6 +390,7 @@ class DatabaseLock(BaseLock):
             return
         logger.debug("culled %d lock rows (alias=%s)", culled, self.alias)
 
+    @_in_memory_too
     def _try_acquire(
         self, key: str, token: str, ttl: int, correlation_id: str | None, mode: Mode,
         waiter: bool,
@@ -483,6 +507,7 @@ class DatabaseLock(BaseLock):
             shared=mode.shared, limit=mode.limit,
         ))
 
+    @_in_memory_too
     def _release(self, key: str, token: str) -> bool:
         ops = self.operations
         if self._holder_keys.pop(token, None) is None:
@@ -491,6 +516,7 @@ class DatabaseLock(BaseLock):
         results = self._transaction(key, ops.release_holder, ops.recompute, token=token)
         return results["release_holder"].rowcount == 1
 
+    @_in_memory_too
     def _extend(self, key: str, token: str, ttl: int) -> int | None:
         ops = self.operations
         if token not in self._holder_keys:
@@ -513,11 +539,13 @@ class DatabaseLock(BaseLock):
         row = self._read_row(key)
         return int(row.expires_at_us) if row is not None and row.token == token else None
 
+    @_in_memory_too
     def _unmark(self, key: str, token: str) -> None:
         if self._marked_keys.get(key) == token:
             del self._marked_keys[key]
         self._run(self.operations.unmark, key=key, token=token)
 
+    @_in_memory_too
     def _force_release(self, key: str) -> bool:
         ops = self.operations
         results = self._transaction(key, ops.force_holders, ops.force_release, ops.clear_standing,
@@ -525,18 +553,22 @@ class DatabaseLock(BaseLock):
         # Live holders deleted, or the exclusive holder released (a reservation is no one's).
         return results["force_holders"].rowcount > 0 or results["force_release"].rowcount > 0
 
+    @_in_memory_too
     def _holders(self, key: str) -> list[LockInfo]:
         return [row.info() for row in self._read(self.operations.holders, key=key)]
 
+    @_in_memory_too
     def _held(self) -> list[LockInfo]:
         return [row.info() for row in self._read(self.operations.held)]
 
+    @_in_memory_too
     def _purge(self) -> int:
         ops = self.operations
         cleared = self._run(ops.clear_expired).rowcount
         cleared += self._run(ops.purge_holders).rowcount
         return cleared + self._run(ops.purge, age_us=PURGE_AFTER_US).rowcount
 
+    @_in_memory_too
     def expired_locks(self) -> list[LockInfo]:
         """Holders whose lock expired without a release, until :meth:`purge` clears them."""
         rows = self._read(self.operations.expired)
