@@ -12,6 +12,8 @@ W001 CacheLock on a process-local cache (LocMemCache); W002 CacheLock through th
 generic cache.add fallback, with weaker guarantees.
 W003 CacheLock through the cache.add fallback has no shared (read) locks:
 ``shared=True`` raises NotImplementedError there (exclusive locks and limit=N semaphores work).
+W004 (a database check: only when databases are given) a DatabaseLock alias on a
+database where this app's migrations are not applied.
 E010 (a database check: only when databases are given) a concrete ``FencedModel`` whose
 table lacks the ``fencing_token`` column on a database it migrates to.
 """
@@ -23,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.apps import apps
-from django.core.checks import CheckMessage, Error, Tags, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import DatabaseError, connections, router
 from django.db.migrations.executor import MigrationExecutor
 
@@ -123,5 +125,49 @@ def check_fenced_tables(app_configs: Any = None, databases: Sequence[str] | None
                 hint=f"Create and apply its migration: manage.py makemigrations "
                      f"{model._meta.app_label}, then manage.py migrate --database {db}.",
                 obj=model, id="django_locks.E010",
+            ))
+    return messages
+
+
+@register(Tags.database, "django_locks")
+def check_lock_tables(app_configs: Any = None, databases: Sequence[str] | None = None,
+                      **kwargs: Any) -> list[CheckMessage]:
+    """django_locks.W004: a DatabaseLock alias on a database where this app's migrations
+    are not applied (every lock call would fail: the tables do not exist).
+
+    A database check, like Django's own: it runs only when databases are given
+    (``manage.py check --database default``, Django's test runner, ``migrate`` itself,
+    where it says what the migration is about to fix)."""
+    if not databases:
+        return []
+    from django_locks.backends.database import DatabaseLock
+
+    try:
+        aliases = list(locks.configure_settings(None))
+    except InvalidLockBackendError:
+        return []  # check_locks_setting reports it
+    messages: list[CheckMessage] = []
+    pending: dict[str, bool] = {}
+    for alias in aliases:
+        try:
+            backend = locks.create_connection(alias)
+        except InvalidLockBackendError:
+            continue
+        if not isinstance(backend, DatabaseLock) or backend.using not in databases:
+            continue
+        if backend.in_memory_store() is not None:
+            continue  # its locks live in memory, not in the tables
+        if backend.using not in pending:
+            try:
+                pending[backend.using] = "django_locks" in _pending_apps(backend.using)
+            except DatabaseError:
+                pending[backend.using] = False  # unreachable: the command's own use says so
+        if pending[backend.using]:
+            option = "" if backend.using == "default" else f" --database {backend.using}"
+            messages.append(Warning(
+                f"LOCKS[{alias!r}] (DatabaseLock): the django_locks migrations are not applied "
+                f"on database {backend.using!r}: every lock call on this alias would fail.",
+                hint=f"Run manage.py migrate{option}.",
+                obj=f"LOCKS[{alias!r}]", id="django_locks.W004",
             ))
     return messages

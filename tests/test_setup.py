@@ -81,6 +81,23 @@ def test_a_missing_table_says_to_run_migrate(unmigrated_database):
         backend.held_locks()
 
 
+def test_check_with_the_database_warns_when_the_migrations_are_not_applied(unmigrated_database):
+    """`manage.py check --database fresh` (a database check, as Django's own): W004 names
+    the alias, the database and the command that fixes it; the migrated database is fine."""
+    from django.core.management import call_command
+
+    setting = {"default": {"BACKEND": "django_locks.backends.database.DatabaseLock"},
+               "jobs": {"BACKEND": "django_locks.backends.database.DatabaseLock",
+                        "OPTIONS": {"using": unmigrated_database}}}
+    with override_settings(LOCKS=setting):
+        found = checks.run_checks(databases=["default", unmigrated_database], tags=["django_locks"])
+        assert [(m.id, m.obj) for m in found] == [("django_locks.W004", "LOCKS['jobs']")]
+        assert "database 'fresh'" in found[0].msg and found[0].hint == "Run manage.py migrate --database fresh."
+        assert checks.run_checks(tags=["django_locks"]) == []  # without databases: not run
+        call_command("migrate", database=unmigrated_database, verbosity=0)
+        assert checks.run_checks(databases=[unmigrated_database], tags=["django_locks"]) == []
+
+
 def test_a_missing_table_from_the_command(unmigrated_database):
     setting = {"default": {"BACKEND": "django_locks.backends.database.DatabaseLock",
                            "OPTIONS": {"using": unmigrated_database}}}
