@@ -288,18 +288,11 @@ class RedisLockClient(CacheLockClient):
 
     @staticmethod
     def _infos(fields: Any, pttl: Any, now_us: int | None = None) -> list[LockInfo]:
-        """Every live holder from a lock hash's HGETALL (a flat list) and its PTTL.
-
-        Remaining lives are the server's. With ``now_us`` (the server's clock when it read
-        the hash: read.lua) a holder is live while it expires after it, exactly as the
-        admission scripts count, and the latest one also while the hash lives (an
-        exclusive attempt is refused while it exists). Without (a pipelined HGETALL +
-        PTTL), the hash's PTTL is its latest holder's (the layout:
-        docs/internals/redis.md), and each holder's is that less how much sooner it
-        expires; PTTL and the hash's expiry have whole milliseconds, so a holder within
-        2 ms of its expiry is kept (shown as 0 ms) rather than dropped while the scripts
-        may still count it.
-        A holder already expired, not yet pruned, is left out.
+        """Every live holder from a lock hash's HGETALL (a flat list) and its PTTL, with
+        the server's remaining lives. With ``now_us`` (the server's clock when it read the
+        hash: read.lua) live as the admission scripts count; without (``held``'s pipelined
+        HGETALL + PTTL) from the hash's PTTL, a holder within 2 ms of its expiry kept (see
+        docs/internals/redis.md, "Which script"). Expired holders not yet pruned are left out.
         """
         pttl = int(pttl)
         if not fields or pttl == -2:
@@ -464,11 +457,9 @@ class RedisLockClient(CacheLockClient):
 
     async def await_release(self, keys: LockKeys, seconds: float, waits: int) -> None:
         """:meth:`wait` holding no thread: BLPOP on a connection of the sync pool, its
-        reply awaited in the event loop (the descriptor's readiness). No client is kept
-        per event loop (asyncio connections belong to the loop that opened them), so a
-        waiter in a fresh loop (``asyncio.run``, ``async_to_sync``) leaves nothing open
-        behind it. Taking a connection (which may connect) and ending a BLPOP at the
-        deadline (:meth:`_unblock`) run in a worker."""
+        reply awaited in the event loop; no client kept per event loop (see
+        docs/internals/redis.md, "Blocking waits"). Taking a connection (which may
+        connect) and ending a BLPOP at the deadline (:meth:`_unblock`) run in a worker."""
         block = self._block_seconds(seconds)
         _woken.set(None)
         if block < 0.001:
