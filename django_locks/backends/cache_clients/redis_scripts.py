@@ -5,7 +5,8 @@ Each script is a file ``lua/<name>.lua``: a header saying what it takes (KEYS an
 name), what it returns and what it guarantees, then one ``local <name> = KEYS[i]`` /
 ``ARGV[i]`` line per input, in order. A line ``--- @include "<name>"`` is replaced by
 ``lua/includes/<name>.lua`` when the script is loaded (each include once per script, the
-way BullMQ's loader splices its ``includes/``). The named locals are also the Python
+way BullMQ's loader splices its ``includes/``), placed just before its first use: an
+included function is a closure made on every run that reaches it. The named locals are also the Python
 side's names: a script is called with keyword arguments (:meth:`Script.bind`), so no
 caller counts positions.
 

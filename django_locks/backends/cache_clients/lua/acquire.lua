@@ -27,14 +27,17 @@ local ttl = tonumber(ARGV[3])
 local cid = ARGV[4]
 local grace = tonumber(ARGV[5])
 
---- @include "holders"
-
 local remaining = redis.call('PTTL', lock_key)
 if remaining ~= -2 then
   local mine = redis.call('HMGET', lock_key, 'token', 'fence', 'acquired')
   if mine[1] == token then return {mine[2], mine[3]} end
   return {'0', tostring(remaining)}
 end
+
+-- (Included only here, past the refusal: each included function is a closure made on
+-- every run that reaches it.)
+--- @include "exclusive"
+
 local now = clock_us()
 local fence_s = advance_fence(fence_key, now, ttl, grace)
 return take_exclusive(lock_key, wake_key, key, token, cid, fence_s, now, ttl)

@@ -19,13 +19,18 @@ local token = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local grace = tonumber(ARGV[3])
 
+--- @include "exclusive"
+
+if redis.call('HGET', lock_key, 'token') == token then  -- the exclusive holder
+  local expires = fmt(clock_us() + ttl * 1000)
+  redis.call('HSET', lock_key, 'expires', expires)
+  redis.call('PEXPIRE', lock_key, ttl)
+  redis.call('PEXPIRE', fence_key, ttl + grace)
+  return expires
+end
+
+-- (Included past the exclusive path: each included function is a closure made on every
+-- run that reaches it.)
 --- @include "holders"
 
-if redis.call('HGET', lock_key, 'token') ~= token then
-  return extend_field(lock_key, fence_key, token, ttl, grace)
-end
-local expires = fmt(clock_us() + ttl * 1000)
-redis.call('HSET', lock_key, 'expires', expires)
-redis.call('PEXPIRE', lock_key, ttl)
-redis.call('PEXPIRE', fence_key, ttl + grace)
-return expires
+return extend_field(lock_key, fence_key, token, ttl, grace)

@@ -16,11 +16,15 @@ local wake_key = KEYS[2]
 local token = ARGV[1]
 local wake_ttl = ARGV[2]
 
+if redis.call('HGET', lock_key, 'token') == token then  -- the exclusive holder
+  redis.call('DEL', lock_key, wake_key)
+  redis.call('RPUSH', wake_key, '1')
+  redis.call('PEXPIRE', wake_key, wake_ttl)
+  return 1
+end
+
+-- (Included past the exclusive path, which needs none of it: each included function is a
+-- closure made on every run that reaches it.)
 --- @include "holders"
 
-if redis.call('HGET', lock_key, 'token') ~= token then
-  return release_field(lock_key, wake_key, token, wake_ttl)
-end
-redis.call('DEL', lock_key, wake_key)
-push_wake(wake_key, '1', wake_ttl)
-return 1
+return release_field(lock_key, wake_key, token, wake_ttl)
