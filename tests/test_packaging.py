@@ -196,7 +196,15 @@ def test_the_built_wheel_and_sdist(tmp_path):
     check_dist = load_check_dist()
     sdist, wheel, expected = check_dist.build(tmp_path, isolation=False)
     assert {"django_locks/py.typed", "django_locks/migrations/0001_initial.py",
-            "django_locks/templates/admin/django_locks/lock/change_list.html"} <= expected
+            "django_locks/templates/admin/django_locks/lock/change_list.html",
+            "django_locks/backends/cache_clients/lua/acquire.lua",
+            "django_locks/backends/cache_clients/lua/includes/holders.lua"} <= expected
+    # Every Lua script the Redis client loads (lua/*.lua and lua/includes/*.lua) is shipped.
+    lua = {path.relative_to(ROOT).as_posix()
+           for path in (ROOT / "django_locks/backends/cache_clients/lua").rglob("*.lua")}
+    with zipfile.ZipFile(wheel) as archive:
+        assert {name for name in archive.namelist() if name.endswith(".lua")} == lua
+    assert len(lua) >= 9 and lua <= expected
     assert check_dist.check_wheel(wheel, expected) == []
     assert check_dist.check_sdist(sdist, expected) == []
     # What PyPI would say of the README and the metadata.
