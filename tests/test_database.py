@@ -199,7 +199,8 @@ def test_durable_option_sets_the_commit_mode(db_alias, using, durable):
             held = backend.lock("held", 60_000)
             _query(raw, "BEGIN")
             try:
-                assert _query(raw, ops.release.sql, ops.release.bind(key="held", token=held.token)).fetchall() == [("",)]
+                release = ops.release.bind(key="held", token=held.token)
+                assert _query(raw, ops.release.sql, release).fetchall() == [("",)]
                 assert _query(raw, "SHOW synchronous_commit").fetchone()[0] == "off"
             finally:
                 _query(raw, "ROLLBACK")

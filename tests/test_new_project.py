@@ -46,7 +46,8 @@ class LocksInANewProject(TestCase):
         self.assertIsInstance(backend, DatabaseLock)
         lease = backend.lock("job", 60_000)
         other = []
-        thread = threading.Thread(target=lambda: other.append(locks["default"].try_acquire_lock(None, "job", 1000)))
+        thread = threading.Thread(
+            target=lambda: other.append(locks["default"].try_acquire_lock(None, "job", 1000)))
         thread.start()
         thread.join()
         self.assertEqual(other, [False])

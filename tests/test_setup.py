@@ -92,7 +92,8 @@ def test_check_with_the_database_warns_when_the_migrations_are_not_applied(unmig
     with override_settings(LOCKS=setting):
         found = checks.run_checks(databases=["default", unmigrated_database], tags=["django_locks"])
         assert [(m.id, m.obj) for m in found] == [("django_locks.W004", "LOCKS['jobs']")]
-        assert "database 'fresh'" in found[0].msg and found[0].hint == "Run manage.py migrate --database fresh."
+        assert "database 'fresh'" in found[0].msg
+        assert found[0].hint == "Run manage.py migrate --database fresh."
         assert checks.run_checks(tags=["django_locks"]) == []  # without databases: not run
         call_command("migrate", database=unmigrated_database, verbosity=0)
         assert checks.run_checks(databases=[unmigrated_database], tags=["django_locks"]) == []
@@ -111,7 +112,8 @@ def test_a_missing_table_on_every_database(db_alias):
     backend = locks.create_connection(db_alias)
     quote = "`" if backend.vendor == "mysql" else '"'
     backend._operations = type(backend.operations)(
-        f"{quote}django_locks_not_migrated{quote}", f"{quote}key{quote}", f"{quote}django_locks_holder{quote}",
+        f"{quote}django_locks_not_migrated{quote}", f"{quote}key{quote}",
+        f"{quote}django_locks_holder{quote}",
         returning=backend.features.returning, fair=backend.features.fair_handoff,
     )
     with pytest.raises(LockBackendError, match=r"the lock table does not exist: run `python manage\.py"):
