@@ -46,7 +46,6 @@ from django_locks.backends.database.listener import (
 )
 from django_locks.backends.database.operations import (
     NOTIFY_CHANNEL,
-    NOW_US,
     Blocker,
     DatabaseOperations,
     LockRow,
@@ -62,7 +61,6 @@ _Method = TypeVar("_Method", bound=Callable[..., Any])
 __all__ = [
     "FAIR_RESERVE_US",
     "NOTIFY_CHANNEL",
-    "NOW_US",
     "PURGE_AFTER_US",
     "DatabaseLock",
     "Listener",
@@ -353,24 +351,29 @@ class DatabaseLock(BaseLock):
         by name. A failure drops the connection, and with it the transaction.
 
         One clock per operation: the transaction first locks the key row (``lock_key``
-        creates it if missing; where BEGIN locks for writing, only that), then reads the
-        database clock once, in a statement of its own, and every later statement decides
-        on that reading (``{txn_now}``). Two round trips where the driver takes several
-        statements in one: BEGIN, the lock and the reading; then the statements and COMMIT."""
+        creates it if missing; where BEGIN locks for writing, only that), then stores one
+        reading of the database clock (``store_clock``, a statement of its own, so after
+        the lock was granted), and every later statement decides on that reading
+        (``{txn_now}``). One round trip where the driver takes several statements in one.
+        The test hook ``_after_clock_read`` splits it in two, to act between the reading
+        and the statements that use it."""
         ops = self.operations
         head = [(sql, ()) for sql in ops.begin]
         if lock_key:
             head.append((ops.lock_key.sql, ops.lock_key.bind(key=key)))
         elif not self.features.begin_locks_for_writing:
             head.append((ops.lock_row.sql, ops.lock_row.bind(key=key)))
-        head.append((ops.read_clock.sql, ()))
+        head.append((ops.store_clock.sql, ()))
+        body = [(s.sql, s.bind(key=key, **params)) for s in statements]
+        tail = [(sql, ()) for sql in ops.end]
         with self._connection(in_transaction=True) as connection:
-            now_us = int(execute(connection, head)[-1].rows[0][0])
-            if self._after_clock_read is not None:
+            if self._after_clock_read is None:
+                results = execute(connection, [*head, *body, *tail])[len(head):]
+            else:
+                now_us = int(execute(connection, [*head, (ops.stored_clock.sql, ())])[-1].rows[0][0])
                 self._after_clock_read(now_us)
-            body = [(s.with_now(now_us).sql, s.bind(key=key, **params)) for s in statements]
-            results = execute(connection, [*body, ("COMMIT", ())])
-        return {s.name: result for s, result in zip(statements, results[:-1], strict=True)}
+                results = execute(connection, [*body, *tail])
+        return {s.name: result for s, result in zip(statements, results[:len(body)], strict=True)}
 
     # ----------------------------------------------------------------------- storage operations
 

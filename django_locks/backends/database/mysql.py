@@ -41,6 +41,10 @@ class MySQLOperations(DatabaseOperations):
     snapshot_read = ("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
                      "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
     touch = "ON DUPLICATE KEY UPDATE fencing_token = fencing_token"
+    # A user variable of the private connection, cleared before the commit.
+    store_clock = "SET @django_locks_now_us = {now}"
+    transaction_now = "@django_locks_now_us"
+    end = ("SET @django_locks_now_us = NULL", "COMMIT")
 
     #: Takes the row if it is free, expired, or reserved for waiters and ``since`` lets
     #: this attempt take it; else leaves it as it was, but for the mark of a waiting

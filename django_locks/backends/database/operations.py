@@ -12,8 +12,11 @@ Two clocks appear in the templates:
 
 * ``{now}``: the database clock, constant within one statement (single statements);
 * ``{txn_now}``: the one reading of the clock a transaction on holders takes after it
-  locked the key row (:data:`NOW_US`, replaced by that reading when the transaction runs),
-  so every statement of one operation decides on the same instant.
+  locked the key row (``store_clock``), kept for the rest of the transaction where the
+  vendor keeps such a value (PostgreSQL: a transaction-local setting; MariaDB/MySQL: a
+  user variable, cleared before the commit; SQLite: a row of a temporary table of the
+  private connection), so every statement of one operation decides on the same instant
+  and the whole transaction is one round trip.
 """
 
 from __future__ import annotations
@@ -24,11 +27,6 @@ from typing import Any, NamedTuple
 
 from django_locks.backends.database import fairness
 from django_locks.values import WRITER_MARK_MS, LockInfo
-
-#: Stands for "now" in the statements of a transaction on holders: replaced by the one
-#: reading of the database clock that the transaction takes once it has locked the key
-#: row, as an integer literal (µs).
-NOW_US = "/*now_us*/"
 
 #: The channel of PostgreSQL's NOTIFY: the payload is the key whose holder went away.
 NOTIFY_CHANNEL = "django_locks"
@@ -61,9 +59,6 @@ class Statement:
         """The parameters in placeholder order, from keyword arguments (all required)."""
         return tuple(values[name] for name in self.parameters)
 
-    def with_now(self, now_us: int) -> Statement:
-        """This statement on a transaction's one clock reading (see :data:`NOW_US`)."""
-        return Statement(self.name, self.sql.replace(NOW_US, str(now_us)), self.parameters)
 
 
 class LockRow(NamedTuple):
@@ -117,9 +112,15 @@ class DatabaseOperations:
 
     #: The database clock in µs since the Unix epoch (UTC), constant within one statement.
     now_us = ""
-    #: The one reading of the clock a transaction on holders takes once the key row is
-    #: locked (a statement of its own: evaluated after the lock was granted).
+    #: The clock as a statement of its own reads it (after a wait for a lock, say).
     read_clock = "SELECT {now}"
+    #: The transaction's one reading of the clock, as its later statements read it back.
+    transaction_now = ""
+    #: Takes that reading, once the key row is locked (a statement of its own: evaluated
+    #: after the lock was granted).
+    store_clock = ""
+    #: What ends a transaction on holders.
+    end: tuple[str, ...] = ("COMMIT",)
     greatest = "GREATEST"
     false = "FALSE"
     #: The driver's parameter placeholder (statements run on the raw DB-API cursor).
@@ -317,8 +318,10 @@ class DatabaseOperations:
         "lock_row", "admit_semaphore", "admit_shared", "move_exclusive", "settle", "settle_waiter",
         "mark_refused", "own_holder", "blockers", "mark", "unmark", "recompute", "release_holder",
         "extend_holder", "holder_expiry", "clear_standing", "force_holders", "unmark_any",
-        "read_clock",
+        "read_clock", "store_clock", "stored_clock",
     )
+    #: The reading a transaction stored, read back (only a test hook waits on it).
+    stored_clock = "SELECT {txn_now}"
 
     def __init__(self, table: str, key: str, holders: str, *, durable: bool = True,
                  returning: bool = True, fair: bool = False) -> None:
@@ -338,7 +341,8 @@ class DatabaseOperations:
         own = "(SELECT o.{column} FROM {holders} o WHERE o.token = :token)"
         return {
             "table": table, "key": key, "holders": holders,
-            "now": self.now_us, "txn_now": NOW_US, "greatest": self.greatest, "false": self.false,
+            "now": self.now_us, "txn_now": self.transaction_now,
+            "greatest": self.greatest, "false": self.false,
             "nosync": nosync,
             # A holder's own release never waits for the disk, durable or not.
             "nosync_release": f" + {self.nosync}" if self.nosync else "",

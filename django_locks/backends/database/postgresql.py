@@ -36,6 +36,11 @@ class PostgreSQLOperations(DatabaseOperations):
     # statement_timestamp() is when the client's message arrived, before any wait for the
     # key row's lock: the reading after the lock takes the clock itself.
     read_clock = "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint"
+    # A transaction-local setting (is_local => true): gone at the commit, never session
+    # state, so a pooled server connection keeps nothing of it.
+    store_clock = ("SELECT set_config('django_locks.now_us', "
+                   "((EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint)::text, true)")
+    transaction_now = "current_setting('django_locks.now_us')::bigint"
     # set_config(..., is_local => true) lasts until the end of the statement's own
     # (autocommit) transaction, and the commit reads it: no SET survives the statement,
     # so a pooled server connection keeps synchronous_commit as it was.

@@ -18,6 +18,9 @@ class SQLiteFeatures(DatabaseFeatures):
     def after_connect(self, raw: Any) -> None:
         # A second connection to the file can write while others read.
         raw.execute("PRAGMA journal_mode=WAL").fetchall()
+        # Where a transaction on holders keeps its one clock reading (SQLiteOperations).
+        raw.execute("CREATE TEMP TABLE IF NOT EXISTS django_locks_clock "
+                    "(id INTEGER PRIMARY KEY, now_us INTEGER NOT NULL)")
 
 
 class SQLiteOperations(DatabaseOperations):
@@ -28,6 +31,9 @@ class SQLiteOperations(DatabaseOperations):
     begin = ("BEGIN IMMEDIATE",)
     lock_row_suffix = ""
     touch = "ON CONFLICT ({key}) DO NOTHING"
+    # A row of a temporary table of the private connection (SQLiteFeatures.after_connect).
+    store_clock = "INSERT OR REPLACE INTO temp.django_locks_clock (id, now_us) VALUES (1, {now})"
+    transaction_now = "(SELECT now_us FROM temp.django_locks_clock WHERE id = 1)"
 
     #: Takes the row if it is free, expired, or reserved for waiters and ``since`` lets
     #: this attempt take it; else a waiting call's later attempt (``since > 0``) marks the
