@@ -129,8 +129,30 @@ def test_a_failed_wait_is_not_an_uncertain_acquisition(alias, driver, monkeypatc
     assert outcome == Outcome(LockBackendError, settled=0, key_free=False)  # the holder's
 
 
+def _refused_by_an_exception(alias, driver, monkeypatch) -> Outcome:
+    """The attempt raises an ordinary exception (as the cache.add fallback refuses
+    shared=True): an answer, nothing to settle."""
+    backend = locks[alias]
+
+    def refuses(*args):
+        raise NotImplementedError("injected: this backend refuses the attempt")
+
+    handed = _settled_tokens(monkeypatch)
+    monkeypatch.setattr(backend, "_try_acquire", refuses)
+    with pytest.raises(NotImplementedError) as raised:
+        _acquire(backend, driver, timeout=2_000)
+    monkeypatch.undo()
+    return Outcome(raised.type, len(handed), _settles(backend))
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_an_attempt_refused_by_an_exception_is_not_settled(alias, driver, monkeypatch):
+    outcome = _refused_by_an_exception(alias, driver, monkeypatch)
+    assert outcome == Outcome(NotImplementedError, settled=0, key_free=True)
+
+
 def test_both_loops_agree_on_every_fault(alias, monkeypatch):
-    for fault in (_applied_but_unanswered, _wait_fails):
+    for fault in (_applied_but_unanswered, _wait_fails, _refused_by_an_exception):
         sync = fault(alias, "sync", monkeypatch)
         assert fault(alias, "async", monkeypatch) == sync, fault.__name__
 
@@ -287,23 +309,24 @@ def test_a_backend_error_is_retried_only_once_waiting_and_if_it_passes():
 
 
 @pytest.mark.parametrize(
-    ("mode", "refused_first", "error", "unmark"),
+    ("mode", "refused_first", "error", "settle", "unmark"),
     [
-        (EXCLUSIVE, True, LockTimeoutError("t"), True),  # a refusal left the mark
-        (EXCLUSIVE, True, LockBackendError("b"), False),  # the backend just failed
-        (EXCLUSIVE, False, Interrupted(), True),  # may have marked mid-attempt
-        (EXCLUSIVE, False, asyncio.CancelledError(), True),
-        (EXCLUSIVE, False, ValueError("v"), False),
-        (SHARED, True, Interrupted(), False),  # shared waiters never mark
+        (EXCLUSIVE, True, LockTimeoutError("t"), False, True),  # a refusal left the mark
+        (EXCLUSIVE, True, LockBackendError("b"), False, False),  # the wait failed
+        (EXCLUSIVE, False, LockBackendError("b"), True, False),  # the attempt failed
+        (EXCLUSIVE, False, Interrupted(), True, True),  # may have won, and marked, mid-attempt
+        (EXCLUSIVE, False, asyncio.CancelledError(), True, True),
+        (EXCLUSIVE, False, NotImplementedError("n"), False, False),  # an answer, not a lost one
+        (SHARED, True, Interrupted(), False, False),  # shared waiters never mark
+        (SHARED, False, Interrupted(), True, False),
     ],
 )
-def test_the_writer_mark_rule_on_giving_up(mode, refused_first, error, unmark):
+def test_giving_up(mode, refused_first, error, settle, unmark):
     policy = _policy(mode=mode)
     policy.first()
     if refused_first:
         policy.answered(REFUSED)  # and gives up while it waits
-    assert policy.give_up(error).unmark is unmark
-    assert policy.give_up(error).settle is (not refused_first)  # an attempt still in flight
+    assert policy.give_up(error) == (settle, unmark)
 
 
 # --------------------------------------------------------------------------- the admission rule

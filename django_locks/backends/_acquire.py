@@ -76,13 +76,15 @@ class Acquisition:
     """One call's acquisition of ``key``: its token, deadline and what it has seen so far.
 
     The rule for "uncertain" (the same for sync and async callers): the token may hold
-    the key unseen once one of its attempts did not answer: it raised (a socket timeout
-    after the server ran the command), or was interrupted while in flight (an async
-    attempt left running by a cancellation and failing later counts the same), or an
-    attempt that won after a cancellation could not be undone. A failed *wait* never makes
-    it uncertain: waits take nothing, and the attempt before the wait answered "refused".
-    A call that gives up with an uncertain token hands it to the settler, which releases
-    it once the backend answers; while the call goes on, the same token may still win.
+    the key unseen once one of its attempts did not answer: it raised a backend error (a
+    socket timeout after the server ran the command), or was interrupted while in flight
+    (anything not an ``Exception``: KeyboardInterrupt, a cancellation whose attempt, left
+    running in its worker, never reports), or an attempt that won after a cancellation
+    could not be undone. A failed *wait* never makes it uncertain: waits take nothing, and
+    the attempt before the wait answered "refused"; nor does an attempt refused by an
+    ordinary exception (NotImplementedError, ValueError: an answer, not a lost one). A call
+    that gives up with an uncertain token hands it to the settler, which releases it once
+    the backend answers; while the call goes on, the same token may still win.
     """
 
     def __init__(
@@ -136,9 +138,14 @@ class Acquisition:
     def failed(self, error: LockBackendError) -> Decision:
         """The attempt or the wait raised ``error``: back off and retry, or re-raise it."""
         if self.attempt_in_flight:
-            self.attempt_in_flight = False
-            self.uncertain = True
+            self.attempt_raised(error)
         return BackOff(self._retry_delay(error))
+
+    def attempt_raised(self, error: BaseException) -> None:
+        """The attempt in flight ended with ``error`` instead of an answer."""
+        self.attempt_in_flight = False
+        if isinstance(error, LockBackendError) or not isinstance(error, Exception):
+            self.uncertain = True
 
     def waited(self) -> Decision:
         self.waits += 1
@@ -155,18 +162,13 @@ class Acquisition:
         return attempt.info is not None
 
     def give_up(self, error: BaseException) -> GiveUp:
-        """The call ends with ``error``.
-
-        Settle: see the class docstring (an attempt still in flight now never answers).
-        Unmark: not after a backend error (the backend just failed: a timed-out server
-        would hold the caller for one more socket timeout; the mark lapses by itself
-        within WRITER_MARK_MS); yes after a refused attempt left the mark, and for a
-        non-shared waiter interrupted (cancelled, KeyboardInterrupt: not an ``Exception``),
-        which may have been inside an attempt after the backend set the mark.
-        """
-        if self.attempt_in_flight:
-            self.attempt_in_flight = False
-            self.uncertain = True
+        """The call ends with ``error``: settle its token if uncertain (see the class
+        docstring); remove its writer mark now if a refused attempt left one, or if a
+        non-shared waiter is interrupted (it may have marked mid-attempt), but never after
+        a backend error (asking the failing backend would cost another timeout; the mark
+        lapses by itself within WRITER_MARK_MS)."""
+        if self.attempt_in_flight:  # the sync attempt raised it, or was interrupted by it
+            self.attempt_raised(error)
         unmark = not isinstance(error, LockBackendError) and (
             self.left_writer_mark
             or (self.waiter and not self.mode.shared and not isinstance(error, Exception))
@@ -306,8 +308,9 @@ async def aacquire(acquisition: Acquisition) -> LockInfo | None:
 async def _finish_abandoned_attempt(acquisition: Acquisition, running: asyncio.Future[Attempt]) -> None:
     try:
         attempt = await running
-    except BaseException:
-        return  # no answer: still in flight, so uncertain (give_up)
+    except BaseException as error:
+        acquisition.attempt_raised(error)
+        return
     if acquisition.abandoned_attempt_answered(attempt):
         await acquisition.backend._in_worker(undo)(acquisition)
 
