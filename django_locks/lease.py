@@ -1,8 +1,8 @@
 """A held lock: :class:`Lease`, the object ``lock()`` and ``alock()`` return.
 
-A lease talks to its backend only through the backend's storage operations
-(``_extend``, ``_release``) and bookkeeping, so it can be extended or released from
-any thread: a streaming response closed by the server, a renewal thread.
+A lease acts on its backend by token (``BaseLock.extend_token``, ``release_token``), so it
+can be extended or released from any thread: a streaming response closed by the server, a
+renewal thread.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from django_locks import signals
 from django_locks.exceptions import LockBackendError, LockNotHeldError
@@ -43,7 +43,7 @@ class Lease:
         self.ttl = ttl
         self._released = False
         self._renewer: LeaseRenewer | None = None
-        self._pid = os.getpid()  # the process holding it (a forked child does not)
+        self._holder_pid = os.getpid()  # the process holding it (a forked child does not)
 
     @property
     def key(self) -> str:
@@ -115,15 +115,10 @@ class Lease:
         if self._released:
             raise LockNotHeldError(f"lease on {self.key!r} was already released")
         self._check_process()
-        expires_at_us = self._backend._extend(self.key, self.token, ttl)
+        expires_at_us = self._backend.extend_token(self.key, self.token, ttl, self.correlation_id)
         if expires_at_us is None:
             self._lost("extend")
         self._info = replace(self._info, expires_at_us=expires_at_us)
-        self._backend._holdings.renewed(self.key, self.token, ttl)
-        logger.debug(
-            "lock %r extended by %d ms (alias=%s, correlation_id=%s)",
-            self.key, ttl, self.alias, self.correlation_id,
-        )
 
     def start_renewing(self, interval: float | None = None) -> None:
         """Keep extending this lease in a daemon thread until it is released or lost.
@@ -145,14 +140,12 @@ class Lease:
         if self._released:
             raise LockNotHeldError(f"lease on {self.key!r} was already released")
         self._check_process()
-        released = self._backend._release(self.key, self.token)
+        released = self._backend.release_token(
+            self.key, self.token, self.correlation_id, self.fencing_token
+        )
         self._released = True
-        self._backend._forget(self.key, self.token)
         if not released:
             self._lost("release")
-        self._backend._announce_release(
-            self.key, self.token, self.fencing_token, self.correlation_id
-        )
 
     async def aextend(self, ttl: Milliseconds | None = None) -> None:
         """:meth:`extend` for async code."""
@@ -165,16 +158,16 @@ class Lease:
     def _check_process(self) -> None:
         """A forked child inherits its parent's leases as objects, not the locks: those stay
         with the parent, which releases them."""
-        if self._pid != os.getpid():
+        if self._holder_pid != os.getpid():
             raise LockNotHeldError(
-                f"lease on {self.key!r} is held by process {self._pid}, not by this forked "
+                f"lease on {self.key!r} is held by process {self._holder_pid}, not by this forked "
                 f"child ({os.getpid()}): only the process that acquired it can extend or "
                 "release it"
             )
 
-    def _lost(self, operation: str) -> None:
+    def _lost(self, operation: str) -> NoReturn:
+        """The backend found this lease's token no longer holding the key (and forgot it)."""
         self._released = True
-        self._backend._forget(self.key, self.token)
         logger.error(
             "lock %r was lost before %s: it expired, was taken over or was force-released "
             "(alias=%s, correlation_id=%s, fencing_token=%s)",
@@ -203,12 +196,12 @@ class Lease:
     ) -> None:
         if self._released:
             return
-        if self._pid != os.getpid():
+        if self._holder_pid != os.getpid():
             # A forked child leaving a block its parent entered: the lock is the parent's.
             logger.warning(
                 "lock %r: a forked child (pid %d) left the block of a lease held by process "
                 "%d; the lock stays with that process (alias=%s)",
-                self.key, os.getpid(), self._pid, self.alias,
+                self.key, os.getpid(), self._holder_pid, self.alias,
             )
             self._released = True
             return

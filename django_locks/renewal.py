@@ -31,7 +31,7 @@ logger = logging.getLogger("django_locks")
 
 class LeaseRenewer:
     def __init__(self, lease: Lease, interval: float | None = None) -> None:
-        self._lease = weakref.ref(lease)
+        self._lease_ref = weakref.ref(lease)  # between ticks, the lease is not kept alive
         self.key, self.alias, self.correlation_id = lease.key, lease.alias, lease.correlation_id
         self.backend = lease.backend
         self.interval = interval if interval is not None else lease.ttl / 3000
@@ -69,7 +69,7 @@ class LeaseRenewer:
 
     def _renew(self) -> bool:
         """One tick: extend the lease if it still exists. False: stop renewing."""
-        lease = self._lease()
+        lease = self._lease_ref()
         if lease is None:
             logger.warning(
                 "lease on lock %r was dropped without release(): renewal stopped, the lock "

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 #: Longest key, in characters, accepted by every backend.
 MAX_KEY_LENGTH = 255
@@ -260,6 +261,35 @@ def lock_holder(holders: list[LockInfo]) -> LockInfo | None:
     exclusive = [info for info in holders if info.mode.exclusive]
     candidates = exclusive or holders
     return max(candidates, key=lambda info: (info.expires_at_us, info.token)) if candidates else None
+
+
+#: A time left, in whatever unit the caller counts (ms, µs, seconds; ``math.inf``: unknown).
+TimeLeft = TypeVar("TimeLeft", int, float)
+
+
+def time_until_admitted(
+    mode: Mode, holders: Iterable[tuple[TimeLeft, bool]], writer_mark: TimeLeft | None = None
+) -> TimeLeft | None:
+    """The one admission rule of :class:`Mode`, applied by expiry alone: ``None`` when an
+    acquisition in ``mode`` is admitted now, else how long until it is once enough holders
+    (and the writer mark) have expired.
+
+    ``holders``: ``(time left, shared)`` of each live holder of the key; ``writer_mark``:
+    the time left of the key's writer mark, if one is alive. Any one unit for all of them.
+    A non-shared acquisition with limit N is admitted while fewer than N holders hold the
+    key (so it waits for the ``len(holders) - N + 1``-th expiry: a full semaphore's first,
+    an exclusive acquisition's last); a shared one while no non-shared holder holds it and
+    no writer mark is alive.
+    """
+    if mode.shared:
+        blocking = [left for left, shared in holders if not shared]
+        if writer_mark is not None:
+            blocking.append(writer_mark)
+        return max(blocking) if blocking else None
+    lefts = sorted(left for left, _ in holders)
+    if len(lefts) < mode.limit:
+        return None
+    return lefts[len(lefts) - mode.limit]
 
 
 class Attempt(NamedTuple):

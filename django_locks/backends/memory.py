@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from django_locks.backends.base import BaseLock
-from django_locks.values import WRITER_MARK_MS, Attempt, LockInfo, Mode
+from django_locks.values import WRITER_MARK_MS, Attempt, LockInfo, Mode, time_until_admitted
 
 
 @dataclass
@@ -81,20 +81,13 @@ os.register_at_fork(after_in_child=_stores_after_fork)
 def _refusal(mode: Mode, holders: list[_Entry], mark: tuple[str, float] | None,
              now: float) -> int | None:
     """None if ``mode`` is admitted among ``holders``; else the ms until it could be by
-    expiry alone."""
-    def ms(deadline: float) -> int:
-        return max(0, int((deadline - now) * 1000))
-
-    if mode.shared:
-        blockers = [entry.deadline for entry in holders if not entry.info.shared]
-        if mark is not None:
-            blockers.append(mark[1])
-        return ms(max(blockers)) if blockers else None
-    if len(holders) < mode.limit:
-        return None
-    deadlines = sorted(entry.deadline for entry in holders)
-    # Admitted once len(holders) - mode.limit + 1 of them have gone.
-    return ms(deadlines[len(holders) - mode.limit])
+    expiry alone (:func:`~django_locks.values.time_until_admitted`)."""
+    left = time_until_admitted(
+        mode,
+        [(entry.deadline - now, entry.info.shared) for entry in holders],
+        None if mark is None else mark[1] - now,
+    )
+    return None if left is None else max(0, int(left * 1000))
 
 
 class MemoryLock(BaseLock):
@@ -224,7 +217,7 @@ class MemoryLock(BaseLock):
             store.marks.clear()
             store.fencing.clear()
             store.condition.notify_all()
-        self._holdings.clear()
+        self._held_tokens.clear()
 
     def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
         store = self._store
