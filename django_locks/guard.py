@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import math
 import re
 import string
 import sys
@@ -37,6 +38,7 @@ from django_locks.values import (
     LockInfo,
     Milliseconds,
     Mode,
+    time_until_admitted,
     validate_correlation_id,
     validate_key,
     validate_mode,
@@ -175,15 +177,9 @@ def free_in_ms(mode: Mode, holders: list[LockInfo]) -> int | None:
     that expires first; an exclusive one: the last holder); a shared one until every
     non-shared holder has gone (a waiting writer's mark is not a holder: not counted).
     """
-    if mode.shared:
-        blocking = [info.remaining_ms for info in holders if not info.shared]
-        if not blocking:
-            return None
-        return None if None in blocking else max(blocking)  # type: ignore[type-var]
-    if len(holders) < mode.limit:
-        return None
-    ordered = sorted(holders, key=lambda info: (info.remaining_ms is None, info.remaining_ms or 0))
-    return ordered[len(holders) - mode.limit].remaining_ms
+    left = time_until_admitted(mode, [(math.inf if info.remaining_ms is None else info.remaining_ms,
+                                        info.shared) for info in holders])
+    return None if left is None or left == math.inf else int(left)
 
 
 class LockGuard:

@@ -54,7 +54,7 @@ from django_locks.backends.database.operations import (
 from django_locks.backends.database.vendors import UNSUPPORTED_ENGINES, VENDORS
 from django_locks.backends.memory import MemoryLock
 from django_locks.exceptions import LockBackendError
-from django_locks.values import Attempt, LockInfo, Mode
+from django_locks.values import Attempt, LockInfo, Mode, time_until_admitted
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
@@ -101,15 +101,14 @@ def _migrate_hint(error: BaseException, using: str) -> str:
 
 
 def refusal_ms(mode: Mode, blockers: list[Blocker]) -> int:
-    """From what keeps an acquisition out, the ms until one in ``mode`` could succeed by
-    expiry alone (as MemoryLock's)."""
-    if mode.shared:
-        left = [int(b.remaining_us) for b in blockers if int(b.kind) != Blocker.SHARED_HOLDER]
-        return max(left) // 1000 if left else 0
-    left = sorted(int(b.remaining_us) for b in blockers if int(b.kind) != Blocker.WRITER_MARK)
-    if len(left) < mode.limit:
-        return 0
-    return left[len(left) - mode.limit] // 1000
+    """From what keeps an acquisition out (read on one clock), the ms until one in
+    ``mode`` could be admitted by expiry alone: the one admission rule of
+    :func:`~django_locks.values.time_until_admitted`."""
+    holders = [(int(b.remaining_us), int(b.kind) == Blocker.SHARED_HOLDER)
+               for b in blockers if int(b.kind) != Blocker.WRITER_MARK]
+    marks = [int(b.remaining_us) for b in blockers if int(b.kind) == Blocker.WRITER_MARK]
+    left = time_until_admitted(mode, holders, max(marks) if marks else None)
+    return 0 if left is None else int(left) // 1000
 
 
 def _in_memory_too(method: _Method) -> _Method:
