@@ -207,12 +207,25 @@ def test_list_names_a_process_local_alias_only_with_v2():
     assert told.returncode == 0 and "LOCKS['memory'] (MemoryLock) is process-local" in told.stderr
 
 
-@override_settings(LOCKS={"default": MEMORY, "an-alias-named-at-length-for-its-team": MEMORY})
-def test_list_fits_120_columns_and_shows_everything_with_v2():
+LONG_ALIAS = "an-alias-named-at-length-for-its-team"
+
+
+@pytest.fixture
+def two_memory_aliases():
+    """"default" and a long alias on MemoryLock, whose locks outlive an override: cleared after."""
+    with override_settings(LOCKS={"default": MEMORY, LONG_ALIAS: MEMORY}):
+        try:
+            yield
+        finally:
+            for alias in ("default", LONG_ALIAS):
+                locks[alias].clear()
+
+
+def test_list_fits_120_columns_and_shows_everything_with_v2(two_memory_aliases):
     long_key = "reports/" + "quarterly-sales-" * 8 + "2026"
     long_cid = "worker-7.eu-west-1.internal:pid-31337"
     held = locks["default"].lock(long_key, 600_000, correlation_id=long_cid)
-    locks["an-alias-named-at-length-for-its-team"].lock("nightly", 60_000, limit=3)
+    locks[LONG_ALIAS].lock("nightly", 60_000, limit=3)
     table = locks_cmd("list")
     assert table.returncode == 0, table
     lines = table.stdout.splitlines()
