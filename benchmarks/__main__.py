@@ -1,10 +1,11 @@
-"""``python -m benchmarks [--quick] [--json FILE] [--out DIR]``.
+"""``python -m benchmarks [--quick] [--json FILE] [--out DIR | --update-results]``.
 
 Uncontended acquire + release pairs (one client; rows interleaved round by round) and
 contended runs (4 processes on one key, one waiter each: a thread, or a coroutine for the
 async rows; critical sections of 0 and 1 ms) with handoff latency and the share of
 handoffs the releasing process took back itself. Writes results.json, results.md and
-handoff.png to --out. Asserts nothing.
+handoff.png to --out (default benchmarks/results/local/, not committed); only
+--update-results (a full run) writes the committed benchmarks/results/. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ from pathlib import Path
 from tests.servers import Topology  # the test suite's server harness
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The committed results (README and docs quote them): written by --update-results only.
+COMMITTED_RESULTS = ROOT / "benchmarks" / "results"
+#: Where a run writes by default: untracked (.gitignore), replaced by each run.
+LOCAL_RESULTS = COMMITTED_RESULTS / "local"
+#: --quick: the sizes that keep it under a minute on 2 busy cores (rounds, pairs per round,
+#: warm-up pairs of the uncontended rows; seconds of each contended and mode run).
+QUICK_UNCONTENDED = (3, 60, 20)
+FULL_UNCONTENDED = (15, 300, 200)
+QUICK_SECONDS, FULL_SECONDS = 0.4, 3.0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -119,7 +129,7 @@ def setup(servers: Topology) -> dict[str, str]:
 def run_uncontended(quick: bool) -> list[dict]:
     from benchmarks.impls import UNCONTENDED
 
-    rounds, ops, warmup = (5, 100, 50) if quick else (15, 300, 200)
+    rounds, ops, warmup = QUICK_UNCONTENDED if quick else FULL_UNCONTENDED
     rows = []
     for group, name, factory in UNCONTENDED:
         pair = factory()
@@ -196,7 +206,7 @@ def run_modes(quick: bool) -> list[dict]:
     (critical sections of 1 ms: sections per second, most holders at once); then 7 reader
     processes (shared, 5 ms sections back to back) and one writer (exclusive, 1 ms): the
     writer's waits, which the writer mark bounds."""
-    seconds = 0.5 if quick else 3.0
+    seconds = QUICK_SECONDS if quick else FULL_SECONDS
     results = []
     for alias in MODE_RUN_ALIASES[:1] if quick else MODE_RUN_ALIASES:
         for mode in ("limit=4", "limit=1"):
@@ -229,14 +239,14 @@ def run_modes(quick: bool) -> list[dict]:
                             1 for w in records if w[2] == writer_pid
                             for r in reads if r[0] < w[1] and w[0] < r[1])})
         print(f"  {alias}, 7 readers + 1 writer: {len(waits)} writes, longest writer wait "
-              f"{results[-1]['writer_wait_max_ms']} ms", flush=True)
+              f"{_ms(results[-1]['writer_wait_max_ms'])} ms", flush=True)
     return results
 
 
 def run_contended(quick: bool) -> list[dict]:
     from benchmarks.impls import CONTENDED, FULL_ONLY
 
-    seconds = 0.5 if quick else 3.0
+    seconds = QUICK_SECONDS if quick else FULL_SECONDS
     processes = 4
     results = []
     for section_ms in (1,) if quick else (0, 1):  # --quick stays under a minute
@@ -264,7 +274,7 @@ def run_contended(quick: bool) -> list[dict]:
             result = results[-1]
             p50, retake = result["handoff_p50_ms"], result["same_process_share"]
             print(f"  contended {section_ms} ms {row}: {len(in_window) / seconds:.0f} sections/s, "
-                  f"handoff p50 {'n/a (no handoff)' if p50 is None else f'{p50:.3f} ms'}, "
+                  f"handoff p50 {'n/a (no handoff)' if p50 is None else f'{_ms(p50)} ms'}, "
                   f"re-taken by the releaser {'n/a' if retake is None else f'{retake:.0%}'}", flush=True)
     return results
 
@@ -306,8 +316,8 @@ def ratios(rows: list[dict]) -> list[tuple[str, float, str]]:
     return out
 
 
-def goal(row: dict) -> str:
-    """The row's goal (issue 14) and whether this run met it, or ""."""
+def goal(row: dict, judged: bool = True) -> str:
+    """The row's goal (issue 14) and whether this run met it (``judged``), or ""."""
     from benchmarks.impls import GOALS
 
     if row["name"] not in GOALS or row["handoff_p50_ms"] is None:
@@ -318,28 +328,48 @@ def goal(row: dict) -> str:
     if retake is not None:
         met = met and row["same_process_share"] < retake
         text += f", re-take < {retake:.0%}"
+    if not judged:
+        return f"{text} (not judged: --quick)"
     return f"{text}: {'met' if met else 'missed'}"
 
 
 def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+    """Milliseconds for a table or a progress line: three significant decimals below
+    10 ms (0.471), one below 100 (12.3), none above (268)."""
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
-def markdown(env: dict, uncontended: list[dict], contended: list[dict], modes: list[dict]) -> str:
+def quick_caveat() -> str:
+    rounds, ops, _ = QUICK_UNCONTENDED
+    return (f"A --quick run: {rounds} rounds of {ops} pairs per row and {QUICK_SECONDS:g} s per contended "
+            "run. Its ratios and tails rest on few samples on a machine that may be busy: a ratio "
+            "can be off by half or more (a row below its own raw SQL is noise), and its goals are "
+            "not judged. Compare full runs (scripts/bench).")
+
+
+def markdown(env: dict, uncontended: list[dict], contended: list[dict], modes: list[dict],
+             quick: bool = False) -> str:
     lines = ["Servers: " + ", ".join(f"{k} {v}" for k, v in env.items()), "",
+             *([f"**{quick_caveat()}**", ""] if quick else []),
              "| uncontended acquire + release (update rows: one update) | median µs | p99 µs | pairs/s |",
              "|---|---:|---:|---:|"]
     lines += [f"| {r['name']} | {r['median_us']:.1f} | {r['p99_us']:.1f} | {r['pairs_per_s']:,.0f} |"
               for r in uncontended]
+    if quick:
+        lines += ["", f"Ratios of a --quick run ({QUICK_UNCONTENDED[0]} x {QUICK_UNCONTENDED[1]} pairs "
+                      "per row): indicative only, see above."]
     lines += ["", "| ratio (medians) | value | goal |", "|---|---:|---|"]
-    lines += [f"| {label} | {value:.2f} | {goal} |" for label, value, goal in ratios(uncontended)]
+    lines += [f"| {label} | {value:.2f} | {f'{goal} (not judged: --quick)' if quick and goal else goal} |"
+              for label, value, goal in ratios(uncontended)]
     lines += ["", "| contended: 4 processes, one key | section | sections/s | re-taken by the "
               "releaser | handoff to a waiter p50 ms | p99 ms | max ms | goal |",
               "|---|---:|---:|---:|---:|---:|---:|---|"]
     lines += [f"| {r['name']} | {r['section_ms']} ms | {r['sections_per_s']:,.0f} | "
               f"{'n/a' if r['same_process_share'] is None else format(r['same_process_share'], '.0%')} | "
               f"{_ms(r['handoff_p50_ms'])} | {_ms(r['handoff_p99_ms'])} | {_ms(r['handoff_max_ms'])} | "
-              f"{goal(r)} |"
+              f"{goal(r, judged=not quick)} |"
               for r in contended]
     semaphores = [r for r in modes if r["kind"] == "semaphore"]
     lines += ["", "| shared locks and semaphores: 8 processes, one key, 1 ms sections | "
@@ -364,13 +394,18 @@ def plot(contended: list[dict], path: Path) -> None:
 
     rows = [r for r in contended if r["section_ms"] == 1 and r["handoffs_ms"]]
     figure, axis = plt.subplots(figsize=(10, 6.5))
-    colors = plt.get_cmap("tab20").colors  # one color per row (the default cycle has 10)
+    # Thirteen-odd rows: ten clearly different colours (tab10), and a marker of its own per
+    # row, so that no two rows look alike (tab20's pairs are shades of one hue); async
+    # rows dashed.
+    colors = plt.get_cmap("tab10").colors
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "d", "8", "H"]
     for index, row in enumerate(rows):
         values = sorted(max(v, 1e-3) for v in row["handoffs_ms"])
         label = f"{row['name']} ({len(values)} handoffs; releaser re-took {row['same_process_share']:.0%})"
         style = "--" if row["name"] in CONTENDED and is_async(row["name"]) else "-"  # async: dashed
-        axis.plot(values, [(i + 1) / len(values) for i in range(len(values))], style, label=label,
-                  color=colors[index % len(colors)])
+        axis.plot(values, [(i + 1) / len(values) for i in range(len(values))], linestyle=style,
+                  label=label, color=colors[index % len(colors)], marker=markers[index % len(markers)],
+                  markevery=max(1, len(values) // 8), markersize=5, linewidth=1.4)
     axis.set_xscale("log")
     axis.set_xlabel("handoff latency, a release to the next acquisition by a waiter (ms, log scale)")
     axis.set_ylabel("fraction of handoffs")
@@ -382,39 +417,55 @@ def plot(contended: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
-    parser.add_argument("--json", type=Path, help="write every figure to this file")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
-                        help="where results.md and handoff.png go")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smaller run, under a minute (its ratios are indicative only)")
+    parser.add_argument("--json", type=Path, help="write every figure to this file too")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, default=None,
+                       help=f"where results.md, results.json and handoff.png go (default "
+                            f"{LOCAL_RESULTS.relative_to(ROOT)}/, not committed)")
+    where.add_argument("--update-results", action="store_true",
+                       help=f"write them to {COMMITTED_RESULTS.relative_to(ROOT)}/, the committed "
+                            "results that README and docs quote (a full run only)")
     args = parser.parse_args()
+    if args.update_results and args.quick:
+        parser.error("--update-results needs a full run: the committed results are not --quick ones")
+    out = COMMITTED_RESULTS if args.update_results else args.out or LOCAL_RESULTS
     began = time.monotonic()
+
+    def stage(text: str) -> None:
+        print(f"{text} [{time.monotonic() - began:.0f} s]", flush=True)
+
     servers = start_servers()
     try:
         env = setup(servers)
         print("Servers and machine: " + ", ".join(f"{k} {v}" for k, v in env.items()), flush=True)
-        print(f"Uncontended pairs (interleaved rounds)... [{time.monotonic() - began:.0f} s]", flush=True)
+        if args.quick:
+            print(quick_caveat(), flush=True)
+        stage("Uncontended pairs (interleaved rounds)...")
         uncontended = run_uncontended(args.quick)
-        print(f"Contended runs (4 processes)... [{time.monotonic() - began:.0f} s]", flush=True)
+        stage("Contended runs (4 processes)...")
         contended = run_contended(args.quick)
-        print("Shared locks and semaphores (8 processes)...", flush=True)
+        stage("Shared locks and semaphores (8 processes)...")
         modes = run_modes(args.quick)
-        print(f"Done [{time.monotonic() - began:.0f} s]", flush=True)
+        stage("Done")
     finally:
         servers.stop()
-    table = markdown(env, uncontended, contended, modes)
+    table = markdown(env, uncontended, contended, modes, quick=args.quick)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.md").write_text(table)
-    plot(contended, args.out / "handoff.png")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(table)
+    plot(contended, out / "handoff.png")
     data = {"environment": env, "quick": args.quick, "uncontended": uncontended,
             "ratios": [{"ratio": label, "value": value, "goal": goal}
                        for label, value, goal in ratios(uncontended)],
             "contended": contended, "modes": modes}
-    (args.out / "results.json").write_text(json.dumps(data, indent=1))
+    (out / "results.json").write_text(json.dumps(data, indent=1))
     if args.json:
         args.json.write_text(json.dumps(data, indent=1))
-    print(f"Wrote {args.out / 'results.md'} and {args.out / 'handoff.png'}")
+    print(f"Wrote {out / 'results.md'}, results.json and handoff.png [{time.monotonic() - began:.0f} s]")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -46,13 +46,16 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, re_path, reverse
+from django.utils.html import conditional_escape, format_html
 from django.utils.http import urlencode
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from django_locks import locks
 from django_locks.backends.base import LockInfo
 from django_locks.exceptions import LockError, LockNotHeldError
+from django_locks.inspection import AliasListing, list_alias, list_aliases
 from django_locks.models import Lock
 
 logger = logging.getLogger("django_locks")
@@ -101,27 +104,15 @@ class LockRow:
 
     @property
     def fencing_display(self) -> str:
-        """The fencing token in groups of three digits (thin spaces)."""
-        return f"{self.info.fencing_token:,}".replace(",", "\u2009")
-
-    @property
-    def fencing_short(self) -> str:
-        """Its last six digits, which tell successive holders apart, for a narrow column."""
-        token = str(self.info.fencing_token)
-        return self.fencing_display if len(token) <= 7 else f"…{token[-6:-3]}\u2009{token[-3:]}"
+        """The fencing token as every page (and ``manage.py locks``) shows it: the whole
+        integer, digits only, never grouped or localized, so that it can be copied."""
+        return str(self.info.fencing_token)
 
     @property
     def mode_display(self) -> str:
         """"exclusive", "shared", or for a semaphore holder "2 of 3" (holders of its key
         now, of the limit it was admitted with)."""
         return self.info.mode_label(self.holders)
-
-    @property
-    def mode_html(self) -> str:
-        """:attr:`mode_display` for the list, "exclusive" with soft hyphens: a narrow table
-        breaks it rather than overflow (as its column headers)."""
-        mode = self.mode_display
-        return "ex\u00adclu\u00adsive" if mode == "exclusive" else mode
 
     @property
     def exclusive(self) -> bool:
@@ -202,48 +193,34 @@ class LockRows(list):
         return found
 
 
+def _rows(listing: AliasListing) -> list[LockRow]:
+    """One row per holder of the listing: its live holders, then its expired ones."""
+    counts = Counter(info.key for info in listing.holders)  # live holders per key
+    return ([LockRow(listing.alias, info, holders=counts[info.key]) for info in listing.holders]
+            + [LockRow(listing.alias, info, expired=True) for info in listing.expired])
+
+
+def _all_rows(listings: list[AliasListing]) -> LockRows:
+    return LockRows(
+        (row for listing in listings for row in _rows(listing)),
+        errors={listing.alias: listing.message(code=str) for listing in listings if listing.error},
+    )
+
+
+def notice_html(listing: AliasListing) -> SafeString:
+    """Why an alias shows no rows, for the page: its command in ``<code>``."""
+    return mark_safe(listing.message(code=lambda command: format_html("<code>{}</code>", command),
+                                     text=conditional_escape))
+
+
 @dataclass
-class AliasReport:
-    """What one alias's backend showed, or why it showed nothing."""
+class Notice:
+    """An alias the list could not show: its name, backend, and why (HTML)."""
 
     alias: str
-    backend: str
-    rows: list[LockRow] = field(default_factory=list)
-    error: str | None = None
-    cannot_enumerate: str | None = None
-    can_purge: bool = False
-
-
-def _report(alias: str) -> AliasReport:
-    try:
-        backend = locks[alias]
-    except LockError as e:
-        return AliasReport(alias, "?", error=str(e))
-    report = AliasReport(alias, type(backend).__name__)
-    if not backend.supports_enumeration:
-        report.cannot_enumerate = (
-            "this backend cannot list its locks (a generic Django cache has no way to "
-            "enumerate keys); use get_lock() or `manage.py locks` with a known key"
-        )
-        return report
-    try:
-        held = backend.held_locks()
-        expired = backend.expired_locks()
-    except LockError as e:
-        report.error = str(e)
-        return report
-    counts = Counter(info.key for info in held)  # live holders per key
-    report.rows = [LockRow(alias, info, holders=counts[info.key]) for info in held]
-    report.rows += [LockRow(alias, info, expired=True) for info in expired]
-    report.can_purge = backend.keeps_expired_state
-    return report
-
-
-def _all_rows(reports: list[AliasReport]) -> LockRows:
-    return LockRows(
-        (row for report in reports for row in report.rows),
-        errors={report.alias: report.error for report in reports if report.error},
-    )
+    backend_name: str
+    error: bool
+    html: SafeString
 
 
 class LockListFilter(admin.SimpleListFilter):
@@ -287,7 +264,7 @@ class LockChangeList:
     is_popup = add_facets = is_facets_optional = False
     show_admin_actions = show_full_result_count = True
 
-    def __init__(self, request: HttpRequest, model_admin: LockAdmin, reports: list[AliasReport]) -> None:
+    def __init__(self, request: HttpRequest, model_admin: LockAdmin, listings: list[AliasListing]) -> None:
         self.model_admin = model_admin
         self.model = model_admin.model
         self.opts = model_admin.opts
@@ -306,7 +283,7 @@ class LockChangeList:
         self.clear_all_filters_qs = self.get_query_string(
             remove=[name for spec in self.filter_specs for name in spec.expected_parameters()]
         )
-        self.all_rows = _all_rows(reports)
+        self.all_rows = _all_rows(listings)
         rows: list[LockRow] = list(self.all_rows)
         for spec in self.filter_specs:
             rows = spec.queryset(request, rows)
@@ -377,8 +354,8 @@ class LockAdmin(admin.ModelAdmin):
         term = search_term.casefold()
         return [row for row in rows if term in row.key.casefold()], False
 
-    def _reports(self) -> list[AliasReport]:
-        return [_report(alias) for alias in locks]
+    def _listings(self) -> list[AliasListing]:
+        return list_aliases(expired=True)
 
     def _context(self, request: HttpRequest, title: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -396,8 +373,8 @@ class LockAdmin(admin.ModelAdmin):
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        reports = self._reports()
-        cl = LockChangeList(request, self, reports)
+        listings = self._listings()
+        cl = LockChangeList(request, self, listings)
         actions = self.get_actions(request)
         # As ModelAdmin.changelist_view: an action chosen in the action form ("index"), or
         # confirmed on its confirmation page (the selected holders and post=yes).
@@ -438,8 +415,10 @@ class LockAdmin(admin.ModelAdmin):
                 "%(total_count)s selected", "All %(total_count)s selected", cl.result_count
             ) % {"total_count": cl.result_count},
             preserved_filters=self.get_preserved_filters(request),
-            notices=[r for r in reports if r.error or r.cannot_enumerate],
-            purgeable=[r for r in reports if r.can_purge and any(row.expired for row in r.rows)],
+            notices=[Notice(listing.alias, listing.backend_name, listing.error is not None,
+                            notice_html(listing))
+                     for listing in listings if not listing.listed],
+            purgeable=[listing.alias for listing in listings if listing.can_purge and listing.expired],
             **(extra_context or {}),
         )
         request.current_app = self.admin_site.name
@@ -448,19 +427,13 @@ class LockAdmin(admin.ModelAdmin):
     # ----------------------------------------------------------------------- one lock
 
     def _split_object_id(self, object_id: str) -> tuple[str, str]:
-        """(alias, key) of a lock's object id as its URL carries it: quote("alias:key"), or
-        quote(alias)/quote(key) in links of the first version of this page."""
-        if "/" in object_id:
-            alias, _slash, key = object_id.partition("/")
-            alias, key = unquote(alias), unquote(key)
-        else:
-            text = unquote(object_id)
-            # The longest matching alias: an alias may itself hold a colon.
-            alias = max((a for a in locks if text.startswith(f"{a}:")), key=len, default="")
-            key = text[len(alias) + 1:]
-        if alias not in list(locks):
-            raise Http404(f"no lock alias {alias!r}")
-        return alias, key
+        """(alias, key) of a lock's object id as its URL carries it: quote("alias:key")."""
+        text = unquote(object_id)
+        # The longest matching alias: an alias may itself hold a colon.
+        alias = max((a for a in locks if text.startswith(f"{a}:")), key=len, default=None)
+        if alias is None:
+            raise Http404(f"no lock alias in {text!r}")
+        return alias, text[len(alias) + 1:]
 
     def detail_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The lock's page: every holder of the key, each with its force release, and the
@@ -474,21 +447,19 @@ class LockAdmin(admin.ModelAdmin):
         """One holder's page (the lock's page narrowed to ``token``)."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        if unquote(object_id) in list(locks):
-            # A link of the first version, "<alias>/<key>/", whose key looks like a token.
-            return HttpResponseRedirect(detail_url(unquote(object_id), token))
         alias, key = self._split_object_id(object_id)
         return self._detail(request, alias, key, token)
 
     def _detail(self, request: HttpRequest, alias: str, key: str, token: str | None) -> HttpResponse:
-        report = _report(alias)
-        rows = [row for row in report.rows if row.key == key]
+        listing = list_alias(alias, expired=True)
+        rows = [row for row in _rows(listing) if row.key == key]
         held = [row for row in rows if not row.expired]
         if token is not None:
             rows = [row for row in rows if row.info.token == token]
         title = f"Lock {key}" if token is None else f"Lock {key}, holder {token[:8]}…"
         context = self._context(
-            request, title, rows=rows, row=rows[0] if rows else None, report=report, key=key,
+            request, title, rows=rows, row=rows[0] if rows else None, listing=listing,
+            notice=None if listing.listed else notice_html(listing), key=key,
             token=token, held_count=len(held), lock_url=detail_url(alias, key),
             # The whole key: offered where a release of one holder may not free it.
             offer_key_release=token is None and (len(held) > 1 or any(not r.exclusive for r in held)),
@@ -498,8 +469,8 @@ class LockAdmin(admin.ModelAdmin):
 
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
                     extra_context: Any = None) -> HttpResponse:
-        """The admin's change URL, where the admin log links (and the first version's detail
-        links arrive): a lock's detail page, or an alias's list."""
+        """The admin's change URL, where the admin log links: a lock's detail page (object
+        id "alias:key"), or an alias's list (object id "alias", of a purge)."""
         if not self.has_view_permission(request):
             raise PermissionDenied
         if unquote(object_id) in list(locks):
@@ -604,7 +575,7 @@ class LockAdmin(admin.ModelAdmin):
         changelist = self._changelist_for_post(request)
         if request.method != "POST":
             return HttpResponseRedirect(changelist)
-        rows = _all_rows(self._reports()).filter(request.POST.getlist(helpers.ACTION_CHECKBOX_NAME))
+        rows = _all_rows(self._listings()).filter(request.POST.getlist(helpers.ACTION_CHECKBOX_NAME))
         return self.force_release(request, rows) or HttpResponseRedirect(changelist)
 
     def force_release_key_view(self, request: HttpRequest) -> HttpResponse:
@@ -619,8 +590,7 @@ class LockAdmin(admin.ModelAdmin):
         alias, key = request.POST.get("alias", ""), request.POST.get("key", "")
         if alias not in list(locks):
             raise Http404(f"no lock alias {alias!r}")
-        report = _report(alias)
-        rows = [row for row in report.rows if row.key == key and not row.expired]
+        rows = [row for row in _rows(list_alias(alias)) if row.key == key]
         if request.POST.get("post") != "yes":
             return self.render_confirmation(
                 request,
@@ -669,7 +639,7 @@ class LockAdmin(admin.ModelAdmin):
                 question=f"Purge the expired lock state of {alias}? Holders whose lock expired "
                          "without a release are cleared, and rows expired for over a minute are "
                          "deleted (fencing tokens keep rising).",
-                rows=[row for row in _report(alias).rows if row.expired],
+                rows=[row for row in _rows(list_alias(alias, expired=True)) if row.expired],
                 hidden=[("alias", alias)],
             )
         try:

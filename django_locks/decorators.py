@@ -70,7 +70,9 @@ def locked(
     ``shared=True``: a shared (read) lock, held together with other shared holders and
     never with an exclusive one. ``limit=N``: at most N calls at once (a counting
     semaphore). ``shared=True`` with ``limit > 1`` is a ``ValueError``; bad values of
-    either fail here, when the function is decorated, naming the argument.
+    either fail here, when the function is decorated, naming the argument, and so does a
+    ``backend`` alias that is not in ``LOCKS`` (``InvalidLockBackendError``, once settings
+    are configured).
     """
     return LockGuard(key, ttl=ttl, timeout=timeout, backend=backend, auto_renew=auto_renew,
                      shared=shared, limit=limit)
@@ -208,7 +210,9 @@ def lock_view(
     ``shared=True``: a shared (read) lock, run together with other shared requests and
     never with an exclusive holder of the key (a ``lock_view``/``locked`` without
     ``shared``, or a ``lock()``). ``shared=True`` with ``limit > 1`` is a ``ValueError``;
-    bad values fail when ``lock_view`` is called, naming the argument.
+    bad values fail when ``lock_view`` is called, naming the argument; so does a
+    ``backend`` alias that is not in ``LOCKS`` (``InvalidLockBackendError``, once settings
+    are configured: ``manage.py check`` imports the URLconf, and with it the view).
     """
     guard = LockGuard(key, ttl=ttl, timeout=timeout, backend=backend, auto_renew=auto_renew,
                       shared=shared, limit=limit)

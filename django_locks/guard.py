@@ -29,8 +29,8 @@ from asgiref.sync import iscoroutinefunction
 from django.core.exceptions import ImproperlyConfigured
 
 from django_locks.backends.base import BaseLock
-from django_locks.exceptions import ShortTTLWarning
-from django_locks.handler import DEFAULT_LOCK_ALIAS, locks
+from django_locks.exceptions import InvalidLockBackendError, ShortTTLWarning
+from django_locks.handler import DEFAULT_LOCK_ALIAS, DEFAULT_LOCKS, locks
 from django_locks.lease import Lease
 from django_locks.values import (
     CONTROL_CHARACTERS,
@@ -122,6 +122,49 @@ def warn_if_short_ttl(ttl: object, what: str, *, option: str = "ttl", stacklevel
     )
 
 
+def _aliases_in_settings() -> list[str] | None:
+    """The LOCKS aliases an alias given now may name: those of the settings in force and,
+    under a test's ``override_settings``, those of the settings it overrides (a module
+    imported for the first time inside a test that overrides LOCKS keeps its decorators
+    after the test: the project's own aliases are valid for them). None: not known yet
+    (settings not configured, or LOCKS malformed: the system checks report that)."""
+    from django.conf import UserSettingsHolder, global_settings, settings
+
+    if not settings.configured:
+        return None
+    try:
+        aliases = list(locks)
+    except InvalidLockBackendError:
+        return None
+    # override_settings stacks a UserSettingsHolder over the settings it overrides;
+    # settings.configure() makes one over Django's global_settings, where the walk stops.
+    holder = getattr(settings, "_wrapped", None)
+    while isinstance(holder, UserSettingsHolder) and holder.default_settings is not global_settings:
+        holder = holder.default_settings
+        outer = getattr(holder, "LOCKS", None)
+        outer = DEFAULT_LOCKS if outer is None else outer
+        if isinstance(outer, dict):
+            aliases += [alias for alias in outer if alias not in aliases]
+    return aliases
+
+
+def check_alias(backend: str) -> None:
+    """An alias that is not in ``LOCKS`` fails when it is given (a decorator: when the
+    view or function is decorated, so at import, and ``manage.py check`` sees it), as bad
+    ``shared=`` / ``limit=`` values do, naming the argument and the configured aliases.
+
+    Left to the first use when settings are not configured yet (a module imported before
+    them: reading ``LOCKS`` now would configure them, or fail), or when ``LOCKS`` itself
+    is malformed (the system checks report that).
+    """
+    configured = _aliases_in_settings()
+    if configured is not None and backend not in configured:
+        known = ", ".join(map(repr, configured)) or "none"
+        raise InvalidLockBackendError(
+            f"backend={backend!r}: the lock alias {backend!r} doesn't exist in LOCKS (configured: {known})"
+        )
+
+
 def check_key_format(key: KeySpec, what: str) -> None:
     """A key format string that can never be built fails when it is given (decoration),
     naming it: unbalanced braces, an unknown conversion (``{pk!z}``)."""
@@ -195,7 +238,8 @@ class LockGuard:
     when it runs out), ``backend`` the LOCKS alias, ``auto_renew`` keeps the lease alive
     while the block runs, ``correlation_id`` is stored with the lock. ``shared=True`` takes
     a shared (read) lock, ``limit=N`` a place in a counting semaphore of N (see
-    :class:`~django_locks.values.Mode`); both are checked when the guard is made. Leaving
+    :class:`~django_locks.values.Mode`); both are checked when the guard is made, and so
+    is ``backend`` (an alias not in ``LOCKS``: :class:`InvalidLockBackendError`). Leaving
     releases the lease; a lease lost meanwhile is reported as
     :class:`~django_locks.lease.Lease` does.
     """
@@ -230,6 +274,7 @@ class LockGuard:
         self.correlation_id = validate_correlation_id(correlation_id)
         #: How the key is shared: exclusive, shared, or a semaphore of ``limit``.
         self.mode = validate_mode(shared, limit)
+        check_alias(backend)
         # The leases of the blocks entered and not yet left, per thread and async task,
         # each with the id of the frame that entered it.
         self._entered: ContextVar[tuple[tuple[int, Lease], ...]] = ContextVar(

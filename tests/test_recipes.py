@@ -15,6 +15,7 @@ import unittest
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.db import transaction
 from django.test import Client, override_settings
 
@@ -31,6 +32,10 @@ from tests.test_command import locks_cmd
 pytestmark = pytest.mark.unit
 
 RECIPES = ROOT / "example_project" / "recipes"
+#: This suite's LOCKS and the alias the example's views name ("cache"): lock_view checks
+#: its alias when example_project/views.py is imported.
+EXAMPLE_LOCKS = {**settings.LOCKS, "cache": {"BACKEND": "django_locks.backends.cache.CacheLock",
+                                             "OPTIONS": {"cache": "locmem"}}}
 
 
 def documented_files() -> set[Path]:
@@ -126,7 +131,7 @@ def test_a_cron_job_never_runs_twice_at_once_as_processes(tmp_path):
 # ----------------------------------------------------------------------------- an API view
 
 
-@override_settings(ROOT_URLCONF="example_project.urls")
+@override_settings(ROOT_URLCONF="example_project.urls", LOCKS=EXAMPLE_LOCKS)
 def test_a_class_based_api_view():
     client = Client()
     with locks.create_connection("default").lock("report:7", 20_000):
@@ -143,7 +148,7 @@ def test_the_example_projects_own_tests():
     """example_project/tests.py, the README's "your own tests" example, run by unittest as
     ``manage.py test example_project`` would (outside this suite's fixtures' LOCKS)."""
     suite = unittest.defaultTestLoader.loadTestsFromTestCase(example_tests.ReportLockTests)
-    with override_settings(ROOT_URLCONF="example_project.urls"):
+    with override_settings(ROOT_URLCONF="example_project.urls", LOCKS=EXAMPLE_LOCKS):
         result = unittest.TextTestRunner(stream=io.StringIO(), verbosity=0).run(suite)
     assert result.testsRun == 2
     assert result.wasSuccessful(), result.failures + result.errors

@@ -30,16 +30,20 @@ measurement (``LockInfo.remaining_ms``), never this machine's clock.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import shlex
 import sys
 import time
+import warnings
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser, DjangoHelpFormatter
 
 from django_locks import DEFAULT_LOCK_ALIAS, locks
 from django_locks.backends.base import (
@@ -58,6 +62,7 @@ from django_locks.exceptions import (
     LockTimeoutError,
 )
 from django_locks.guard import LockGuard, free_in_ms, warn_if_short_ttl
+from django_locks.inspection import CONFIGURATION, AliasListing, describe, failed, list_alias, list_aliases
 from django_locks.management.supervise import DEFAULT_GRACE_MS, EXIT_LOST, supervise
 from django_locks.values import EXCLUSIVE, MAX_LIMIT, Mode, lock_holder, validate_mode
 
@@ -65,6 +70,9 @@ EXIT_BUSY = 1
 EXIT_USAGE = 2
 EXIT_BACKEND = 3
 EX_TEMPFAIL = 75
+
+#: The help of every subcommand's KEY.
+KEY_HELP = "the lock's key: any text of 1 to 255 characters, without control characters"
 
 #: Subcommands that take or keep a lock: refused on a process-local alias from the command line.
 TAKES_A_LOCK = frozenset({"acquire", "try", "extend", "run"})
@@ -110,33 +118,13 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat()
 
 
-def _describe(backend: BaseLock) -> str:
-    """``LOCKS['cache'] (CacheLock on cache 'default', LocMemCache)``."""
-    cache_class = getattr(backend, "cache_backend_class", None)
-    if cache_class is not None:
-        what = f"{type(backend).__name__} on cache {backend.cache_alias!r}, {cache_class.__name__}"  # type: ignore[attr-defined]
-    else:
-        what = type(backend).__name__
-    return f"LOCKS[{backend.alias!r}] ({what})"
-
-
 def _process_local_refusal(backend: BaseLock) -> str:
     return (
-        f"{_describe(backend)} is process-local: a lock taken by this command would live in "
+        f"{describe(backend)} is process-local: a lock taken by this command would live in "
         "this command's process only, unseen by every other process, and be gone when it exits. "
         "Use an alias whose backend is shared between processes (DatabaseLock, or CacheLock on "
         "Redis) with --backend ALIAS."
     )
-
-
-def _cannot_enumerate(backend: BaseLock) -> str:
-    if getattr(backend, "cache_backend_class", None) is not None:
-        why = ("it goes through the generic cache.add fallback, and that cache cannot list its keys "
-               "(only Redis caches can)")
-    else:
-        why = "its backend does not support enumeration"
-    return (f"{_describe(backend)} cannot list its locks: {why}. "
-            f"Show one known key with: locks show KEY --backend {backend.alias}")
 
 
 def _mode_of(options: dict) -> Mode:
@@ -170,6 +158,87 @@ def _busy_detail(mode: Mode, holders: list[LockInfo]) -> str:
     return detail
 
 
+#: The widest ``locks list`` table (below -v 2): keys, aliases and correlation ids are
+#: shortened to fit, with ELLIPSIS where text was cut.
+TABLE_WIDTH = 120
+ELLIPSIS = "…"
+#: The columns ``locks list`` shortens to fit TABLE_WIDTH, and the width each keeps at least.
+SHORTENED = {"ALIAS": 8, "KEY": 16, "CORRELATION ID": 10}
+#: Every column of ``locks list``; below -v 2 without ACQUIRED and EXPIRES (REMAINING says it).
+COLUMNS = ("ALIAS", "KEY", "MODE", "TOKEN", "CORRELATION ID", "ACQUIRED", "EXPIRES", "REMAINING",
+           "FENCING TOKEN")
+
+
+def _columns(every_column: bool) -> tuple[str, ...]:
+    return COLUMNS if every_column else tuple(c for c in COLUMNS if c not in ("ACQUIRED", "EXPIRES"))
+
+
+def _holder_row(alias: str, info: LockInfo, holders: int, *, every_column: bool) -> dict[str, str]:
+    row = {
+        "ALIAS": alias, "KEY": info.key, "MODE": info.mode_label(holders), "TOKEN": info.token,
+        "CORRELATION ID": info.correlation_id or "-", "ACQUIRED": _iso(info.acquired_at),
+        "EXPIRES": _iso(info.expires_at), "REMAINING": _remaining(info),
+        "FENCING TOKEN": str(info.fencing_token),
+    }
+    return {column: row[column] for column in _columns(every_column)}
+
+
+def _elide(text: str, width: int) -> str:
+    """``text`` in ``width`` characters: its start and its end, ELLIPSIS between them."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return ELLIPSIS[:width]
+    tail = (width - 1) // 2
+    return text[: width - 1 - tail] + ELLIPSIS + (text[-tail:] if tail else "")
+
+
+def _table(columns: tuple[str, ...], rows: list[dict[str, str]], width: int | None) -> list[str]:
+    """The lines of a table with a header, columns two spaces apart; with ``width``, the
+    SHORTENED columns (widest first) cut down until the lines fit it, or each is at its
+    least, and a last line saying so when a value was cut."""
+    widths = {c: max([len(c), *(len(row[c]) for row in rows)]) for c in columns}
+    shortened = [c for c in columns if c in SHORTENED]
+    if width is not None:
+        while sum(widths.values()) + 2 * (len(columns) - 1) > width:
+            room = [c for c in shortened if widths[c] > max(SHORTENED[c], len(c))]
+            if not room:
+                break
+            widest = max(room, key=lambda c: widths[c])
+            widths[widest] -= 1
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns).rstrip()]
+    cut = False
+    for row in rows:
+        cells = []
+        for c in columns:
+            cell = _elide(row[c], widths[c])
+            cut = cut or cell != row[c]
+            cells.append(cell.ljust(widths[c]))
+        lines.append("  ".join(cells).rstrip())
+    if cut:
+        lines.append(f"({ELLIPSIS} marks a value cut short to fit {width} columns: -v 2 or --json shows "
+                     "every value in full)")
+    return lines
+
+
+@contextlib.contextmanager
+def _log_records_off_the_console() -> Iterator[None]:
+    """While the command says itself what it did: the library's log records reach the
+    handlers the project configured, but with none configured for them, they are not
+    printed on stderr by Python's last-resort handler (a raw copy of the command's line).
+    Only around the calls it reports itself, and only for this command's process."""
+    logger = logging.getLogger("django_locks")
+    if logger.hasHandlers():
+        yield
+        return
+    quiet = logging.NullHandler()
+    logger.addHandler(quiet)
+    try:
+        yield
+    finally:
+        logger.removeHandler(quiet)
+
+
 class Command(BaseCommand):
     help = (
         "Acquire, try, release, list and purge locks, or run a command under a lock. "
@@ -195,52 +264,55 @@ class Command(BaseCommand):
         subcommands = parser.add_subparsers(
             dest="subcommand", required=True, metavar="SUBCOMMAND", parser_class=_SubcommandParser
         )
+        #: Each subcommand's parser, and the default and help of its --backend (added last).
+        made: list[tuple[CommandParser, str | None, str]] = []
 
         def subcommand(name: str, help_text: str, backend_help: str = 'the LOCKS alias (default "default")',
-                       **kwargs: Any) -> CommandParser:
-            sub = subcommands.add_parser(name, help=help_text, description=help_text, **kwargs)
-            sub.add_argument("--backend", default=DEFAULT_LOCK_ALIAS, metavar="ALIAS", help=backend_help)
-            sub.add_argument("--correlation-id", default=None, metavar="ID",
-                             help="a trace id, logged and stored with the lock")
-            # Django's options again, so that they work after the subcommand too; SUPPRESS
-            # keeps a value given before the subcommand (or the default) when absent here.
-            for names, base in self._common_options:
-                BaseCommand.add_base_argument(self, sub, *names, **{**base, "default": argparse.SUPPRESS})
+                       backend: str | None = DEFAULT_LOCK_ALIAS, **kwargs: Any) -> CommandParser:
+            sub = subcommands.add_parser(name, help=help_text, description=help_text,
+                                         formatter_class=DjangoHelpFormatter, **kwargs)
+            made.append((sub, backend, backend_help))
             return sub
+
+        ttl_help = ("how long the lock lives unless it is extended or released, in milliseconds "
+                    "(a value under 1000 warns: 30 is 30 ms, not 30 s)")
+        timeout_help = "how long to wait for the lock, in milliseconds (default 0: one attempt)"
 
         for name, help_text in (
             ("acquire", "Wait up to --timeout ms for KEY and hold it for --ttl ms."),
             ("try", "One attempt to take KEY for --ttl ms (acquire with --timeout 0)."),
         ):
             take = subcommand(name, help_text)
-            take.add_argument("key", metavar="KEY")
-            take.add_argument("--ttl", type=int, required=True, metavar="MS")
+            take.add_argument("key", metavar="KEY", help=KEY_HELP)
+            take.add_argument("--ttl", type=int, required=True, metavar="MS", help=ttl_help)
             if name == "acquire":
-                take.add_argument("--timeout", type=int, default=0, metavar="MS")
+                take.add_argument("--timeout", type=int, default=0, metavar="MS", help=timeout_help)
             take.add_argument("--json", action="store_true", help="print one JSON object")
             self._mode_arguments(take)
 
         extend = subcommand("extend", "Reset the life of KEY, held by --owner TOKEN, to --ttl MS from now; "
                                       "prints the new expiry.")
-        extend.add_argument("key", metavar="KEY")
+        extend.add_argument("key", metavar="KEY", help=KEY_HELP)
         extend.add_argument("--owner", required=True, metavar="TOKEN",
                             help="the owner token acquire or try printed")
-        extend.add_argument("--ttl", type=int, required=True, metavar="MS")
+        extend.add_argument("--ttl", type=int, required=True, metavar="MS",
+                            help="the lock's new life from now, in milliseconds")
         extend.add_argument("--json", action="store_true", help="print one JSON object")
 
         release = subcommand("release", "Release KEY held by --owner TOKEN, or whoever (--force).")
-        release.add_argument("key", metavar="KEY")
+        release.add_argument("key", metavar="KEY", help=KEY_HELP)
         who = release.add_mutually_exclusive_group(required=True)
-        who.add_argument("--owner", metavar="TOKEN")
-        who.add_argument("--force", action="store_true")
+        who.add_argument("--owner", metavar="TOKEN", help="the owner token acquire or try printed")
+        who.add_argument("--force", action="store_true", help="release every holder of KEY")
 
         show = subcommand("show", "The holder of KEY (exit 1 when it is free).")
-        show.add_argument("key", metavar="KEY")
+        show.add_argument("key", metavar="KEY", help=KEY_HELP)
         show.add_argument("--json", action="store_true", help="print one JSON object")
 
-        listing = subcommand("list", "The locks held now on every alias that can list them.",
-                             backend_help="list this LOCKS alias only (default: every alias)")
-        listing.set_defaults(backend=None)
+        listing = subcommand("list", "The locks held now on every alias that can list them "
+                                     f"(a table of at most {TABLE_WIDTH} columns; -v 2: every column, "
+                                     "every value in full).",
+                             backend_help="list this LOCKS alias only (default: every alias)", backend=None)
         listing.add_argument("--json", action="store_true", help="print a JSON array")
 
         subcommand("purge", "Remove expired lock state, printing how many entries.")
@@ -252,11 +324,14 @@ class Command(BaseCommand):
                   "[--conflict-exit-code N] [--keep-running-on-loss] [--grace MS] [options] "
                   "-- COMMAND [ARG ...]",
         )
-        run.add_argument("key", metavar="KEY")
-        run.add_argument("--ttl", type=int, required=True, metavar="MS")
-        run.add_argument("--timeout", type=int, default=0, metavar="MS")
+        run.add_argument("key", metavar="KEY", help=KEY_HELP)
+        run.add_argument("--ttl", type=int, required=True, metavar="MS",
+                         help="the lock's life in milliseconds, renewed while COMMAND runs: how long "
+                              "a crashed run could keep it (a value under 1000 warns)")
+        run.add_argument("--timeout", type=int, default=0, metavar="MS", help=timeout_help)
         run.add_argument("--conflict-exit-code", type=int, default=EX_TEMPFAIL, metavar="N",
-                         help="exit status when the lock cannot be had (default 75)")
+                         help="exit status when the lock cannot be had (default 75); with 0 the "
+                              "busy message is shown at -v 2 only, so that cron mails nothing")
         run.add_argument("--keep-running-on-loss", action="store_true",
                          help=f"when the lock is lost, let COMMAND run on and exit with its status "
                               f"(default: stop COMMAND and exit {EXIT_LOST})")
@@ -264,6 +339,17 @@ class Command(BaseCommand):
                          help="when the lock is lost, the time COMMAND's process group has between "
                               f"SIGTERM and SIGKILL (default {DEFAULT_GRACE_MS})")
         self._mode_arguments(run)
+
+        # After each subcommand's own options: --backend, --correlation-id, and Django's
+        # options again, so that they work after the subcommand too (DjangoHelpFormatter
+        # lists Django's last). SUPPRESS keeps a value given before the subcommand (or the
+        # default) when absent here.
+        for sub, backend, backend_help in made:
+            sub.add_argument("--backend", default=backend, metavar="ALIAS", help=backend_help)
+            sub.add_argument("--correlation-id", default=None, metavar="ID",
+                             help="a trace id, logged and stored with the lock")
+            for names, base in self._common_options:
+                BaseCommand.add_base_argument(self, sub, *names, **{**base, "default": argparse.SUPPRESS})
 
     @staticmethod
     def _mode_arguments(sub: CommandParser) -> None:
@@ -278,6 +364,21 @@ class Command(BaseCommand):
     # ----------------------------------------------------------------------- dispatch
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not self._called_from_command_line:
+            # Python code (call_command) gets Python's warnings, to filter or record.
+            self._handle(options)
+            return
+        with warnings.catch_warnings():
+            # On a terminal, as the command's own lines ("warning: ShortTTLWarning: ..."),
+            # not Python's "sys:1: ShortTTLWarning: ..."; the filters (-W) still apply.
+            warnings.showwarning = self._show_warning
+            self._handle(options)
+
+    def _show_warning(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+        self.stderr.write(f"warning: {category.__name__}: {message}")
+
+    def _handle(self, options: dict[str, Any]) -> None:
         subcommand = options["subcommand"]
         try:
             correlation_id = validate_correlation_id(options["correlation_id"])
@@ -285,7 +386,7 @@ class Command(BaseCommand):
                 validate_key(options["key"])
             if "ttl" in options:
                 validate_ttl(options["ttl"], "--ttl")
-                # No source line to show for a command line: Python prints it as "sys:1: ...".
+                # No source line of the caller's to show (handle() formats it on a terminal).
                 warn_if_short_ttl(options["ttl"], f"manage.py locks {subcommand} {options['key']!r}",
                                   option="--ttl", stacklevel=1000)
             if "timeout" in options:
@@ -311,7 +412,7 @@ class Command(BaseCommand):
                 and self._called_from_command_line):
             raise CommandError(_process_local_refusal(backend), returncode=EXIT_USAGE)
         if mode.shared and backend is not None and not backend.supports_shared:
-            raise CommandError(f"{_describe(backend)} cannot take shared locks (--shared): use an alias "
+            raise CommandError(f"{describe(backend)} cannot take shared locks (--shared): use an alias "
                                "whose backend can (DatabaseLock, CacheLock on Redis, MemoryLock)",
                                returncode=EXIT_USAGE)
         handler = self.handle_acquire if subcommand == "try" else getattr(self, f"handle_{subcommand}")
@@ -319,9 +420,11 @@ class Command(BaseCommand):
         try:
             handler(backend, correlation_id, options)
         except LockBackendError as e:
-            raise CommandError(f"backend error: {e}", returncode=EXIT_BACKEND) from None
+            # One line: the alias, its backend, what failed (the missing tables said so).
+            listing = failed(backend, e)
+            raise CommandError(f"{listing.label}: {listing.message()}", returncode=EXIT_BACKEND) from None
         except NotImplementedError as e:  # a backend without shared locks or semaphores
-            raise CommandError(f"{_describe(backend)} cannot take a {mode.label()} lock: {e}",
+            raise CommandError(f"{describe(backend)} cannot take a {mode.label()} lock: {e}",
                                returncode=EXIT_USAGE) from None
 
     # ----------------------------------------------------------------------- subcommands
@@ -355,7 +458,9 @@ class Command(BaseCommand):
     def handle_release(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
         key = options["key"]
         if options["force"]:
-            if not backend.force_release(key):
+            with _log_records_off_the_console():
+                released = backend.force_release(key)
+            if not released:
                 raise CommandError(f"lock {key!r} is not held", returncode=EXIT_BUSY)
             self.stdout.write(f"force-released {key!r} (every holder)")
             return
@@ -390,7 +495,7 @@ class Command(BaseCommand):
         if not holders:
             why = ""
             if backend.process_local and self._called_from_command_line:
-                why = (f" ({_describe(backend)} is process-local: this command's process holds none "
+                why = (f" ({describe(backend)} is process-local: this command's process holds none "
                        "of its locks)")
             raise CommandError(f"lock {key!r} is free on LOCKS[{backend.alias!r}]{why}",
                                returncode=EXIT_BUSY)
@@ -422,47 +527,42 @@ class Command(BaseCommand):
     def handle_list(self, backend: BaseLock | None, correlation_id: str | None, options: dict) -> None:
         """Every alias that can enumerate (``--backend``: that alias only). An alias that
         cannot, or whose backend is down, is named on stderr with the reason; a backend
-        error exits 3 after the others are shown."""
-        backends = [backend] if backend is not None else [locks[alias] for alias in locks]
+        error exits 3 after the others are shown. A process-local alias (its locks live in
+        each process: this one holds none) is named with -v 2."""
+        verbose = options["verbosity"] >= 2
+        listings = [list_alias(backend.alias)] if backend is not None else list_aliases()
         held: list[tuple[str, LockInfo]] = []
-        failed: list[str] = []
-        for each in backends:
-            if not each.supports_enumeration:
+        failures: list[AliasListing] = []
+        for listing in listings:
+            if listing.note is not None:  # cannot enumerate
                 if backend is not None:
-                    raise CommandError(_cannot_enumerate(each), returncode=EXIT_USAGE)
-                self.stderr.write(_cannot_enumerate(each))
+                    raise CommandError(f"{listing.label} {listing.message()}", returncode=EXIT_USAGE)
+                self.stderr.write(f"{listing.label} {listing.message()}")
                 continue
-            if each.process_local and self._called_from_command_line:
-                self.stderr.write(f"{_describe(each)} is process-local: this command's process "
-                                  "holds none of its locks, and no other process's show here")
-            try:
-                held += [(each.alias, info) for info in each.held_locks()]
-            except LockBackendError as e:
+            if listing.error is not None:
                 if backend is not None:
-                    raise
-                self.stderr.write(f"{_describe(each)}: backend error: {e}")
-                failed.append(each.alias)
+                    code = EXIT_USAGE if listing.error_kind == CONFIGURATION else EXIT_BACKEND
+                    raise CommandError(f"{listing.label}: {listing.message()}", returncode=code)
+                self.stderr.write(f"{listing.label}: {listing.message()}")
+                failures.append(listing)
+                continue
+            if listing.process_local and self._called_from_command_line and verbose:
+                self.stderr.write(f"{listing.label} is process-local: this command's process "
+                                  "holds none of its locks, and no other process's show here")
+            held += [(listing.alias, info) for info in listing.holders]
         counts = Counter((alias, info.key) for alias, info in held)  # holders per key
         if options["json"]:
             self.stdout.write(json.dumps([{"alias": alias, **_info_json(info, counts[alias, info.key])}
                                           for alias, info in held], indent=2))
-        else:
-            rows = [("ALIAS", "KEY", "MODE", "TOKEN", "CORRELATION ID", "ACQUIRED", "EXPIRES",
-                     "REMAINING", "FENCING TOKEN")]
-            rows += [
-                (alias, info.key, info.mode_label(counts[alias, info.key]), info.token,
-                 info.correlation_id or "-", _iso(info.acquired_at), _iso(info.expires_at),
-                 _remaining(info), str(info.fencing_token))
-                for alias, info in held
-            ]
-            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-            for row in rows:
-                cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-                self.stdout.write("  ".join(cells).rstrip())
+        elif len(failures) < len(listings) or not listings:  # a table only of aliases that answered
+            rows = [_holder_row(alias, info, counts[alias, info.key], every_column=verbose)
+                    for alias, info in held]
+            for line in _table(_columns(verbose), rows, width=None if verbose else TABLE_WIDTH):
+                self.stdout.write(line)
             if not held:
                 self.stdout.write("(no locks held)")
-        if failed:
-            raise CommandError(f"backend error on {', '.join(f'LOCKS[{alias!r}]' for alias in failed)}",
+        if failures:
+            raise CommandError(f"could not list {', '.join(f'LOCKS[{f.alias!r}]' for f in failures)}",
                                returncode=EXIT_BACKEND)
 
     def handle_purge(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
@@ -472,13 +572,13 @@ class Command(BaseCommand):
         entries = f"{count} {'entry' if count == 1 else 'entries'}"
         if backend.keeps_expired_state:
             self.stdout.write(
-                f"purged {_describe(backend)}: {entries}: {holders} expired "
+                f"purged {describe(backend)}: {entries}: {holders} expired "
                 f"{'holder' if holders == 1 else 'holders'} cleared, and rows of locks released or "
                 "expired over a minute ago deleted (a row keeps its key's fencing counter until then)"
             )
         else:
             self.stdout.write(
-                f"purged {_describe(backend)}: {entries} removed (locks that expired without a release)"
+                f"purged {describe(backend)}: {entries} removed (locks that expired without a release)"
             )
 
     def handle_run(self, backend: BaseLock, correlation_id: str | None, options: dict) -> None:
@@ -497,7 +597,9 @@ class Command(BaseCommand):
             detail = _busy_detail(mode, backend.get_holders(key))
             busy = f"lock {key!r} is busy: not running {shlex.join(command)}{detail}"
             if conflict == 0:
-                self.stderr.write(busy)
+                # Not a failure, as asked: quiet (cron mails any output), told with -v 2.
+                if options["verbosity"] >= 2:
+                    self.stderr.write(busy)
                 return
             raise CommandError(busy, returncode=conflict) from None
         outcome = supervise(lease, command, held_since=asked, keep_running=keep_running,
