@@ -18,7 +18,7 @@ Sentinel: django-redis has it (``django_redis.client.SentinelClient`` with
 ``django_redis.pool.SentinelConnectionFactory``); :class:`SentinelRedisCache` is the same
 for Django's ``RedisCache`` (LOCATION ``redis://SERVICE_NAME/DB``, OPTIONS ``sentinels``).
 
-The README ("Production topologies") lists what a cluster cannot do as a cache and what a
+The documentation ("Production topologies") lists what a cluster cannot do as a cache and what a
 failover does to locks.
 """
 

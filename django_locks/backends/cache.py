@@ -11,7 +11,7 @@ BACKEND:
   ``django.core.cache.backends.redis.RedisCache``: Redis used natively (Lua scripts,
   blocking waits on a wake-up list);
 * :class:`~django_locks.backends.cache_clients.add.CacheAddLockClient` for any other
-  cache, through ``cache.add``, with the weaker guarantees stated in the README.
+  cache, through ``cache.add``, with the weaker guarantees stated in the documentation ("Choosing a backend").
 
 ``DummyCache`` (stores nothing) and ``FileBasedCache`` (no atomic ``add``) are refused.
 """
