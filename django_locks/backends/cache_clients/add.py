@@ -1,6 +1,7 @@
 """Any other Django cache, through ``cache.add`` (atomic on memcached and the database
-cache), with the weaker guarantees stated in the documentation ("Choosing a backend"): release and extend are a read
-then a write, ttl follows the cache's timeout precision, fencing counters may be evicted
+cache), with the weaker guarantees stated in the documentation ("Choosing a backend"):
+release and extend are a read then a write, ttl follows the cache's timeout precision,
+fencing counters may be evicted
 (the clock floor keeps tokens rising), waiters poll, and held locks cannot be listed.
 
 Semaphores (``limit=N``) are N slot keys, each taken with ``cache.add`` (see "semaphore
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
 
 
 class CacheAddLockClient(CacheLockClient):
-    """Any other Django cache, through ``cache.add`` (see the documentation, "Choosing a backend", for its limits).
+    """Any other Django cache, through ``cache.add`` (its limits: the documentation,
+    "Choosing a backend").
 
     A release or extend is a read followed by a write, not one atomic step: to keep the
     window from touching a newer holder, they act only while the lease has more than a

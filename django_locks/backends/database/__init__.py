@@ -392,11 +392,12 @@ class DatabaseLock(BaseLock):
             return
         logger.debug("culled %d lock rows (alias=%s)", culled, self.alias)
 
-    @_in_memory_too
     def _try_acquire(
         self, key: str, token: str, ttl: int, correlation_id: str | None, mode: Mode,
         waiter: bool,
     ) -> Attempt:
+        if (store := self.in_memory_store()) is not None:  # inline: a hot path
+            return store._try_acquire(key, token, ttl, correlation_id, mode, waiter)
         if self.cull_frequency:
             self._attempts_until_cull -= 1
             if self._attempts_until_cull <= 0:
@@ -509,8 +510,9 @@ class DatabaseLock(BaseLock):
             shared=mode.shared, limit=mode.limit,
         ))
 
-    @_in_memory_too
     def _release(self, key: str, token: str) -> bool:
+        if (store := self.in_memory_store()) is not None:  # inline: a hot path
+            return store._release(key, token)
         ops = self.operations
         if self._holder_keys.pop(token, None) is None:
             if self._run(ops.release, key=key, token=token).rowcount == 1:
@@ -518,8 +520,9 @@ class DatabaseLock(BaseLock):
         results = self._transaction(key, ops.release_holder, ops.recompute, token=token)
         return results["release_holder"].rowcount == 1
 
-    @_in_memory_too
     def _extend(self, key: str, token: str, ttl: int) -> int | None:
+        if (store := self.in_memory_store()) is not None:  # inline: a hot path
+            return store._extend(key, token, ttl)
         ops = self.operations
         if token not in self._holder_keys:
             expires = self._extend_exclusive(key, token, ttl)
