@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,15 +23,8 @@ from django.db import connections
 from django_locks import locks
 from django_locks.backends.database import close_all_lock_connections
 from django_locks.backends.memory import MemoryLock
-from tests.helpers import (
-    ALL_ALIASES,
-    DATABASE_ALIASES,
-    REDIS_ALIASES,
-    ROOT,
-    SHARED_ALIASES,
-    TIER,
-    RedisServer,
-)
+from tests.helpers import ALL_ALIASES, DATABASE_ALIASES, REDIS_ALIASES, ROOT, SHARED_ALIASES, TIER
+from tests.servers import RedisServer
 
 # Started from a shell that ignores SIGINT (a background job: `scripts/test &`), the suite
 # and every process it starts would ignore it too (SIG_IGN survives fork and exec, and
@@ -185,3 +179,16 @@ def redis_server(tmp_path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def unmigrated_database(tmp_path, monkeypatch):
+    """A DATABASES alias on an SQLite file nobody ran migrate on."""
+    from django.db import connections
+
+    path = tmp_path / "fresh.sqlite3"
+    sqlite3.connect(path).close()
+    config = {**connections.settings["default"], "NAME": str(path), "TEST": {"NAME": str(path)}}
+    monkeypatch.setitem(connections.__dict__, "settings", {**connections.settings, "fresh": config})
+    yield "fresh"
+    del connections["fresh"]

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
+import threading
+from dataclasses import dataclass
+from io import StringIO
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connections
+
+from django_locks.management.commands.locks import Command
+
+# Re-exported: defined where tests/servers.py, plain Python (the benchmarks use it
+# too), can use them.
+from tests.servers import free_port as free_port
+from tests.support.polling import wait_until as wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,63 +44,6 @@ DATABASE_ALIASES = {
 REDIS_ALIASES = [alias for alias in ("django_redis", "redis") if alias in _backend_aliases("CacheLock")]
 SHARED_ALIASES = [*DATABASE_ALIASES, *REDIS_ALIASES]  # shared between processes
 ALL_ALIASES = [*SHARED_ALIASES, "memory", "locmem"]
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.005):
-    """Poll ``condition`` until it is truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s: {condition}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A redis-server of the test's own, on a spare port (6379 is never touched)."""
-
-    def __init__(self, tmp: Path, *options: str) -> None:
-        self.port = free_port()
-        self.tmp = tmp
-        self.options = options  # more redis-server options ("--requirepass", "s3cret")
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed (the suite starts its own for fault tests)")
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp), *self.options],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-
-        def accepting() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return True
-            except OSError:
-                return False
-
-        wait_until(accepting, timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
 
 
 def dead_writer_mark(backend, key: str, mode=None) -> str:
@@ -128,3 +80,114 @@ def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60
         text=True,
         timeout=timeout,
     )
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+def in_thread(function, *args, **kwargs):
+    """Run ``function`` in another thread and return its result (or raise its error)."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = function(*args, **kwargs)
+        except BaseException as e:
+            box["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the thread did not finish within 30 s"
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+# ----------------------------------------------------------------------------- manage.py locks
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def locks_cmd(*args: str, **options) -> Result:
+    """call_command("locks", ...): its exit code (``CommandError.returncode``) and output."""
+    out, err = StringIO(), StringIO()
+    try:
+        call_command("locks", *args, stdout=out, stderr=err, **options)
+    except CommandError as e:
+        return Result(e.returncode, out.getvalue(), f"{err.getvalue()}CommandError: {e}\n")
+    return Result(0, out.getvalue(), err.getvalue())
+
+
+def cli(*args: str) -> Result:
+    """``manage.py locks ARGS`` as from the command line, in this process (``run_from_argv``):
+    exit status and output."""
+    out, err = StringIO(), StringIO()
+    command = Command(stdout=out, stderr=err)
+    code = 0
+    try:
+        command.run_from_argv(["manage.py", "locks", *args])
+    except SystemExit as e:
+        code = e.code
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+COMMAND = [sys.executable, "-m", "django", "locks"]
+
+
+def locks_process(*args: str, env: dict[str, str] | None = None, cwd=ROOT, timeout: float = 60):
+    """``manage.py locks ARGS`` as a real process (``python -m django locks``, the test
+    settings from the environment): its CompletedProcess."""
+    return subprocess.run([*COMMAND, *args], cwd=cwd, env=env or subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- Redis caches of a test's own
+
+
+CACHE_BACKENDS = {
+    "django_redis": ("django_redis.cache.RedisCache", "SOCKET_TIMEOUT", "SOCKET_CONNECT_TIMEOUT"),
+    "redis": ("django.core.cache.backends.redis.RedisCache", "socket_timeout", "socket_connect_timeout"),
+}
+
+
+def own_cache(redis_alias: str, url: str, socket_timeout: float = 2.0) -> dict:
+    backend, timeout_name, connect_name = CACHE_BACKENDS[redis_alias]
+    return {
+        "BACKEND": backend,
+        "LOCATION": url,
+        "OPTIONS": {timeout_name: socket_timeout, connect_name: 1.0},
+    }
+
+
+# ----------------------------------------------------------------------------- contention
+
+
+def size_from_environment(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise pytest.UsageError(f"{name} must be a whole number >= 1, not {value!r}")
+    return int(value)
+
+
+def overlaps_in(records: list[tuple[int, int, int]]) -> int:
+    return sum(1 for (_, leave, _), (enter, _, _) in pairwise(records) if enter < leave)
+
+
+def check_history(records: list[tuple[int, int, int]], count: int, expected: int) -> int:
+    """Asserts one key's history; returns the overlaps (asserted to be 0)."""
+    records = sorted(records)
+    overlaps = overlaps_in(records)
+    assert len(records) == expected
+    assert count == expected, "a racy update was lost: two holders at once"
+    assert overlaps == 0, "two holders overlapped"
+    fencing = [record[2] for record in records]
+    assert all(a < b for a, b in pairwise(fencing)), "fencing tokens did not rise"
+    return overlaps

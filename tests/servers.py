@@ -24,13 +24,13 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import redis
+
+from tests.support.polling import wait_until
 
 #: The environment variable that carries the chosen ports to child processes.
 PORTS_VARIABLE = "DJANGO_LOCKS_TOPOLOGY_PORTS"
@@ -44,22 +44,6 @@ _PR_SET_PDEATHSIG = 1
 
 class ServerError(RuntimeError):
     """A server of the harness did not start or did not reach the expected state."""
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll ``condition`` until it returns something truthy; ServerError at the deadline."""
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while True:
-        try:
-            value = condition()
-            if value:
-                return value
-        except Exception as e:  # a server still starting refuses connections
-            last_error = e
-        if time.monotonic() > deadline:
-            raise ServerError(f"{what}: not reached within {timeout} s (last error: {last_error})")
-        time.sleep(interval)
 
 
 def topology_ports() -> dict[str, list[int]]:
@@ -93,6 +77,12 @@ def cluster_urls(ports: dict[str, list[int]]) -> list[str]:
 
 def sentinel_addresses(ports: dict[str, list[int]]) -> list[tuple[str, int]]:
     return [("127.0.0.1", port) for port in ports["sentinels"]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _accepting(port: int) -> bool:
@@ -172,41 +162,69 @@ def _binary(name: str) -> str:
     return path
 
 
-class RedisNode:
-    """A redis-server without persistence on a spare port."""
+class RedisServer:
+    """A redis-server without persistence on a spare port (6379 is never touched): a test's
+    own (the ``redis_server`` fixture), or a node of the cluster or the Sentinel set below.
+    ``options``: more redis-server options ("--requirepass", "s3cret")."""
 
-    def __init__(self, port: int, directory: Path, *, bus_port: int | None = None,
-                 extra: list[str] | None = None) -> None:
-        self.port = port
+    def __init__(self, directory: Path, *options: str, port: int | None = None,
+                 bus_port: int | None = None) -> None:
+        self.port = free_port() if port is None else port
         self.bus_port = bus_port
         self.directory = directory
-        self.extra = extra or []
+        self.options = options
         directory.mkdir(parents=True, exist_ok=True)
-        argv = [_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+        argv = [_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", str(directory),
                 "--repl-diskless-sync-delay", "0"]
         if bus_port is not None:
             argv += ["--cluster-enabled", "yes", "--cluster-port", str(bus_port),
                      "--cluster-config-file", "nodes.conf",
                      "--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
-        self.process = Process(f"redis-{port}", argv + self.extra, directory)
+        self._process = Process(f"redis-{self.port}", [*argv, *options], directory)
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        """The redis-server process, None when stopped."""
+        return self._process.process
+
+    @property
+    def running(self) -> bool:
+        return self._process.running
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
     def client(self, **kwargs: Any) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=1, **kwargs)
 
-    def start(self) -> None:
-        self.process.start()
+    def answers(self) -> bool:
+        """It answers a PING (a refusal for want of a password is an answer too)."""
         try:
-            wait_for(lambda: self.client().ping(), 10, f"redis-server on {self.port}")
+            with self.client() as client:
+                return client.ping()
+        except redis.AuthenticationError:
+            return True
+
+    def start(self) -> None:
+        self._process.start()
+        try:
+            wait_until(self.answers, 10, 0.02, error=ServerError, retry_on=(Exception,),
+                       what=f"redis-server on {self.port}")
         except ServerError as e:
-            raise ServerError(f"{e}\n{self.process.log_tail()}") from e
+            raise ServerError(f"{e}\n{self._process.log_tail()}") from e
 
     def kill(self) -> None:
-        self.process.kill()
+        self._process.kill()
+
+    def stop(self) -> None:
+        """The same as :meth:`kill`: there is nothing to save."""
+        self._process.kill()
 
     def info(self, section: str) -> dict[str, Any]:
         with self.client() as client:
@@ -220,7 +238,7 @@ class RedisClusterServers:
     """Six cluster nodes: the first three start as masters, each with one replica."""
 
     def __init__(self, ports: dict[str, list[int]], directory: Path) -> None:
-        self.nodes = [RedisNode(port, directory / f"node-{port}", bus_port=bus)
+        self.nodes = [RedisServer(directory / f"node-{port}", port=port, bus_port=bus)
                       for port, bus in zip(ports["cluster"], ports["cluster_bus"], strict=True)]
         self.urls = cluster_urls(ports)
 
@@ -236,13 +254,13 @@ class RedisClusterServers:
             raise ServerError(f"redis-cli --cluster create failed: {result.stdout}{result.stderr}")
         self.wait_healthy()
 
-    def node(self, port: int) -> RedisNode:
+    def node(self, port: int) -> RedisServer:
         return next(n for n in self.nodes if n.port == port)
 
-    def running(self) -> list[RedisNode]:
-        return [n for n in self.nodes if n.process.running]
+    def running(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.running]
 
-    def masters(self) -> list[RedisNode]:
+    def masters(self) -> list[RedisServer]:
         """The masters serving slots, as a live node sees them (CLUSTER SLOTS)."""
         for node in self.running():
             try:
@@ -253,7 +271,7 @@ class RedisClusterServers:
             return [self.node(port) for port in sorted({int(r[2][1]) for r in ranges})]
         raise ServerError("no cluster node answers")
 
-    def master_of_slot(self, slot: int) -> RedisNode:
+    def master_of_slot(self, slot: int) -> RedisServer:
         with self.running()[0].client() as client:
             for start, end, master, *_ in client.execute_command("CLUSTER SLOTS"):
                 if int(start) <= slot <= int(end):
@@ -278,13 +296,13 @@ class RedisClusterServers:
                     return False
             masters = self.masters()
             return len(masters) == 3 and all(
-                m.process.running and any(isinstance(v, dict) and v.get("state") == "online"
+                m.running and any(isinstance(v, dict) and v.get("state") == "online"
                                           for k, v in m.info("replication").items()
                                           if k.startswith("slave"))
                 for m in masters)
 
-        wait_for(healthy, timeout, "Redis Cluster healthy (3 masters, each with a replica in sync)",
-                 interval=0.1)
+        wait_until(healthy, timeout, 0.1, error=ServerError, retry_on=(Exception,),
+                   what="Redis Cluster healthy (3 masters, each with a replica in sync)")
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -301,9 +319,9 @@ class SentinelServers:
         master_port, replica_port = ports["sentinel_redis"]
         self.directory = directory
         self.redis_nodes = [
-            RedisNode(master_port, directory / f"redis-{master_port}"),
-            RedisNode(replica_port, directory / f"redis-{replica_port}",
-                      extra=["--replicaof", "127.0.0.1", str(master_port)]),
+            RedisServer(directory / f"redis-{master_port}", port=master_port),
+            RedisServer(directory / f"redis-{replica_port}", "--replicaof", "127.0.0.1", str(master_port),
+                        port=replica_port),
         ]
         self.sentinel_ports = ports["sentinels"]
         self.sentinels: list[Process] = []
@@ -330,7 +348,7 @@ class SentinelServers:
                                           [_binary("redis-server"), str(conf), "--sentinel"],
                                           conf.parent))
 
-    def node(self, port: int) -> RedisNode:
+    def node(self, port: int) -> RedisServer:
         return next(n for n in self.redis_nodes if n.port == port)
 
     def sentinel_client(self, index: int = 0) -> redis.Redis:
@@ -349,10 +367,10 @@ class SentinelServers:
             raise ServerError("no sentinel answers")
         return max(set(seen), key=seen.count)
 
-    def master(self) -> RedisNode:
+    def master(self) -> RedisServer:
         return self.node(self.master_port())
 
-    def replicas_in_sync(self, master: RedisNode) -> bool:
+    def replicas_in_sync(self, master: RedisServer) -> bool:
         info = master.info("replication")
         return info.get("role") == "master" and any(
             isinstance(v, dict) and v.get("state") == "online"
@@ -383,7 +401,8 @@ class SentinelServers:
                 return False
             return self.replicas_in_sync(self.node(ports.pop()))
 
-        wait_for(healthy, timeout, "Sentinel set healthy (one master, replica in sync)", interval=0.1)
+        wait_until(healthy, timeout, 0.1, error=ServerError, retry_on=(Exception,),
+                   what="Sentinel set healthy (one master, replica in sync)")
 
     def stop(self) -> None:
         for process in self.sentinels:
@@ -430,7 +449,8 @@ class PgBouncer:
     def start(self) -> None:
         self.process.start()
         try:
-            wait_for(lambda: _accepting(self.port), 10, f"pgbouncer on {self.port}")
+            wait_until(lambda: _accepting(self.port), 10, 0.02, error=ServerError,
+                       retry_on=(Exception,), what=f"pgbouncer on {self.port}")
         except ServerError as e:
             raise ServerError(f"{e}\n{self.process.log_tail()}") from e
 

@@ -16,8 +16,7 @@ from redis.exceptions import RedisClusterException
 from django_locks import locks
 from django_locks.exceptions import LockBackendError, LockNotHeldError
 from tests import proof
-from tests.helpers import free_port, wait_until
-from tests.test_contention import check_history, overlaps_in
+from tests.helpers import check_history, free_port, overlaps_in, wait_until
 from tests.topology import (
     CLUSTER_ALIASES,
     Waiter,

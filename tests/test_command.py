@@ -9,38 +9,17 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import dataclass
-from io import StringIO
 
 import pytest
-from django.core.management import call_command
-from django.core.management.base import CommandError
 
 from django_locks import locks
 from django_locks.management.commands.locks import Command
 from django_locks.management.supervise import EXIT_LOST, MAX_RENEW_INTERVAL
 from tests import proof
-from tests.helpers import subprocess_env, wait_until
+from tests.helpers import locks_cmd, subprocess_env, wait_until
 
 #: Hermetic: also in the unit tier (on MemoryLock), except the tests marked servers.
 pytestmark = pytest.mark.unit
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def locks_cmd(*args: str, **options) -> Result:
-    """call_command("locks", ...): its exit code (``CommandError.returncode``) and output."""
-    out, err = StringIO(), StringIO()
-    try:
-        call_command("locks", *args, stdout=out, stderr=err, **options)
-    except CommandError as e:
-        return Result(e.returncode, out.getvalue(), f"{err.getvalue()}CommandError: {e}\n")
-    return Result(0, out.getvalue(), err.getvalue())
 
 
 def snapshot():

@@ -11,14 +11,7 @@ import sys
 import pytest
 
 from django_locks import locks
-from tests.helpers import ROOT, subprocess_env, wait_until
-
-COMMAND = [sys.executable, "-m", "django", "locks"]
-
-
-def locks_cmd(*args: str, env: dict[str, str] | None = None, cwd=ROOT, timeout: float = 60):
-    return subprocess.run([*COMMAND, *args], cwd=cwd, env=env or subprocess_env(),
-                          capture_output=True, text=True, timeout=timeout)
+from tests.helpers import COMMAND, ROOT, locks_process, subprocess_env, wait_until
 
 
 def test_token_capture_in_a_shell():
@@ -39,20 +32,20 @@ def test_token_capture_in_a_shell():
 
 def test_exit_codes_of_the_process():
     with locks["default"].lock("job", 60_000):
-        busy = locks_cmd("try", "job", "--ttl", "1000")
+        busy = locks_process("try", "job", "--ttl", "1000")
         assert busy.returncode == 1 and "busy" in busy.stderr
-        assert locks_cmd("run", "job", "--ttl", "1000", "--", "true").returncode == 75
-        custom = locks_cmd("run", "job", "--ttl", "1000", "--conflict-exit-code", "9", "--", "true")
+        assert locks_process("run", "job", "--ttl", "1000", "--", "true").returncode == 75
+        custom = locks_process("run", "job", "--ttl", "1000", "--conflict-exit-code", "9", "--", "true")
         assert custom.returncode == 9 and "busy" in custom.stderr
-    usage = locks_cmd("try", "job", "--ttl", "abc")
+    usage = locks_process("try", "job", "--ttl", "abc")
     assert usage.returncode == 2 and "usage:" in usage.stderr
-    down = locks_cmd("list", "--backend", "unreachable")
+    down = locks_process("list", "--backend", "unreachable")
     assert down.returncode == 3 and "backend error" in down.stderr
 
 
 def test_run_exits_with_the_command_status_and_holds_the_lock_meanwhile():
     inner = f"{' '.join(COMMAND)} try job --ttl 1000; echo inner=$?; exit 7"
-    result = locks_cmd("run", "job", "--ttl", "60000", "--", "bash", "-c", inner)
+    result = locks_process("run", "job", "--ttl", "60000", "--", "bash", "-c", inner)
     assert result.returncode == 7, result.stderr
     assert "inner=1" in result.stdout  # the lock was held while the command ran
     assert locks["default"].get_lock("job") is None  # and released after
@@ -75,7 +68,7 @@ def test_run_forwards_sigterm_and_releases_after(tmp_path):
 
 
 def test_run_killed_child_exits_128_plus_the_signal():
-    result = locks_cmd("run", "job", "--ttl", "60000", "--", "sh", "-c", "kill -KILL $$")
+    result = locks_process("run", "job", "--ttl", "60000", "--", "sh", "-c", "kill -KILL $$")
     assert result.returncode == 128 + signal.SIGKILL, result.stderr
     assert locks["default"].get_lock("job") is None
 
@@ -99,14 +92,14 @@ def _without_settings_module() -> dict[str, str]:
     ],
 )
 def test_django_options_before_or_after_the_subcommand(args):
-    result = locks_cmd(*args, env=_without_settings_module())
+    result = locks_process(*args, env=_without_settings_module())
     assert result.returncode == 0, (result.returncode, result.stderr)
     assert locks["default"].get_lock("k") is None
 
 
 def test_without_settings_option_nor_variable_the_command_is_not_found():
     # The control of the test above: the settings really come from --settings.
-    result = locks_cmd("list", env=_without_settings_module())
+    result = locks_process("list", env=_without_settings_module())
     assert result.returncode != 0 and "locks" in result.stderr
 
 
@@ -117,9 +110,9 @@ def test_without_settings_option_nor_variable_the_command_is_not_found():
 def test_pythonpath_before_or_after_the_subcommand(args, tmp_path):
     env = _without_settings_module()
     del env["PYTHONPATH"]
-    control = locks_cmd("list", "--settings=tests.settings", env=env, cwd=tmp_path)
+    control = locks_process("list", "--settings=tests.settings", env=env, cwd=tmp_path)
     assert control.returncode != 0  # tests.settings is not importable from tmp_path alone
-    result = locks_cmd(*args, env=env, cwd=tmp_path)
+    result = locks_process(*args, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "(no locks held)" in result.stdout
 
@@ -127,9 +120,9 @@ def test_pythonpath_before_or_after_the_subcommand(args, tmp_path):
 @pytest.mark.parametrize("args", [["--traceback", "list", "--backend", "nope"],
                                   ["list", "--backend", "nope", "--traceback"]])
 def test_traceback_before_or_after_the_subcommand(args):
-    plain = locks_cmd("list", "--backend", "nope")
+    plain = locks_process("list", "--backend", "nope")
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
-    result = locks_cmd(*args)
+    result = locks_process(*args)
     assert "Traceback (most recent call last)" in result.stderr and "CommandError" in result.stderr
     assert result.returncode == 1  # an uncaught exception: --traceback re-raises the error
 
@@ -409,7 +402,7 @@ def test_a_force_release_stops_the_command_and_its_process_group(tmp_path, alias
     assert _group_members(victim.command) == []
     message = victim.message()
     assert "lock 'job' was lost" in message and "stopping" in message and "stopped it (status 0)" in message
-    second = locks_cmd("run", "job", "--ttl", "60000", "--backend", alias, "--", "true")
+    second = locks_process("run", "job", "--ttl", "60000", "--backend", alias, "--", "true")
     assert second.returncode == 0, second.stderr
 
 
@@ -469,7 +462,7 @@ def test_a_backend_failing_for_a_whole_ttl_counts_as_a_loss(tmp_path, fault, spa
 
     from django_locks.management.supervise import EXIT_LOST, MAX_RENEW_INTERVAL
     from tests import proof
-    from tests.helpers import RedisServer
+    from tests.servers import RedisServer
 
     server = RedisServer(tmp_path)
     server.start()

@@ -6,28 +6,17 @@ critical-section order. ``--long`` runs the large sizes."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
 import time
 from collections import defaultdict
-from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
 from tests import proof
-from tests.helpers import ROOT, subprocess_env
-
-
-def _size_from_environment(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    if not value:
-        return default
-    if not value.isdigit() or int(value) < 1:
-        raise pytest.UsageError(f"{name} must be a whole number >= 1, not {value!r}")
-    return int(value)
+from tests.helpers import ROOT, check_history, overlaps_in, size_from_environment, subprocess_env
 
 
 @pytest.fixture
@@ -38,25 +27,9 @@ def sizes(request) -> dict[str, int]:
         sizes = {"processes": 16, "iterations": 200, "keys": 500, "many_iterations": 500}
     else:
         sizes = {"processes": 8, "iterations": 10, "keys": 300, "many_iterations": 40}
-    sizes["processes"] = _size_from_environment("DJANGO_LOCKS_CONTENTION_PROCESSES", sizes["processes"])
-    sizes["iterations"] = _size_from_environment("DJANGO_LOCKS_CONTENTION_ITERATIONS", sizes["iterations"])
+    sizes["processes"] = size_from_environment("DJANGO_LOCKS_CONTENTION_PROCESSES", sizes["processes"])
+    sizes["iterations"] = size_from_environment("DJANGO_LOCKS_CONTENTION_ITERATIONS", sizes["iterations"])
     return sizes
-
-
-def overlaps_in(records: list[tuple[int, int, int]]) -> int:
-    return sum(1 for (_, leave, _), (enter, _, _) in pairwise(records) if enter < leave)
-
-
-def check_history(records: list[tuple[int, int, int]], count: int, expected: int) -> int:
-    """Asserts one key's history; returns the overlaps (asserted to be 0)."""
-    records = sorted(records)
-    overlaps = overlaps_in(records)
-    assert len(records) == expected
-    assert count == expected, "a racy update was lost: two holders at once"
-    assert overlaps == 0, "two holders overlapped"
-    fencing = [record[2] for record in records]
-    assert all(a < b for a, b in pairwise(fencing)), "fencing tokens did not rise"
-    return overlaps
 
 
 def run_workers(config: dict, processes: int) -> None:

@@ -11,7 +11,7 @@ import pytest
 from django_locks import locks, signals
 from django_locks.backends.base import Lease
 from django_locks.exceptions import LockNotHeldError, LockTimeoutError
-from tests.helpers import wait_until
+from tests.helpers import in_thread, wait_until
 
 #: Hermetic: also in the unit tier (scripts/test --unit), on MemoryLock and LocMemCache.
 pytestmark = pytest.mark.unit
@@ -24,25 +24,6 @@ def other_instance(alias: str):
     thread.start()
     thread.join()
     return box["b"]
-
-
-def in_thread(function, *args, **kwargs):
-    """Run ``function`` in another thread and return its result (or raise its error)."""
-    box: dict = {}
-
-    def run():
-        try:
-            box["result"] = function(*args, **kwargs)
-        except BaseException as e:
-            box["error"] = e
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(30)
-    assert not thread.is_alive(), "the thread did not finish within 30 s"
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
 
 
 def test_each_thread_has_its_own_instance(alias):

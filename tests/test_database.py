@@ -17,8 +17,7 @@ from django_locks.backends.database import (
 )
 from django_locks.exceptions import LockBackendError
 from django_locks.models import Lock
-from tests.helpers import DATABASE_ALIASES, run_python, wait_until
-from tests.test_contract import in_thread
+from tests.helpers import DATABASE_ALIASES, in_thread, run_python, wait_until
 
 
 @pytest.fixture

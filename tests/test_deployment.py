@@ -46,7 +46,7 @@ from django.conf import settings
 
 from tests import proof
 from tests.deploy import counter, warmup
-from tests.helpers import ROOT, free_port, subprocess_env
+from tests.helpers import ROOT, free_port, subprocess_env, wait_until
 
 pytestmark = pytest.mark.deployment
 
@@ -73,15 +73,6 @@ _PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _wait(condition: Callable[[], object], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 _CHATTER = re.compile(r": (DEBUG|INFO)/")
@@ -147,8 +138,12 @@ class Server:
                 os.killpg(self.pid, sig)
             except ProcessLookupError:
                 pass
-            if _wait(lambda: self.process.poll() is not None and not self.members(), seconds):
+            try:
+                wait_until(lambda: self.process.poll() is not None and not self.members(), seconds,
+                           0.02, error=TimeoutError)
                 break
+            except TimeoutError:
+                pass
         left = self.members()
         self.process.wait(timeout=10)
         self.process = None
@@ -205,7 +200,9 @@ def wait_serving(server: Server, port: int, seconds: float = 60) -> None:
         except OSError:
             return False
 
-    if not _wait(serving, seconds):
+    try:
+        wait_until(serving, seconds, 0.02, error=TimeoutError)
+    except TimeoutError:
         pytest.fail(f"{server.name} did not serve within {seconds} s\n{server.log_tail()}")
 
 
@@ -215,7 +212,9 @@ def wait_in_log(server: Server, pattern: re.Pattern[str], seconds: float = 60) -
             pytest.fail(f"{server.name} exited with {server.process.returncode}\n{server.log_tail()}")
         return bool(pattern.search(server.log()))
 
-    if not _wait(found, seconds):
+    try:
+        wait_until(found, seconds, 0.02, error=TimeoutError)
+    except TimeoutError:
         pytest.fail(f"{server.name}: {pattern.pattern!r} not in its log within {seconds} s\n"
                     f"{server.log_tail()}")
 

@@ -24,33 +24,13 @@ from django_locks.decorators import lock_view, locked
 from django_locks.exceptions import InvalidLockBackendError
 from django_locks.guard import LockGuard
 from django_locks.inspection import BACKEND, CONFIGURATION, MISSING_TABLES, list_aliases
-from django_locks.management.commands.locks import TABLE_WIDTH, Command
-from tests.helpers import ROOT, subprocess_env, wait_until
-from tests.test_command import Result, locks_cmd
-from tests.test_setup import unmigrated_database  # noqa: F401 - a fixture
+from django_locks.management.commands.locks import TABLE_WIDTH
+from tests.helpers import ROOT, cli, locks_cmd, subprocess_env, wait_until
+from tests.helpers import locks_process as process
 
 MEMORY = {"BACKEND": "django_locks.backends.memory.MemoryLock"}
 LOCMEM_LOCK = {"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "locmem"}}
 LIST = "/admin/django_locks/lock/"
-COMMAND = [sys.executable, "-m", "django", "locks"]
-
-
-def cli(*args: str) -> Result:
-    """``manage.py locks ARGS`` as from the command line, in this process."""
-    out, err = StringIO(), StringIO()
-    command = Command(stdout=out, stderr=err)
-    code = 0
-    try:
-        command.run_from_argv(["manage.py", "locks", *args])
-    except SystemExit as e:
-        code = e.code
-    return Result(code, out.getvalue(), err.getvalue())
-
-
-def process(*args: str) -> subprocess.CompletedProcess:
-    """``manage.py locks ARGS`` as a process of its own."""
-    return subprocess.run([*COMMAND, *args], cwd=ROOT, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=60)
 
 
 # ----------------------------------------------------------------------------- a misspelled alias
@@ -243,7 +223,7 @@ def test_list_fits_120_columns_and_shows_everything_with_v2(two_memory_aliases):
     assert held.expires_at.isoformat() in wide.stdout
 
 
-def test_list_and_show_say_the_tables_are_missing_in_one_line(unmigrated_database):  # noqa: F811
+def test_list_and_show_say_the_tables_are_missing_in_one_line(unmigrated_database):
     setting = {"default": {"BACKEND": "django_locks.backends.database.DatabaseLock",
                            "OPTIONS": {"using": unmigrated_database}}, "memory": MEMORY}
     line = ("LOCKS['default'] (DatabaseLock): the django_locks tables are missing: run "
@@ -287,7 +267,7 @@ def test_inspection_lists_every_alias_in_order_with_why_it_shows_nothing():
     assert listings["default"].can_purge and not listings["redis"].can_purge
 
 
-def test_inspection_reports_configuration_and_missing_tables(unmigrated_database):  # noqa: F811
+def test_inspection_reports_configuration_and_missing_tables(unmigrated_database):
     with override_settings(LOCKS={"broken": {"BACKEND": "nope.Nope"},
                                   "fresh": {"BACKEND": "django_locks.backends.database.DatabaseLock",
                                             "OPTIONS": {"using": unmigrated_database}}}):
@@ -327,7 +307,7 @@ def test_admin_headers_are_never_hyphenated_and_one_fencing_format(admin_client_
         assert f"…{token[-6:-3]}" not in page
 
 
-def test_admin_banners_have_no_backticks(admin_client_, unmigrated_database):  # noqa: F811
+def test_admin_banners_have_no_backticks(admin_client_, unmigrated_database):
     setting = {"default": {"BACKEND": "django_locks.backends.database.DatabaseLock",
                            "OPTIONS": {"using": unmigrated_database}}, "locmem": LOCMEM_LOCK}
     with override_settings(LOCKS=setting):

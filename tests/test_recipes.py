@@ -25,8 +25,7 @@ from django_locks.exceptions import LockTimeoutError
 from django_locks.fencing import StaleLeaseError
 from example_project.models import Report
 from example_project.recipes import fencing, limits, on_commit, rebuild, tasks
-from tests.helpers import ROOT, subprocess_env, wait_until
-from tests.test_command import locks_cmd
+from tests.helpers import ROOT, locks_cmd, subprocess_env, wait_until
 
 #: Hermetic: also in the unit tier (scripts/test --unit), except the tests marked servers.
 pytestmark = pytest.mark.unit

@@ -13,25 +13,12 @@ from redis.crc import key_slot
 
 from django_locks import locks
 from django_locks.exceptions import LockBackendError, LockTimeoutError
-from tests.helpers import RedisServer, free_port, wait_until
-
-CACHE_BACKENDS = {
-    "django_redis": ("django_redis.cache.RedisCache", "SOCKET_TIMEOUT", "SOCKET_CONNECT_TIMEOUT"),
-    "redis": ("django.core.cache.backends.redis.RedisCache", "socket_timeout", "socket_connect_timeout"),
-}
+from tests.helpers import free_port, own_cache, wait_until
+from tests.servers import RedisServer
 
 
 def raw(alias):
     return locks[alias].client.get_client()
-
-
-def own_cache(redis_alias: str, url: str, socket_timeout: float = 2.0) -> dict:
-    backend, timeout_name, connect_name = CACHE_BACKENDS[redis_alias]
-    return {
-        "BACKEND": backend,
-        "LOCATION": url,
-        "OPTIONS": {timeout_name: socket_timeout, connect_name: 1.0},
-    }
 
 
 def test_keys_use_the_cache_key_function_and_share_a_slot(redis_alias):

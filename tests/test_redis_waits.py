@@ -21,8 +21,8 @@ from django.test import override_settings
 
 from django_locks import locks
 from django_locks.exceptions import LockTimeoutError
-from tests.helpers import RedisServer
-from tests.test_redis import CACHE_BACKENDS, own_cache
+from tests.helpers import CACHE_BACKENDS, own_cache
+from tests.servers import RedisServer
 
 LOCKS = {"own": {"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "own"}}}
 

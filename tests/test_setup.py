@@ -4,8 +4,6 @@ in a project's own tests."""
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 from django.core import checks
 from django.test import override_settings
@@ -16,7 +14,7 @@ from django_locks.backends.database.operations import Statement
 from django_locks.checks import check_locks_setting
 from django_locks.decorators import locked
 from django_locks.exceptions import InvalidLockBackendError, LockBackendError
-from tests.test_command import locks_cmd
+from tests.helpers import locks_cmd
 
 #: Hermetic: also in the unit tier (scripts/test --unit), except the tests marked servers.
 pytestmark = pytest.mark.unit
@@ -55,19 +53,6 @@ def test_file_based_cache_behind_cachelock_is_an_error(tmp_path):
         with pytest.raises(InvalidLockBackendError, match="no mutual exclusion") as caught:
             locks["x"]
         assert caught.value.check_id == "django_locks.E009"
-
-
-@pytest.fixture
-def unmigrated_database(tmp_path, monkeypatch):
-    """A DATABASES alias on an SQLite file nobody ran migrate on."""
-    from django.db import connections
-
-    path = tmp_path / "fresh.sqlite3"
-    sqlite3.connect(path).close()
-    config = {**connections.settings["default"], "NAME": str(path), "TEST": {"NAME": str(path)}}
-    monkeypatch.setitem(connections.__dict__, "settings", {**connections.settings, "fresh": config})
-    yield "fresh"
-    del connections["fresh"]
 
 
 def test_a_missing_table_says_to_run_migrate(unmigrated_database):

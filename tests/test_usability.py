@@ -9,36 +9,20 @@ import json
 import sys
 import warnings
 from datetime import datetime, timezone
-from io import StringIO
 
 import pytest
 from django.test import override_settings
 
 from django_locks import locks
 from django_locks.exceptions import ShortTTLWarning
-from django_locks.management.commands.locks import Command
 from tests import proof
-from tests.helpers import subprocess_env, wait_until
-from tests.test_command import Result, locks_cmd
+from tests.helpers import cli, locks_cmd, subprocess_env, wait_until
 
 #: Hermetic: also in the unit tier (scripts/test --unit), except the tests marked servers.
 pytestmark = pytest.mark.unit
 
 MEMORY = {"BACKEND": "django_locks.backends.memory.MemoryLock"}
 LOCMEM_LOCK = {"BACKEND": "django_locks.backends.cache.CacheLock", "OPTIONS": {"cache": "locmem"}}
-
-
-def cli(*args: str) -> Result:
-    """``manage.py locks ARGS`` as from the command line, in this process (``run_from_argv``):
-    exit status and output."""
-    out, err = StringIO(), StringIO()
-    command = Command(stdout=out, stderr=err)
-    code = 0
-    try:
-        command.run_from_argv(["manage.py", "locks", *args])
-    except SystemExit as e:
-        code = e.code
-    return Result(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(params=["default", "redis", "memory"])
@@ -319,12 +303,12 @@ def test_run_example_reads_the_variables_the_readme_documents():
 
 
 def test_contention_sizes_come_from_the_environment(monkeypatch):
-    from tests.test_contention import _size_from_environment
+    from tests.helpers import size_from_environment
 
     monkeypatch.delenv("DJANGO_LOCKS_CONTENTION_PROCESSES", raising=False)
-    assert _size_from_environment("DJANGO_LOCKS_CONTENTION_PROCESSES", 8) == 8
+    assert size_from_environment("DJANGO_LOCKS_CONTENTION_PROCESSES", 8) == 8
     monkeypatch.setenv("DJANGO_LOCKS_CONTENTION_PROCESSES", "3")
-    assert _size_from_environment("DJANGO_LOCKS_CONTENTION_PROCESSES", 8) == 3
+    assert size_from_environment("DJANGO_LOCKS_CONTENTION_PROCESSES", 8) == 3
     monkeypatch.setenv("DJANGO_LOCKS_CONTENTION_PROCESSES", "0")
     with pytest.raises(pytest.UsageError, match="DJANGO_LOCKS_CONTENTION_PROCESSES must be a whole number"):
-        _size_from_environment("DJANGO_LOCKS_CONTENTION_PROCESSES", 8)
+        size_from_environment("DJANGO_LOCKS_CONTENTION_PROCESSES", 8)

@@ -16,8 +16,7 @@ from django_locks import locks
 from django_locks.exceptions import LockBackendError
 from django_locks.values import EXCLUSIVE
 from tests import proof
-from tests.helpers import wait_until
-from tests.test_redis import own_cache
+from tests.helpers import own_cache, wait_until
 
 
 @pytest.mark.parametrize(("redis_alias", "mode"), [("django_redis", "sync"), ("redis", "async")])

@@ -24,7 +24,7 @@ from django.test import override_settings
 from django_locks import locks
 from django_locks.exceptions import LockBackendError
 from tests import proof
-from tests.helpers import ROOT, subprocess_env
+from tests.helpers import ROOT, check_history, overlaps_in, subprocess_env
 from tests.servers import (
     PgBouncer,
     RedisClusterServers,
@@ -32,7 +32,6 @@ from tests.servers import (
     ServerError,
     Topology,
 )
-from tests.test_contention import check_history, overlaps_in
 
 CLUSTER_ALIASES = ["cluster", "cluster_django"]
 SENTINEL_ALIASES = ["sentinel", "sentinel_django"]
