@@ -228,7 +228,7 @@ def _update(alias: str, fenced: bool) -> Callable[[], None]:
     """One UPDATE of one row of a FencedModel, plain or fenced by a lease of the DatabaseLock
     on the same database (the costliest fence: row lock, token check and the lease's
     liveness by the database's clock, in one transaction)."""
-    from tests.fencedapp.models import Document
+    from tests.support.fencedapp.models import Document
 
     using = DB_ALIASES[alias]
     name = f"bench:{alias}:{'fenced' if fenced else 'plain'}"

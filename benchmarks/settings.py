@@ -10,9 +10,9 @@ from tests.servers import cluster_urls, topology_ports
 
 SECRET_KEY = "django-locks-bench"
 USE_TZ = True
-# tests.fencedapp: the FencedModel of the "fenced update vs plain update" rows.
+# tests.support.fencedapp: the FencedModel of the "fenced update vs plain update" rows.
 INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "django_locks",
-                  "tests.fencedapp"]
+                  "tests.support.fencedapp"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 BENCH_DB = os.environ.get("DJANGO_LOCKS_BENCH_DB", "django_locks_bench")
 

@@ -32,8 +32,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.admin",
     "django_locks",
-    "example_project",  # the model of the README's recipes (tests/test_recipes.py)
-    "tests.fencedapp",  # a FencedModel (tests/test_fencing.py)
+    "example_project",  # the model of the README's recipes (tests/surfaces/test_recipes.py)
+    "tests.support.fencedapp",  # a FencedModel (tests/surfaces/test_fencing.py)
 ]
 STATIC_URL = "static/"
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]

@@ -111,10 +111,10 @@ def pgbouncer_session(topology, topology_locks) -> PgBouncer:
 
 
 def run_workers(config: dict, processes: int) -> None:
-    """``processes`` contention workers (tests/contention_worker.py) on a topology alias."""
+    """``processes`` contention workers (tests/support/contention_worker.py) on a topology alias."""
     env = subprocess_env(DJANGO_LOCKS_TEST_TOPOLOGY_LOCKS="1")
     workers = [
-        subprocess.Popen([sys.executable, "-m", "tests.contention_worker", json.dumps(config)],
+        subprocess.Popen([sys.executable, "-m", "tests.support.contention_worker", json.dumps(config)],
                          cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
         for _ in range(processes)
     ]

@@ -13,5 +13,5 @@ urlpatterns = [
     path("misconfigured/<int:pk>/", views.misconfigured),
     path("search/<path:q>", views.search),
     path("cbv/<int:pk>/", views.ClassBased.as_view()),
-    path("deploy/", include("tests.deploy.urls")),  # the deployment tier (tests/deploy)
+    path("deploy/", include("tests.support.deploy.urls")),  # the deployment tier (tests/support/deploy)
 ]

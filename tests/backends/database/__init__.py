@@ -1,0 +1,1 @@
+"""DatabaseLock (django_locks/backends/database/)."""

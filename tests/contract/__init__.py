@@ -1,0 +1,1 @@
+"""The contract (docs/contract.md), checked the same way on every backend."""

@@ -1,9 +1,0 @@
-from django.urls import path
-
-from tests.deploy import views
-
-urlpatterns = [
-    path("ping/", views.ping),
-    path("<str:alias>/sync/<str:flavor>/", views.increment),
-    path("<str:alias>/async/<str:flavor>/", views.aincrement),
-]
