@@ -1,7 +1,6 @@
-"""What a new user tripped over, each a command or a page: ``locks show`` / ``extend`` /
-``list`` across aliases, process-local aliases refused from the command line, what
-``purge`` counts, ``run``'s busy message, the ``--ttl`` warning, the checks (no "default",
-FileBasedCache, a missing table) and ``override_settings(LOCKS=...)``."""
+"""``manage.py locks`` in-process, the subcommands across aliases: ``show`` / ``extend`` /
+``list``, process-local aliases refused from the command line, what ``purge`` counts,
+``run``'s busy message, the ``--ttl`` warning (more of the command: test_command.py)."""
 
 from __future__ import annotations
 
@@ -267,48 +266,3 @@ def test_a_ttl_under_a_second_warns_on_the_command_line():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert locks_cmd("try", "long", "--ttl", "1000", "--backend", "memory").returncode == 0
-
-
-# ----------------------------------------------------------------------------- the example's pages
-
-
-@override_settings(ROOT_URLCONF="example_project.urls", LOCKS={"default": MEMORY, "cache": LOCMEM_LOCK})
-def test_the_example_home_page_links_every_page():
-    from django.test import Client
-
-    client = Client()
-    home = client.get("/").content.decode()
-    for url in ("/reports/1/", "/async-reports/1/", "/export/", "/job/", "/settings/",
-                "/api/reports/1/rebuild/", "/admin/"):
-        assert f'href="{url}' in home, url
-    assert "cannot list its locks" in home  # the LocMemCache alias
-    page = client.get("/settings/")
-    assert page.status_code == 200 and "<form method=post>" in page.content.decode()
-    with locks["default"].lock("settings:None", 60_000):  # another save of this (anonymous) user
-        assert client.post("/settings/").status_code == 423
-    locks["default"].clear()
-
-
-# ----------------------------------------------------------------------------- README corrections
-
-
-def test_run_example_reads_the_variables_the_readme_documents():
-    from tests.helpers import ROOT
-
-    script = (ROOT / "scripts" / "run-example").read_text()
-    readme = (ROOT / "README.md").read_text()
-    for variable in ("ADDRESS", "RUNSERVER_ARGS", "EXAMPLE_DB", "REDIS_URL", "VENV"):
-        assert f"`{variable}`" in readme, variable
-    assert '"${ADDRESS:-127.0.0.1:8000}" ${RUNSERVER_ARGS:-}' in script
-
-
-def test_contention_sizes_come_from_the_environment(monkeypatch):
-    from tests.helpers import size_from_environment
-
-    monkeypatch.delenv("DJANGO_LOCKS_CONTENTION_PROCESSES", raising=False)
-    assert size_from_environment("DJANGO_LOCKS_CONTENTION_PROCESSES", 8) == 8
-    monkeypatch.setenv("DJANGO_LOCKS_CONTENTION_PROCESSES", "3")
-    assert size_from_environment("DJANGO_LOCKS_CONTENTION_PROCESSES", 8) == 3
-    monkeypatch.setenv("DJANGO_LOCKS_CONTENTION_PROCESSES", "0")
-    with pytest.raises(pytest.UsageError, match="DJANGO_LOCKS_CONTENTION_PROCESSES must be a whole number"):
-        size_from_environment("DJANGO_LOCKS_CONTENTION_PROCESSES", 8)
