@@ -326,12 +326,13 @@ class DatabaseLock(BaseLock):
                     connection.close()
                 raise
 
-    def _run(self, statement: Statement, **params: Any) -> Result:
-        """Run one statement on this thread's private connection."""
+    def _run(self, statement: Statement, /, *, rows: bool = True, **params: Any) -> Result:
+        """Run one statement on this thread's private connection (``rows=False``: only its
+        rowcount is wanted; a notifying write's rows are not read)."""
         with self._connection(in_transaction=False) as connection:
             cursor = connection.cursor()
             cursor.execute(statement.sql, statement.bind(**params))
-            return Result(cursor.fetchall() if cursor.description else [], cursor.rowcount)
+            return Result(cursor.fetchall() if rows and cursor.description else [], cursor.rowcount)
 
     def _read(self, statement: Statement, **params: Any) -> list[LockRow]:
         """The rows of a read that decides which holders are live: on its one clock
@@ -385,8 +386,8 @@ class DatabaseLock(BaseLock):
         """Delete rows released or expired more than ``cull_grace`` ms ago."""
         ops, age_us = self.operations, self.cull_grace * 1000
         try:
-            culled = self._run(ops.purge, age_us=age_us).rowcount
-            culled += self._run(ops.cull_holders, age_us=age_us).rowcount
+            culled = self._run(ops.purge, age_us=age_us, rows=False).rowcount
+            culled += self._run(ops.cull_holders, age_us=age_us, rows=False).rowcount
         except LockBackendError as e:  # the attempt that follows reports the failure
             logger.warning("culling lock rows failed: %s (alias=%s)", e, self.alias)
             return
@@ -446,7 +447,7 @@ class DatabaseLock(BaseLock):
             self._waiting_calls.won(token)
         if self._marked_keys.get(key) == token:
             del self._marked_keys[key]
-            self._run(ops.unmark, key=key, token=token)
+            self._run(ops.unmark, key=key, token=token, rows=False)
         return Attempt(LockRow(key, token, fencing_token, correlation_id, acquired_us, expires_us,
                                acquired_us).info())
 
@@ -474,7 +475,7 @@ class DatabaseLock(BaseLock):
             return Attempt(None, 0 if self.features.returning else None)
         remaining = max((row.expires_at_us - row.now_us) // 1000, 0)
         if waiter and row.token is None and remaining > 0:
-            if self._run(self.operations.mark, token=token, key=key).rowcount:
+            if self._run(self.operations.mark, token=token, key=key, rows=False).rowcount:
                 self._remember(self._marked_keys, key, token)
         return Attempt(None, remaining)
 
@@ -515,7 +516,7 @@ class DatabaseLock(BaseLock):
             return store._release(key, token)
         ops = self.operations
         if self._holder_keys.pop(token, None) is None:
-            if self._run(ops.release, key=key, token=token).rowcount == 1:
+            if self._run(ops.release, key=key, token=token, rows=False).rowcount == 1:
                 return True
         results = self._transaction(key, ops.release_holder, ops.recompute, token=token)
         return results["release_holder"].rowcount == 1
@@ -548,7 +549,7 @@ class DatabaseLock(BaseLock):
     def _unmark(self, key: str, token: str) -> None:
         if self._marked_keys.get(key) == token:
             del self._marked_keys[key]
-        self._run(self.operations.unmark, key=key, token=token)
+        self._run(self.operations.unmark, key=key, token=token, rows=False)
 
     @_in_memory_too
     def _force_release(self, key: str) -> bool:
@@ -569,9 +570,9 @@ class DatabaseLock(BaseLock):
     @_in_memory_too
     def _purge(self) -> int:
         ops = self.operations
-        cleared = self._run(ops.clear_expired).rowcount
-        cleared += self._run(ops.purge_holders).rowcount
-        return cleared + self._run(ops.purge, age_us=PURGE_AFTER_US).rowcount
+        cleared = self._run(ops.clear_expired, rows=False).rowcount
+        cleared += self._run(ops.purge_holders, rows=False).rowcount
+        return cleared + self._run(ops.purge, age_us=PURGE_AFTER_US, rows=False).rowcount
 
     @_in_memory_too
     def expired_locks(self) -> list[LockInfo]:
