@@ -122,7 +122,10 @@ def test_a_reservation_is_held_by_nobody(fair_alias, monkeypatch):
     monkeypatch.setattr(database.fairness, "FAIR_RESERVE_US", 5_000_000)
     backend = locks[fair_alias]
     assert backend.try_acquire_lock(None, "job", 60_000)
-    assert isinstance(Waiter(fair_alias, "job", 50).result().error, LockTimeoutError)
+    # Long enough for the waiter's later attempts to mark the row, even on a loaded machine
+    # (a 50 ms waiter once made one attempt only under CI load: nothing was reserved).
+    assert isinstance(Waiter(fair_alias, "job", 300).result().error, LockTimeoutError)
+    assert marked(fair_alias, "job")
     backend.release_lock(None, "job")  # reserved for the waiter that gave up
     reserved = row(fair_alias, "job")
     assert reserved.token is None and reserved.expires_at_us > db_now_us(fair_alias)
@@ -140,7 +143,7 @@ def test_an_abandoned_wait_delays_a_reacquire_by_the_reservation_at_most(fair_al
     monkeypatch.setattr(database.fairness, "FAIR_RESERVE_US", reserve_us)
     backend = locks[fair_alias]
     assert backend.try_acquire_lock(None, "job", 60_000)
-    waiter = Waiter(fair_alias, "job", 100)  # gives up while the lock is held
+    waiter = Waiter(fair_alias, "job", 300)  # gives up while the lock is held (300 ms: marks even under load)
     assert isinstance(waiter.result().error, LockTimeoutError)
     assert marked(fair_alias, "job")  # a mark nobody will take away
     started = time.monotonic()
