@@ -196,6 +196,36 @@ class DatabaseOperations:
         WHERE expires_at_us <= {now}
     """
 
+    #: The keys of one listing page (``:limit`` of them, after ``:after``, starting with
+    #: ``:prefix``), in key order; a key row without a token stands for its live holders.
+    page_keys = """
+        SELECT p.{key} AS page_key FROM {table} p
+        WHERE p.{key} > :after AND SUBSTR(p.{key}, 1, :prefix_length) = :prefix
+            AND p.expires_at_us > {now} AND (p.token IS NOT NULL OR EXISTS (SELECT 1 FROM {holders} q
+                WHERE q.{key} = p.{key} AND q.expires_at_us > {now}))
+        ORDER BY p.{key} LIMIT :limit
+    """
+    #: Every live holder of the keys of one page (list_locks), on one clock, by key (the
+    #: database's order, the one the keyset follows). The keys are
+    #: a derived table (MySQL takes no LIMIT in an IN subquery).
+    held_page = """
+        SELECT {lock_columns}, {now}, {false}, 1 FROM {table}
+        JOIN ({page_keys}) k ON k.page_key = {table}.{key}
+        WHERE token IS NOT NULL AND expires_at_us > {now}
+        UNION ALL SELECT {holders}.{key}, token, fencing_token, correlation_id, acquired_at_us,
+            expires_at_us, {now}, shared, holder_limit FROM {holders}
+        JOIN ({page_keys}) k ON k.page_key = {holders}.{key}
+        WHERE expires_at_us > {now}
+        ORDER BY 1
+    """
+    #: How many keys are held that start with ``:prefix`` (one scan of the key rows).
+    held_count = """
+        SELECT COUNT(*) FROM {table} p
+        WHERE SUBSTR(p.{key}, 1, :prefix_length) = :prefix
+            AND p.expires_at_us > {now} AND (p.token IS NOT NULL OR EXISTS (SELECT 1 FROM {holders} q
+                WHERE q.{key} = p.{key} AND q.expires_at_us > {now}))
+    """
+
     # ------------------------------------------------------------------ purge and culling
 
     #: Rows expired long ago go (the row, and its fencing counter, stays a while).
@@ -318,7 +348,7 @@ class DatabaseOperations:
         "lock_row", "admit_semaphore", "admit_shared", "move_exclusive", "settle", "settle_waiter",
         "mark_refused", "own_holder", "blockers", "mark", "unmark", "recompute", "release_holder",
         "extend_holder", "holder_expiry", "clear_standing", "force_holders", "unmark_any",
-        "read_clock", "store_clock", "stored_clock",
+        "held_page", "held_count", "read_clock", "store_clock", "stored_clock",
     )
     #: The reading a transaction stored, read back (only a test hook waits on it).
     stored_clock = "SELECT {txn_now}"
@@ -354,6 +384,7 @@ class DatabaseOperations:
             "mark_us": str(WRITER_MARK_MS * 1000),
             "insert": type(self).insert, "touch": type(self).touch, "admit": type(self).admit,
             "held_exclusive": type(self).held_exclusive, "held_holders": type(self).held_holders,
+            "page_keys": type(self).page_keys,
             "mine": mine, "exclusive_live": exclusive_live,
             "settle_columns": (
                 "correlation_id = NULL, token = NULL, waiting_since_us = NULL, "
