@@ -177,7 +177,7 @@ def failed(backend: BaseLock, error: LockError) -> AliasListing:
 
 
 def list_alias(alias: str, *, expired: bool = False, prefix: str = "", cursor: str | None = None,
-               limit: int | None = None) -> AliasListing:
+               limit: int | None = None, key: str | None = None) -> AliasListing:
     """The holders of ``alias`` now (``expired``: and its expired holders not cleaned), or
     why there are none to show. Never raises a :class:`LockError`: it is in the listing.
 
@@ -185,7 +185,8 @@ def list_alias(alias: str, *, expired: bool = False, prefix: str = "", cursor: s
     holders of at most ``limit`` keys, ``next_cursor`` and ``total`` set; None: every held
     lock (``held_locks()``), those of keys starting with ``prefix``. A bad ``prefix``,
     ``cursor`` or ``limit`` raises ``ValueError`` (or ``TypeError``) before any backend is
-    asked."""
+    asked. ``key``: the holders of that one key only (``get_holders(key)``), and its
+    expired holders."""
     if limit is not None:
         validate_page_arguments(prefix, cursor, limit)
     try:
@@ -199,14 +200,20 @@ def list_alias(alias: str, *, expired: bool = False, prefix: str = "", cursor: s
         listing.remedy_lead = "look up a known key with"
         return listing
     try:
-        if limit is not None:
+        if key is not None:
+            try:
+                listing.holders = backend.get_holders(key)
+            except ValueError:  # not a key (from a URL): no lock has it
+                listing.holders = []
+        elif limit is not None:
             page = backend.list_locks(prefix=prefix, cursor=cursor, limit=limit)
             listing.holders, listing.next_cursor, listing.total = page
             listing.paged = True
         else:
             listing.holders = [info for info in backend.held_locks() if info.key.startswith(prefix)]
         if expired:
-            listing.expired = backend.expired_locks()
+            listing.expired = [info for info in backend.expired_locks()
+                               if info.key.startswith(prefix) and key in (None, info.key)]
     except LockError as e:
         return failed(backend, e)
     listing.can_purge = backend.keeps_expired_state
