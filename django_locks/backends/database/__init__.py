@@ -595,7 +595,8 @@ class DatabaseLock(BaseLock):
         that match."""
         after = key_cursor(cursor) or ""
         ops = self.operations
-        bounds = {"after": after, "prefix": prefix, "prefix_length": len(prefix)}
+        pattern = "".join("!" + c if c in "!%_" else c for c in prefix) + "%"
+        bounds = {"after": after, "prefix": prefix, "prefix_length": len(prefix), "pattern": pattern}
         rows = self._read(ops.held_page, limit=limit + 1, **bounds)
         keys = list(dict.fromkeys(row.key for row in rows))  # the database's key order
         more = len(keys) > limit
