@@ -458,11 +458,11 @@ def main() -> None:
                         help="only the row \"listing: first page\" (1,000 / 10,000 / 100,000 locks held; "
                              "--quick: 1,000 / 10,000): writes listing.md and listing.json")
     args = parser.parse_args()
+    if args.update_results and args.quick:
+        parser.error("--update-results needs a full run: the committed results are not --quick ones")
     if args.listing:
         run_listing_row(args)
         return
-    if args.update_results and args.quick:
-        parser.error("--update-results needs a full run: the committed results are not --quick ones")
     out = COMMITTED_RESULTS if args.update_results else args.out or LOCAL_RESULTS
     began = time.monotonic()
 
