@@ -534,7 +534,10 @@ class RedisLockClient(CacheLockClient):
         Redis Cluster (each node has its own SCAN cursor): the default listing then."""
         from django_locks.values import LockPage, decode_cursor, encode_cursor
 
-        client = self._client if self._client is not None else self.get_client()
+        try:
+            client = self._client if self._client is not None else self.get_client()
+        except FAILURES as e:
+            raise self._failed(e) from e
         if self._cluster:
             return None
         position, after = 0, None
