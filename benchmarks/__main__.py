@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--json FILE] [--out DIR | --update-results]``.
+"""``python -m benchmarks [--quick] [--listing] [--json FILE] [--out DIR | --update-results]``.
 
 Uncontended acquire + release pairs (one client; rows interleaved round by round) and
 contended runs (4 processes on one key, one waiter each: a thread, or a coroutine for the
@@ -6,6 +6,10 @@ async rows; critical sections of 0 and 1 ms) with handoff latency and the share 
 handoffs the releasing process took back itself. Writes results.json, results.md and
 handoff.png to --out (default benchmarks/results/local/, not committed); only
 --update-results (a full run) writes the committed benchmarks/results/. Asserts nothing.
+
+``--listing`` runs only the row "listing: first page" (benchmarks/listing.py): the admin's
+first page, ``locks list --limit 100`` and ``list_locks(limit=100)`` with 1,000 / 10,000 /
+100,000 locks held, next to ``held_locks()``; it writes listing.md and listing.json.
 """
 
 from __future__ import annotations
@@ -416,6 +420,27 @@ def plot(contended: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def run_listing_row(args: argparse.Namespace) -> None:
+    """``--listing``: the listing row alone (no Redis Cluster, no PgBouncer to start)."""
+    from benchmarks import listing
+
+    out = COMMITTED_RESULTS if args.update_results else args.out or LOCAL_RESULTS
+    began = time.monotonic()
+    env = listing.setup()
+    sizes = listing.SIZES[:2] if args.quick else listing.SIZES
+    print(f"Listing: first page, {', '.join(f'{n:,}' for n in sizes)} locks held...", flush=True)
+    rows = listing.run_listing(sizes)
+    table = listing.markdown(rows)
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "listing.md").write_text(table)
+    data = {"environment": env, "quick": args.quick, "listing": rows}
+    (out / "listing.json").write_text(json.dumps(data, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=1))
+    print(f"Wrote {out / 'listing.md'} and listing.json [{time.monotonic() - began:.0f} s]")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -429,9 +454,15 @@ def main() -> None:
     where.add_argument("--update-results", action="store_true",
                        help=f"write them to {COMMITTED_RESULTS.relative_to(ROOT)}/, the committed "
                             "results that README and docs quote (a full run only)")
+    parser.add_argument("--listing", action="store_true",
+                        help="only the row \"listing: first page\" (1,000 / 10,000 / 100,000 locks held; "
+                             "--quick: 1,000 / 10,000): writes listing.md and listing.json")
     args = parser.parse_args()
     if args.update_results and args.quick:
         parser.error("--update-results needs a full run: the committed results are not --quick ones")
+    if args.listing:
+        run_listing_row(args)
+        return
     out = COMMITTED_RESULTS if args.update_results else args.out or LOCAL_RESULTS
     began = time.monotonic()
 

@@ -55,8 +55,9 @@ from django.utils.translation import ngettext
 from django_locks import locks
 from django_locks.backends.base import LockInfo
 from django_locks.exceptions import LockError, LockNotHeldError
-from django_locks.inspection import AliasListing, list_alias, list_aliases
+from django_locks.inspection import AliasListing, list_alias
 from django_locks.models import Lock
+from django_locks.values import validate_page_arguments
 
 logger = logging.getLogger("django_locks")
 
@@ -207,10 +208,34 @@ def _all_rows(listings: list[AliasListing]) -> LockRows:
     )
 
 
+def _valid_prefix(prefix: str) -> bool:
+    try:
+        validate_page_arguments(prefix, None, 1)
+    except ValueError:
+        return False
+    return True
+
+
 def notice_html(listing: AliasListing) -> SafeString:
     """Why an alias shows no rows, for the page: its command in ``<code>``."""
     return mark_safe(listing.message(code=lambda command: format_html("<code>{}</code>", command),
                                      text=conditional_escape))
+
+
+#: The query parameter of the changelist's page of one alias: the cursor it starts at.
+CURSOR_VAR = "cursor"
+
+
+@dataclass
+class AliasPage:
+    """What the changelist says of one alias's page: how many locks it shows, of how many
+    (None: not counted), and the links to its next page and back to its first."""
+
+    alias: str
+    shown: int
+    total: int | None
+    next_url: str | None
+    first_url: str | None
 
 
 @dataclass
@@ -262,14 +287,16 @@ class LockChangeList:
 
     formset = date_hierarchy = None
     is_popup = add_facets = is_facets_optional = False
-    show_admin_actions = show_full_result_count = True
+    show_admin_actions = True
 
     def __init__(self, request: HttpRequest, model_admin: LockAdmin, listings: list[AliasListing]) -> None:
         self.model_admin = model_admin
         self.model = model_admin.model
         self.opts = model_admin.opts
-        self.params = dict(request.GET.items())
-        self.filter_params = dict(request.GET.lists())
+        # Every link and the search form go back to the first page: only "next page" keeps
+        # (sets) a cursor.
+        self.params = {name: value for name, value in request.GET.items() if name != CURSOR_VAR}
+        self.filter_params = {name: values for name, values in request.GET.lists() if name != CURSOR_VAR}
         self.query = request.GET.get(SEARCH_VAR, "").strip()
         self.search_fields = model_admin.search_fields
         self.search_help_text = model_admin.search_help_text
@@ -283,6 +310,7 @@ class LockChangeList:
         self.clear_all_filters_qs = self.get_query_string(
             remove=[name for spec in self.filter_specs for name in spec.expected_parameters()]
         )
+        self.listings = listings
         self.all_rows = _all_rows(listings)
         rows: list[LockRow] = list(self.all_rows)
         for spec in self.filter_specs:
@@ -292,7 +320,17 @@ class LockChangeList:
         self.result_list = LockRows(rows, errors=self.all_rows.errors)
         self.result_count = len(self.result_list)  # holders (one row each)
         self.lock_count = len({(row.alias, row.key) for row in self.result_list})
-        self.full_result_count = len(self.all_rows)
+        # Held keys of every alias listed, where each backend counts them (None: one does not).
+        totals = [listing.total for listing in listings if listing.listed]
+        self.full_result_count = sum(totals) if None not in totals else None  # type: ignore[arg-type]
+        self.show_full_result_count = self.full_result_count is not None and not self.query
+        self.pages = [
+            AliasPage(listing.alias, listing.lock_count, listing.total,
+                      self.get_query_string({CURSOR_VAR: listing.next_cursor, "alias": listing.alias})
+                      if listing.next_cursor else None,
+                      self.get_query_string() if request.GET.get(CURSOR_VAR) else None)
+            for listing in listings if listing.listed and listing.paged
+        ]
         self.order_query_string = self.get_query_string({ORDER_VAR: None if self.descending else DESCENDING})
 
     def get_query_string(self, new_params: dict[str, Any] | None = None,
@@ -318,7 +356,9 @@ class LockAdmin(admin.ModelAdmin):
     actions = ["force_release"]
     list_filter = [AliasFilter, StatusFilter]
     search_fields = ["key"]
-    search_help_text = "Search by key (any part of it, any case)."
+    search_help_text = "Search by the start of the key (case-sensitive)."
+    #: The locks one page shows, of every alias together (each listed alias gets its share).
+    list_per_page = 100
 
     # Read-only: lock state never changes through forms.
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -350,12 +390,27 @@ class LockAdmin(admin.ModelAdmin):
         ]
 
     def get_search_results(self, request: HttpRequest, rows: list[LockRow], search_term: str) -> Any:
-        """Rows whose key holds the search term, ignoring case (no duplicates possible)."""
-        term = search_term.casefold()
-        return [row for row in rows if term in row.key.casefold()], False
+        """Rows whose key starts with the search term (the backends list only those; the
+        expired rows are narrowed here). No duplicates possible."""
+        return [row for row in rows if row.key.startswith(search_term)], False
 
-    def _listings(self) -> list[AliasListing]:
-        return list_aliases(expired=True)
+    def _listings(self, request: HttpRequest) -> list[AliasListing]:
+        """One page of each listed alias (the alias filter's, or every alias, each with its
+        share of ``list_per_page``): keys starting with the search term, from the cursor
+        of the page asked for (with an alias chosen)."""
+        chosen = request.GET.get(AliasFilter.parameter_name)
+        aliases = [chosen] if chosen in list(locks) else list(locks)
+        limit = max(1, self.list_per_page // max(1, len(aliases)))
+        prefix = request.GET.get(SEARCH_VAR, "").strip()
+        cursor = request.GET.get(CURSOR_VAR) if len(aliases) == 1 and chosen else None
+        expired = request.GET.get(StatusFilter.parameter_name) != HELD
+        try:
+            return [list_alias(alias, expired=expired, prefix=prefix, cursor=cursor, limit=limit)
+                    for alias in aliases]
+        except (TypeError, ValueError) as e:  # a cursor or a search the backends refuse
+            self.message_user(request, f"Showing the first page: {e}", messages.WARNING)
+            prefix = prefix if not prefix or _valid_prefix(prefix) else ""
+            return [list_alias(alias, expired=expired, prefix=prefix, limit=limit) for alias in aliases]
 
     def _context(self, request: HttpRequest, title: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -373,7 +428,7 @@ class LockAdmin(admin.ModelAdmin):
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        listings = self._listings()
+        listings = self._listings(request)
         cl = LockChangeList(request, self, listings)
         actions = self.get_actions(request)
         # As ModelAdmin.changelist_view: an action chosen in the action form ("index"), or
@@ -451,7 +506,7 @@ class LockAdmin(admin.ModelAdmin):
         return self._detail(request, alias, key, token)
 
     def _detail(self, request: HttpRequest, alias: str, key: str, token: str | None) -> HttpResponse:
-        listing = list_alias(alias, expired=True)
+        listing = list_alias(alias, expired=True, key=key)
         rows = [row for row in _rows(listing) if row.key == key]
         held = [row for row in rows if not row.expired]
         if token is not None:
@@ -575,7 +630,12 @@ class LockAdmin(admin.ModelAdmin):
         changelist = self._changelist_for_post(request)
         if request.method != "POST":
             return HttpResponseRedirect(changelist)
-        rows = _all_rows(self._listings()).filter(request.POST.getlist(helpers.ACTION_CHECKBOX_NAME))
+        selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+        # The selected holders' keys only, never every lock held.
+        keys = dict.fromkeys(parsed[:2] for parsed in map(_parse_selected, selected)
+                             if parsed is not None and parsed[0] in list(locks))
+        listings = [list_alias(alias, expired=True, key=key) for alias, key in keys]
+        rows = _all_rows(listings).filter(selected)
         return self.force_release(request, rows) or HttpResponseRedirect(changelist)
 
     def force_release_key_view(self, request: HttpRequest) -> HttpResponse:
@@ -590,7 +650,7 @@ class LockAdmin(admin.ModelAdmin):
         alias, key = request.POST.get("alias", ""), request.POST.get("key", "")
         if alias not in list(locks):
             raise Http404(f"no lock alias {alias!r}")
-        rows = [row for row in _rows(list_alias(alias)) if row.key == key]
+        rows = [row for row in _rows(list_alias(alias, key=key)) if row.key == key]
         if request.POST.get("post") != "yes":
             return self.render_confirmation(
                 request,

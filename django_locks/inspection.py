@@ -4,8 +4,12 @@ Both surfaces show the same thing: per alias, its backend, the holders it lists 
 for the admin, those that expired without a release), or why it lists nothing: it cannot
 enumerate its keys (a generic Django cache), it is misconfigured, it failed, or the
 django_locks tables are not there yet. :func:`list_alias` gathers that into one
-:class:`AliasListing` through the backends' public methods (``held_locks()``,
-``expired_locks()``) and nothing else; each surface only formats it.
+:class:`AliasListing` through the backends' public methods (``list_locks()`` for one page,
+``held_locks()`` for everything, ``expired_locks()``) and nothing else; each surface only
+formats it.
+
+Both surfaces ask for one page per alias (``limit``): what a page costs does not grow with
+the number of locks held where the backend pages itself (DatabaseLock, CacheLock on Redis).
 
 Texts here are plain: no markup and no backticks. A command to run is kept apart, in
 ``remedy``, for each surface to set off its own way (``<code>`` in the admin, backticks on
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 from django_locks.backends.base import BaseLock
 from django_locks.exceptions import LockError
 from django_locks.handler import locks
-from django_locks.values import LockInfo
+from django_locks.values import LockInfo, validate_page_arguments
 
 #: ``error_kind`` of an alias that is not configured right (unknown, bad BACKEND or OPTIONS).
 CONFIGURATION = "configuration"
@@ -58,6 +62,17 @@ class AliasListing:
     process_local: bool = False
     #: The backend keeps expired state that ``purge()`` clears (DatabaseLock).
     can_purge: bool = False
+    #: Listed by pages (a ``limit`` was given): ``holders`` are one page's, in key order.
+    paged: bool = False
+    #: Where the next page starts (``list_locks(cursor=...)``); None: no page follows.
+    next_cursor: str | None = None
+    #: How many held keys match, where the backend counts them cheaply; else None.
+    total: int | None = None
+
+    @property
+    def lock_count(self) -> int:
+        """How many keys ``holders`` hold."""
+        return len({info.key for info in self.holders})
 
     @property
     def label(self) -> str:
@@ -161,9 +176,19 @@ def failed(backend: BaseLock, error: LockError) -> AliasListing:
     return listing
 
 
-def list_alias(alias: str, *, expired: bool = False) -> AliasListing:
+def list_alias(alias: str, *, expired: bool = False, prefix: str = "", cursor: str | None = None,
+               limit: int | None = None, key: str | None = None) -> AliasListing:
     """The holders of ``alias`` now (``expired``: and its expired holders not cleaned), or
-    why there are none to show. Never raises a :class:`LockError`: it is in the listing."""
+    why there are none to show. Never raises a :class:`LockError`: it is in the listing.
+
+    ``limit``: one page of the held locks (``list_locks(prefix=, cursor=, limit=)``): the
+    holders of at most ``limit`` keys, ``next_cursor`` and ``total`` set; None: every held
+    lock (``held_locks()``), those of keys starting with ``prefix``. A bad ``prefix``,
+    ``cursor`` or ``limit`` raises ``ValueError`` (or ``TypeError``) before any backend is
+    asked. ``key``: the holders of that one key only (``get_holders(key)``), and its
+    expired holders."""
+    if limit is not None:
+        validate_page_arguments(prefix, cursor, limit)
     try:
         backend = locks[alias]
     except LockError as e:
@@ -175,18 +200,32 @@ def list_alias(alias: str, *, expired: bool = False) -> AliasListing:
         listing.remedy_lead = "look up a known key with"
         return listing
     try:
-        listing.holders = backend.held_locks()
+        if key is not None:
+            try:
+                listing.holders = backend.get_holders(key)
+            except ValueError:  # not a key (from a URL): no lock has it
+                listing.holders = []
+        elif limit is not None:
+            page = backend.list_locks(prefix=prefix, cursor=cursor, limit=limit)
+            listing.holders, listing.next_cursor, listing.total = page
+            listing.paged = True
+        else:
+            listing.holders = [info for info in backend.held_locks() if info.key.startswith(prefix)]
         if expired:
-            listing.expired = backend.expired_locks()
+            listing.expired = [info for info in backend.expired_locks()
+                               if info.key.startswith(prefix) and key in (None, info.key)]
     except LockError as e:
         return failed(backend, e)
     listing.can_purge = backend.keeps_expired_state
     return listing
 
 
-def list_aliases(aliases: Iterable[str] | None = None, *, expired: bool = False) -> list[AliasListing]:
-    """:func:`list_alias` of each of ``aliases`` (default: every configured alias, in order)."""
-    return [list_alias(alias, expired=expired) for alias in (locks if aliases is None else aliases)]
+def list_aliases(aliases: Iterable[str] | None = None, *, expired: bool = False, prefix: str = "",
+                 limit: int | None = None) -> list[AliasListing]:
+    """:func:`list_alias` of each of ``aliases`` (default: every configured alias, in order);
+    with ``limit``, the first page of each."""
+    return [list_alias(alias, expired=expired, prefix=prefix, limit=limit)
+            for alias in (locks if aliases is None else aliases)]
 
 
 __all__ = [

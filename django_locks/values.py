@@ -7,6 +7,9 @@ contract these values serve is described in ``docs/contract.md`` and implemented
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 import secrets
 from collections.abc import Iterable
@@ -299,3 +302,92 @@ class Attempt(NamedTuple):
     info: LockInfo | None
     #: When known, how long the current holder's lock has left, in ms.
     holder_remaining_ms: int | None = None
+
+
+# --------------------------------------------------------------------------- listing pages
+
+#: Largest ``limit`` of one :meth:`~django_locks.backends.base.BaseLock.list_locks` page.
+MAX_PAGE_LIMIT = 10_000
+
+
+class LockPage(NamedTuple):
+    """One page of the locks held now (:meth:`~django_locks.backends.base.BaseLock.list_locks`).
+
+    ``holders``: every live holder of up to ``limit`` keys (each with ``remaining_ms`` as
+    the backend measured it), ordered by key where the backend lists keys in order;
+    ``next_cursor``: where the next page starts (opaque; None: this was the last page);
+    ``total``: how many held keys match the prefix, where the backend counts them cheaply,
+    else None.
+    """
+
+    holders: list[LockInfo]
+    next_cursor: str | None = None
+    total: int | None = None
+
+
+def validate_page_arguments(prefix: object, cursor: object, limit: object) -> tuple[str, str | None, int]:
+    """``(prefix, cursor, limit)`` of a listing page, or ``ValueError`` naming the argument
+    (``TypeError`` for a value of the wrong type)."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+    if prefix:
+        _check_text(prefix, "prefix", MAX_KEY_LENGTH)
+    if cursor is not None:
+        if not isinstance(cursor, str):
+            raise TypeError(f"cursor must be a str or None, not {type(cursor).__name__}")
+        decode_cursor(cursor)  # a ValueError naming the cursor if it is not one
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+    if not 1 <= limit <= MAX_PAGE_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE_LIMIT}, got {limit}")
+    return prefix, cursor, limit
+
+
+def encode_cursor(kind: str, *parts: str | int | None) -> str:
+    """An opaque cursor: ``kind`` (who made it) and its parts, URL-safe."""
+    text = json.dumps([kind, *parts], separators=(",", ":"), ensure_ascii=False)
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, kind: str | None = None) -> list[str | int | None]:
+    """The parts of a cursor :func:`encode_cursor` made (of ``kind``, if given), or
+    ``ValueError`` naming the cursor."""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        data = None
+    if (not isinstance(data, list) or not data or not isinstance(data[0], str)
+            or not all(part is None or isinstance(part, str | int) for part in data)):
+        raise ValueError(f"cursor {cursor[:80]!r} is not a cursor a listing returned")
+    if kind is not None and data[0] != kind:
+        raise ValueError(f"cursor {cursor[:80]!r} was returned by another kind of backend")
+    return data[1:]
+
+
+def key_cursor(cursor: str | None) -> str | None:
+    """The last key of the page before, from a cursor of a key-ordered listing."""
+    if cursor is None:
+        return None
+    parts = decode_cursor(cursor, "key")
+    if len(parts) != 1 or not isinstance(parts[0], str):
+        raise ValueError(f"cursor {cursor[:80]!r} is not a cursor a listing returned")
+    return parts[0]
+
+
+def page_of(holders: Iterable[LockInfo], prefix: str, after: str | None, limit: int) -> LockPage:
+    """A page from every live holder (the default listing): the holders of the first
+    ``limit`` keys that start with ``prefix``, after key ``after``, in key order."""
+    by_key: dict[str, list[LockInfo]] = {}
+    for info in holders:
+        if info.key.startswith(prefix):
+            by_key.setdefault(info.key, []).append(info)
+    keys = sorted(by_key)
+    total = len(keys)
+    if after is not None:
+        keys = [key for key in keys if key > after]
+    page, more = keys[:limit], len(keys) > limit
+    return LockPage(
+        [info for key in page for info in sorted(by_key[key], key=lambda i: (i.expires_at_us, i.token))],
+        encode_cursor("key", page[-1]) if more else None,
+        total,
+    )

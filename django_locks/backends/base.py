@@ -45,15 +45,19 @@ from django_locks.values import (
     WRITER_RECHECK_MS,
     Attempt,
     LockInfo,
+    LockPage,
     Milliseconds,
     Mode,
     datetime_from_us,
+    key_cursor,
     lock_holder,
+    page_of,
     validate_acquire_arguments,
     validate_correlation_id,
     validate_key,
     validate_mode,
     validate_owner,
+    validate_page_arguments,
     validate_timeout,
     validate_ttl,
 )
@@ -66,6 +70,7 @@ __all__ = [
     "BaseLock",
     "Lease",
     "LockInfo",
+    "LockPage",
     "Mode",
     "validate_correlation_id",
     "validate_key",
@@ -214,6 +219,22 @@ class BaseLock:
     def held_locks(self) -> list[LockInfo]:
         """Every holder of every lock held now, soonest expiry first."""
         return sorted(self._held(), key=lambda info: (info.expires_at, info.key))
+
+    def list_locks(self, *, prefix: str = "", cursor: str | None = None, limit: int = 100) -> LockPage:
+        """One page of the locks held now: every live holder of up to ``limit`` keys that
+        start with ``prefix``, from ``cursor`` (the ``next_cursor`` of the page before; None:
+        the first page). See :class:`~django_locks.values.LockPage`.
+
+        Paged at the backend where it can (DatabaseLock: by key, with a count; CacheLock on
+        Redis: one SCAN step after another, keys in no particular order, no count), so a
+        page costs about the same with 100 or 100,000 locks held. Like any listing by
+        pages, a key acquired or released while paging may be listed or not.
+
+        A bad argument raises ``ValueError`` (``TypeError`` for the wrong type) naming it,
+        before the backend is asked anything.
+        """
+        prefix, cursor, limit = validate_page_arguments(prefix, cursor, limit)
+        return self._held_page(prefix, cursor, limit)
 
     def close(self, **kwargs: Any) -> None:
         """Give back what this instance holds open for the calling thread.
@@ -511,6 +532,12 @@ class BaseLock:
     def _held(self) -> list[LockInfo]:
         """Every live holder of every key."""
         raise NotImplementedError
+
+    def _held_page(self, prefix: str, cursor: str | None, limit: int) -> LockPage:
+        """One page of :meth:`list_locks` (arguments validated). Default: from every live
+        holder (:meth:`_held`), keys in order after the cursor's key, counted."""
+        after = key_cursor(cursor)
+        return page_of(self._held(), prefix, after, limit)
 
     def _purge(self) -> int:
         return 0

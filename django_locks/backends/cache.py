@@ -31,7 +31,7 @@ from django_locks.backends.cache_clients.add import CacheAddLockClient
 from django_locks.backends.cache_clients.base import CacheLockClient, LockKeys
 from django_locks.backends.cache_clients.redis import RedisLockClient
 from django_locks.exceptions import LockBackendError
-from django_locks.values import Attempt, LockInfo, Mode
+from django_locks.values import Attempt, LockInfo, LockPage, Mode
 
 
 def client_class_for(cache_class: type) -> type[CacheLockClient]:
@@ -150,3 +150,9 @@ class CacheLock(BaseLock):
 
     def _retryable(self, error: LockBackendError) -> bool:
         return self.client.retryable(error)
+
+    def _held_page(self, prefix: str, cursor: str | None, limit: int) -> LockPage:
+        """Paged by the client where it can (Redis: SCAN steps), else the default."""
+        held_page = getattr(self.client, "held_page", None)
+        page = held_page(prefix, cursor, limit) if held_page is not None else None
+        return page if page is not None else super()._held_page(prefix, cursor, limit)

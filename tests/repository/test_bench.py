@@ -34,3 +34,19 @@ def test_bench_rounds_its_figures_and_qualifies_quick_ratios():
                       if line.startswith("| postgres: DatabaseLock / same SQL"))
     assert "0.41" in ratio_line and "not judged: --quick" in ratio_line
     assert "not judged" not in full
+
+
+def test_the_listing_row_puts_the_anchor_beside_each_size():
+    from benchmarks.listing import SIZES, markdown
+
+    assert SIZES == (1_000, 10_000, 100_000)
+    row = {"backend": "DatabaseLock, PostgreSQL", "held": 100_000, "list_locks_s": 0.0218,
+           "command_s": 0.0201, "admin_s": 0.063, "admin_kb": 91.2, "held_locks_s": 0.738,
+           "list_locks_rss_mb": 0.0,
+           "admin_rss_mb": 0.2, "held_locks_rss_mb": 70.7}
+    table = markdown([row])
+    assert ("| DatabaseLock, PostgreSQL | 100,000 | 21.8 ms | 20.1 ms | 63.0 ms (91 KB) | 738 ms "
+            "| 0.0 / 0.2 / 70.7 MB |") in table
+    refused = subprocess.run([sys.executable, "-m", "benchmarks", "--listing", "--quick", "--update-results"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--update-results" in refused.stderr, refused

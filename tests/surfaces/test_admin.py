@@ -26,6 +26,7 @@ from tests.helpers import wait_until
 LIST = "/admin/django_locks/lock/"
 FORCE = "/admin/django_locks/lock/force-release/"
 PURGE = "/admin/django_locks/lock/purge/"
+NEXT_PAGE = "next page \u203a"  # the changelist's link to an alias's next page
 SELECTED = "_selected_action"  # django.contrib.admin.helpers.ACTION_CHECKBOX_NAME
 
 #: Keys a detail link must reach: dot segments, characters with a meaning in URLs, and
@@ -174,9 +175,51 @@ def test_filter_by_alias_and_search_by_key(admin_client_):
     locks["default"].acquire_lock(None, "report:1", 60_000, 0)
     locks["redis"].acquire_lock(None, "invoice:2", 60_000, 0)
     assert sorted(rows(admin_client_.get(LIST, {"alias": "redis"}))) == [("invoice:2", "redis")]
-    assert sorted(rows(admin_client_.get(LIST, {"q": "INVOICE"}))) == [
+    assert sorted(rows(admin_client_.get(LIST, {"q": "invoice"}))) == [
         ("invoice:1", "default"), ("invoice:2", "redis")]
     assert rows(admin_client_.get(LIST, {"q": "invoice", "alias": "default"})) == [("invoice:1", "default")]
+    # By the start of the key, as the backends list them: not any part, not another case.
+    assert rows(admin_client_.get(LIST, {"q": "voice"})) == []
+    assert rows(admin_client_.get(LIST, {"q": "INVOICE"})) == []
+
+
+@pytest.mark.parametrize("alias", ["default", "redis"])
+def test_the_list_shows_one_page_per_alias_with_a_link_to_the_next(admin_client_, alias, monkeypatch):
+    from django_locks.admin import LockAdmin
+
+    monkeypatch.setattr(LockAdmin, "list_per_page", 4)
+    backend = locks[alias]
+    keys = {f"user:{i}" for i in range(10)}
+    for key in keys:
+        backend.acquire_lock(None, key, 60_000, 0)
+    backend.acquire_lock(None, "other", 60_000, 0)
+    url, seen = f"{LIST}?alias={alias}&q=user:", []
+    for _ in range(10):  # a bound: three pages are expected
+        response = admin_client_.get(url)
+        assert response.status_code == 200
+        page_rows = rows(response)
+        assert 0 < len(page_rows) <= 4 and {a for _, a in page_rows} == {alias}
+        seen += [key for key, _ in page_rows]
+        page = Page(response, url)
+        if not any(label == NEXT_PAGE for label, _ in page.links):
+            break
+        url = urljoin(LIST, page.link(NEXT_PAGE))
+        assert "cursor=" in url and "q=user" in url
+        assert any(label == "first page" for label, _ in Page(admin_client_.get(url), url).links)
+    assert sorted(seen) == sorted(keys)  # every key once, none of another prefix
+    first = admin_client_.get(LIST, {"alias": alias}).content.decode()
+    if alias == "default":  # DatabaseLock counts the held keys
+        assert "4 locks on this page of 11 held" in first
+    # Every alias on one page: each its share of list_per_page.
+    everything = rows(admin_client_.get(LIST))
+    assert len([key for key, a in everything if a == alias]) == max(1, 4 // len(list(locks)))
+
+
+def test_a_cursor_that_is_not_one_shows_the_first_page(admin_client_):
+    locks["default"].acquire_lock(None, "a", 60_000, 0)
+    response = admin_client_.get(LIST, {"alias": "default", "cursor": "garbage"})
+    assert response.status_code == 200 and rows(response) == [("a", "default")]
+    assert "Showing the first page: cursor" in response.content.decode()
 
 
 def test_filter_sort_and_search_links_keep_the_other_parameters(admin_client_):

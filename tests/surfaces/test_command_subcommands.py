@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import warnings
 from datetime import datetime, timezone
@@ -159,6 +160,50 @@ def test_list_shows_the_others_when_one_alias_is_down():
                 in result.stderr)
     finally:
         locks["default"].clear()
+
+
+def test_list_shows_one_page_and_prints_the_next_pages_command(backend_alias):
+    backend = locks[backend_alias]
+    keys = {f"page:{i}" for i in range(7)} | {"other"}
+    for key in keys:
+        backend.acquire_lock(None, key, 60_000, 0)
+    args = ["list", "--backend", backend_alias, "--limit", "3", "--prefix", "page:", "--json"]
+    listed: list[str] = []
+    for _ in range(10):  # a bound: three pages are expected
+        result = locks_cmd(*args)
+        assert result.returncode == 0, result
+        page = [row["key"] for row in json.loads(result.stdout)]
+        assert 0 < len(set(page)) <= 3
+        listed += page
+        if "next page: " not in result.stderr:
+            assert result.stderr == ""
+            break
+        assert f"LOCKS[{backend_alias!r}]" in result.stderr and "locks shown" in result.stderr
+        command = shlex.split(result.stderr.split("next page: ", 1)[1])
+        assert command[:4] == ["python", "manage.py", "locks", "list"]
+        args = command[3:]
+    assert sorted(listed) == sorted(keys - {"other"})  # each key once, none of another prefix
+
+    everything = locks_cmd("list", "--backend", backend_alias, "--limit", "0", "--json")
+    assert sorted(row["key"] for row in json.loads(everything.stdout)) == sorted(keys)
+    assert everything.stderr == ""
+    first = locks_cmd("list", "--backend", backend_alias, "--limit", "2")
+    assert len(first.stdout.splitlines()) == 3  # a header and two rows
+    if backend_alias == "default":  # DatabaseLock counts
+        assert "2 of 8 locks shown" in first.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--limit", "-1"], "--limit must be between 1 and"),
+    (["--limit", "10001"], "--limit must be between 1 and"),
+    (["--backend", "default", "--cursor", "garbage"], "--cursor 'garbage' is not a cursor"),
+    (["--cursor", "WyJrZXkiLCJhIl0"], "give its --backend too"),
+    (["--backend", "default", "--limit", "0", "--cursor", "WyJrZXkiLCJhIl0"], "takes a --limit other than 0"),
+    (["--prefix", "a\tb"], "--prefix must not contain control characters"),
+])
+def test_list_refuses_bad_page_options(args, message):
+    result = locks_cmd("list", *args)
+    assert result.returncode == 2 and message in result.stderr, result
 
 
 # ----------------------------------------------------------------------------- process-local aliases

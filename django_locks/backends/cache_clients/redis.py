@@ -53,6 +53,7 @@ from django_locks.values import WRITER_MARK_MS, Attempt, LockInfo, Mode
 
 if TYPE_CHECKING:
     from django_locks.backends.cache import CacheLock
+    from django_locks.values import LockPage
 
 __all__ = [
     "BLOCK_TIMEOUT_SLACK",
@@ -520,3 +521,72 @@ class RedisLockClient(CacheLockClient):
         except LockBackendError as e:
             logger.debug("the wake-up an abandoned wait may have taken was not passed on: %s", e)
 
+    #: Listing pages (:meth:`held_page`): names a SCAN step asks Redis to look at, and the
+    #: most steps one page takes (a rare prefix then gives a short page and a cursor).
+    PAGE_SCAN_COUNT = 1000
+    PAGE_SCAN_STEPS = 100
+
+    def held_page(self, prefix: str, cursor: str | None, limit: int) -> LockPage | None:
+        """One page of ``list_locks``: SCAN steps with MATCH on the prefix's lock names
+        until ``limit`` are found (each step's names in order, so a page may end inside
+        one: the cursor is the step's SCAN cursor and the last name taken from it), then
+        every found lock read in one pipelined round trip. No count (None). None on a
+        Redis Cluster (each node has its own SCAN cursor): the default listing then."""
+        from django_locks.values import LockPage, decode_cursor, encode_cursor
+
+        try:
+            client = self._client if self._client is not None else self.get_client()
+        except FAILURES as e:
+            raise self._failed(e) from e
+        if self._cluster:
+            return None
+        position, after = 0, None
+        if cursor is not None:
+            parts = decode_cursor(cursor, "scan")
+            if (len(parts) != 2 or not isinstance(parts[0], int) or parts[0] < 0
+                    or not (parts[1] is None or isinstance(parts[1], str))):
+                raise ValueError(f"cursor {cursor[:80]!r} is not a cursor a listing returned")
+            position, after = parts[0], parts[1]
+        sentinel = "\x00"  # cannot occur in a key or a prefix made by Django
+        name = self.backend.cache.make_key(f"django_locks:{{{hash_tag(prefix)}{sentinel}}}:lock")
+        pattern = _glob_escape(name).replace(sentinel, "*")
+
+        def page(client: Any) -> tuple[list[str], str | None, list[Any]]:
+            names: list[str] = []
+            start, skip_after, next_cursor = position, after, None
+            for _ in range(self.PAGE_SCAN_STEPS):
+                following, batch = client.scan(start, match=pattern, count=self.PAGE_SCAN_COUNT)
+                found = sorted(map(_text, batch))
+                if skip_after is not None:
+                    found = [n for n in found if n > skip_after]
+                    skip_after = None
+                wanted = limit - len(names)
+                if len(found) > wanted:
+                    names.extend(found[:wanted])
+                    next_cursor = encode_cursor("scan", start, found[wanted - 1])
+                    break
+                names.extend(found)
+                start = int(following)
+                if start == 0:
+                    break
+                if len(names) == limit:
+                    next_cursor = encode_cursor("scan", start, None)
+                    break
+            else:
+                next_cursor = encode_cursor("scan", start, None)
+            pipe = client.pipeline(transaction=False)
+            for found_name in names:
+                pipe.hgetall(found_name)
+                pipe.pttl(found_name)
+            return names, next_cursor, pipe.execute() if names else []
+
+        try:
+            _, next_cursor, replies = page(client)
+        except FAILURES as e:
+            raise self._failed(e) from e
+        holders = [
+            info for fields, pttl in zip(replies[::2], replies[1::2], strict=True)
+            for info in self._infos(_flat(fields), pttl)
+        ]
+        holders.sort(key=lambda info: (info.key, info.expires_at_us, info.token))
+        return LockPage(holders, next_cursor, None)

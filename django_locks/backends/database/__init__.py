@@ -54,7 +54,15 @@ from django_locks.backends.database.operations import (
 from django_locks.backends.database.vendors import UNSUPPORTED_ENGINES, VENDORS
 from django_locks.backends.memory import MemoryLock
 from django_locks.exceptions import LockBackendError
-from django_locks.values import Attempt, LockInfo, Mode, time_until_admitted
+from django_locks.values import (
+    Attempt,
+    LockInfo,
+    LockPage,
+    Mode,
+    encode_cursor,
+    key_cursor,
+    time_until_admitted,
+)
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
@@ -579,3 +587,22 @@ class DatabaseLock(BaseLock):
         """Holders whose lock expired without a release, until :meth:`purge` clears them."""
         rows = self._read(self.operations.expired)
         return sorted((row.info() for row in rows), key=lambda info: (info.expires_at, info.key))
+
+    @_in_memory_too
+    def _held_page(self, prefix: str, cursor: str | None, limit: int) -> LockPage:
+        """One page by key at the database: a keyset read (the primary key's order, after
+        the cursor's key) of ``limit`` + 1 keys on one clock, and a COUNT of the held keys
+        that match."""
+        after = key_cursor(cursor) or ""
+        ops = self.operations
+        pattern = "".join("!" + c if c in "!%_" else c for c in prefix) + "%"
+        bounds = {"after": after, "prefix": prefix, "prefix_length": len(prefix), "pattern": pattern}
+        rows = self._read(ops.held_page, limit=limit + 1, **bounds)
+        keys = list(dict.fromkeys(row.key for row in rows))  # the database's key order
+        more = len(keys) > limit
+        order = {key: i for i, key in enumerate(keys[:limit])}
+        holders = sorted((row.info() for row in rows if row.key in order),
+                         key=lambda info: (order[info.key], info.expires_at_us, info.token))
+        total = self._run(ops.held_count, **{k: v for k, v in bounds.items() if k != "after"}).rows
+        return LockPage(holders, encode_cursor("key", keys[limit - 1]) if more else None,
+                        int(total[0][0]))

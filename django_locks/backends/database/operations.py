@@ -196,6 +196,49 @@ class DatabaseOperations:
         WHERE expires_at_us <= {now}
     """
 
+    #: The keys of one listing page (``:limit`` of them, after ``:after``, starting with the
+    #: prefix), in key order: the keys of live exclusive holders (the key row's token) and
+    #: those of live shared and semaphore holders (their key row has no token), each side a
+    #: keyset read of its own index; no per-row subquery, so the planner's estimates stay
+    #: those of a short index scan (PostgreSQL would otherwise JIT-compile the statement).
+    page_keys = """
+        SELECT u.page_key FROM (
+            SELECT e.page_key FROM (SELECT p.{key} AS page_key FROM {table} p
+                WHERE p.{key} > :after AND {prefix_p} AND p.token IS NOT NULL
+                    AND p.expires_at_us > {now}
+                ORDER BY p.{key} LIMIT :limit) e
+            UNION
+            SELECT s.page_key FROM (SELECT DISTINCT q.{key} AS page_key FROM {holders} q
+                WHERE q.{key} > :after AND {prefix_q} AND q.expires_at_us > {now}
+                ORDER BY q.{key} LIMIT :limit) s
+        ) u ORDER BY u.page_key LIMIT :limit
+    """
+    #: Every live holder of the keys of one page (list_locks), on one clock, by key (the
+    #: database's order, the one the keyset follows). The keys are a derived table (MySQL
+    #: takes no LIMIT in an IN subquery).
+    held_page = """
+        SELECT {lock_columns}, {now}, {false}, 1 FROM {table}
+        JOIN ({page_keys}) k ON k.page_key = {table}.{key}
+        WHERE token IS NOT NULL AND expires_at_us > {now}
+        UNION ALL SELECT {holders}.{key}, token, fencing_token, correlation_id, acquired_at_us,
+            expires_at_us, {now}, shared, holder_limit FROM {holders}
+        JOIN ({page_keys}) k ON k.page_key = {holders}.{key}
+        WHERE expires_at_us > {now}
+        ORDER BY 1
+    """
+    #: How many keys are held that start with the prefix: exclusive holders' key rows, and
+    #: the distinct keys of shared and semaphore holders (one scan of each).
+    held_count = """
+        SELECT (SELECT COUNT(*) FROM {table} p
+                WHERE {prefix_p} AND p.token IS NOT NULL AND p.expires_at_us > {now})
+            + (SELECT COUNT(DISTINCT q.{key}) FROM {holders} q
+               WHERE {prefix_q} AND q.expires_at_us > {now})
+    """
+    #: Keys starting with the prefix (``{column}``): a LIKE the key index serves (``:pattern``
+    #: is the prefix with ``!``, ``%`` and ``_`` escaped by ``!``, then ``%``). SQLite's LIKE
+    #: ignores ASCII case: its own compares the first characters.
+    prefix_match = "{column} LIKE :pattern ESCAPE '!'"
+
     # ------------------------------------------------------------------ purge and culling
 
     #: Rows expired long ago go (the row, and its fencing counter, stays a while).
@@ -318,7 +361,7 @@ class DatabaseOperations:
         "lock_row", "admit_semaphore", "admit_shared", "move_exclusive", "settle", "settle_waiter",
         "mark_refused", "own_holder", "blockers", "mark", "unmark", "recompute", "release_holder",
         "extend_holder", "holder_expiry", "clear_standing", "force_holders", "unmark_any",
-        "read_clock", "store_clock", "stored_clock",
+        "held_page", "held_count", "read_clock", "store_clock", "stored_clock",
     )
     #: The reading a transaction stored, read back (only a test hook waits on it).
     stored_clock = "SELECT {txn_now}"
@@ -354,6 +397,9 @@ class DatabaseOperations:
             "mark_us": str(WRITER_MARK_MS * 1000),
             "insert": type(self).insert, "touch": type(self).touch, "admit": type(self).admit,
             "held_exclusive": type(self).held_exclusive, "held_holders": type(self).held_holders,
+            "page_keys": type(self).page_keys,
+            "prefix_p": self.prefix_match.replace("{column}", "p.{key}"),
+            "prefix_q": self.prefix_match.replace("{column}", "q.{key}"),
             "mine": mine, "exclusive_live": exclusive_live,
             "settle_columns": (
                 "correlation_id = NULL, token = NULL, waiting_since_us = NULL, "

@@ -49,7 +49,7 @@ class PostgreSQLOperations(DatabaseOperations):
     #: Reads deciding which holders are live: statement_timestamp() is when the statement
     #: arrived, its snapshot is taken later, so they read the clock once during execution,
     #: after the snapshot (a materialized CTE: one reading).
-    READS_ON_THEIR_OWN_CLOCK = ("holders", "held", "expired")
+    READS_ON_THEIR_OWN_CLOCK = ("holders", "held", "expired", "held_page", "held_count")
     #: Statements that free holders tell the waiters of those keys, in the same statement:
     #: NOTIFY is delivered when its transaction commits.
     NOTIFYING = ("release", "force_release", "clear_expired", "release_holder", "force_holders",

@@ -27,6 +27,8 @@ class SQLiteOperations(DatabaseOperations):
     now_us = "CAST((julianday('now') - 2440587.5) * 86400000000.0 AS INTEGER)"
     greatest = "MAX"
     placeholder = "?"
+    # LIKE ignores ASCII case here: the key's first characters compared instead.
+    prefix_match = "SUBSTR({column}, 1, :prefix_length) = :prefix"
     # One writer at a time: BEGIN IMMEDIATE takes the database's write lock at once.
     begin = ("BEGIN IMMEDIATE",)
     lock_row_suffix = ""

@@ -64,12 +64,22 @@ from django_locks.exceptions import (
 from django_locks.guard import LockGuard, free_in_ms, warn_if_short_ttl
 from django_locks.inspection import CONFIGURATION, AliasListing, describe, failed, list_alias, list_aliases
 from django_locks.management.supervise import DEFAULT_GRACE_MS, EXIT_LOST, supervise
-from django_locks.values import EXCLUSIVE, MAX_LIMIT, Mode, lock_holder, validate_mode
+from django_locks.values import (
+    EXCLUSIVE,
+    MAX_LIMIT,
+    Mode,
+    lock_holder,
+    validate_mode,
+    validate_page_arguments,
+)
 
 EXIT_BUSY = 1
 EXIT_USAGE = 2
 EXIT_BACKEND = 3
 EX_TEMPFAIL = 75
+
+#: ``locks list``: the locks per alias one run shows (``--limit``).
+DEFAULT_LIST_LIMIT = 100
 
 #: The help of every subcommand's KEY.
 KEY_HELP = "the lock's key: any text of 1 to 255 characters, without control characters"
@@ -314,6 +324,12 @@ class Command(BaseCommand):
                                      "every value in full).",
                              backend_help="list this LOCKS alias only (default: every alias)", backend=None)
         listing.add_argument("--json", action="store_true", help="print a JSON array")
+        listing.add_argument("--limit", type=int, default=DEFAULT_LIST_LIMIT, dest="page_limit", metavar="N",
+                             help=f"the holders of at most N locks per alias (default {DEFAULT_LIST_LIMIT}; "
+                                  "0: every lock held); the next page's command is printed on stderr")
+        listing.add_argument("--prefix", default="", metavar="P", help="only keys that start with P")
+        listing.add_argument("--cursor", default=None, metavar="C",
+                             help="the page that starts at C, as the page before printed (needs --backend)")
 
         subcommand("purge", "Remove expired lock state, printing how many entries.")
 
@@ -394,6 +410,8 @@ class Command(BaseCommand):
             if options.get("owner") is not None:
                 validate_owner(options["owner"])
             mode = _mode_of(options) if "limit" in options else EXCLUSIVE
+            if subcommand == "list":
+                _check_list_options(options)
             if subcommand == "run":
                 if not options.get("command"):
                     raise ValueError("run needs a COMMAND after --")
@@ -530,7 +548,12 @@ class Command(BaseCommand):
         error exits 3 after the others are shown. A process-local alias (its locks live in
         each process: this one holds none) is named with -v 2."""
         verbose = options["verbosity"] >= 2
-        listings = [list_alias(backend.alias)] if backend is not None else list_aliases()
+        page = {"prefix": options["prefix"], "limit": options["page_limit"] or None}
+        try:
+            listings = ([list_alias(backend.alias, cursor=options["cursor"], **page)]
+                        if backend is not None else list_aliases(**page))
+        except (TypeError, ValueError) as e:  # a cursor of another alias's backend, say
+            raise CommandError(str(e), returncode=EXIT_USAGE) from None
         held: list[tuple[str, LockInfo]] = []
         failures: list[AliasListing] = []
         for listing in listings:
@@ -561,6 +584,12 @@ class Command(BaseCommand):
                 self.stdout.write(line)
             if not held:
                 self.stdout.write("(no locks held)")
+        for listing in listings:
+            if listing.listed and listing.next_cursor is not None:
+                of = f" of {listing.total}" if listing.total is not None else ""
+                shown = f"{listing.lock_count}{of}"
+                self.stderr.write(f"{listing.label}: {shown} locks shown; next page: "
+                                  f"{_next_page_command(listing, options)}")
         if failures:
             raise CommandError(f"could not list {', '.join(f'LOCKS[{f.alias!r}]' for f in failures)}",
                                returncode=EXIT_BACKEND)
@@ -624,6 +653,34 @@ class Command(BaseCommand):
                               f"it ran on (--keep-running-on-loss) and ended with status {status}")
         if status:
             raise CommandError(f"{command[0]!r} exited with status {status}", returncode=status)
+
+
+def _check_list_options(options: dict[str, Any]) -> None:
+    """``locks list``: a ValueError for a bad --limit, --prefix or --cursor."""
+    if options["page_limit"] != 0:
+        try:
+            validate_page_arguments(options["prefix"], options["cursor"], options["page_limit"])
+        except ValueError as e:
+            raise ValueError(f"--{e}") from None  # "limit must be ..." -> "--limit must be ..."
+    elif options["cursor"] is not None:
+        raise ValueError("--cursor pages a listing: it takes a --limit other than 0")
+    elif options["prefix"]:
+        validate_page_arguments(options["prefix"], None, 1)
+    if options["cursor"] is not None and options["backend"] is None:
+        raise ValueError("--cursor is the cursor of one alias's page: give its --backend too")
+
+
+def _next_page_command(listing: AliasListing, options: dict[str, Any]) -> str:
+    """The ``manage.py locks list`` that shows the page after ``listing``'s."""
+    command = ["python", "manage.py", "locks", "list", "--backend", listing.alias]
+    if options["page_limit"] != DEFAULT_LIST_LIMIT:
+        command += ["--limit", str(options["page_limit"])]
+    if options["prefix"]:
+        command += ["--prefix", options["prefix"]]
+    if options["json"]:
+        command.append("--json")
+    command += ["--cursor", listing.next_cursor or ""]
+    return shlex.join(command)
 
 
 def _info_json(info: LockInfo, holders: int) -> dict[str, Any]:

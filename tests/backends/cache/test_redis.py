@@ -432,3 +432,33 @@ def test_wrapped_or_clustered_clients_keep_their_own_command_path():
     assert _direct_pool(Wrapped()) is None
     assert _direct_pool(redis.Redis(single_connection_client=False)) is not None
     assert _direct_pool(RedisCluster.__new__(RedisCluster)) is None
+
+
+def test_a_listing_page_takes_a_bounded_number_of_scan_steps(redis_alias, monkeypatch):
+    """list_locks never walks the whole keyspace for one page: a prefix that matches
+    nothing gives an empty page and a cursor after PAGE_SCAN_STEPS steps; the pages that
+    follow end, and list every match once."""
+    from django_locks.backends.cache_clients.redis import RedisLockClient
+
+    backend = locks[redis_alias]
+    for i in range(60):
+        backend.acquire_lock(None, f"other:{i}", 60_000, 0)
+    for i in range(3):
+        backend.acquire_lock(None, f"wanted:{i}", 60_000, 0)
+    monkeypatch.setattr(RedisLockClient, "PAGE_SCAN_COUNT", 5)
+    monkeypatch.setattr(RedisLockClient, "PAGE_SCAN_STEPS", 2)
+    client = backend.client.get_client()
+    steps = []
+    real_scan = client.scan
+    monkeypatch.setattr(client, "scan", lambda *a, **k: steps.append(1) or real_scan(*a, **k))
+    page = backend.list_locks(prefix="nothing:")
+    assert page.holders == [] and page.next_cursor is not None and len(steps) == 2
+    found, cursor = [], None
+    for _ in range(1000):  # a bound: the whole keyspace in steps of 5
+        page = backend.list_locks(prefix="wanted:", cursor=cursor, limit=2)
+        assert page.total is None and len({i.key for i in page.holders}) <= 2
+        found += [info.key for info in page.holders]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert sorted(found) == ["wanted:0", "wanted:1", "wanted:2"]
