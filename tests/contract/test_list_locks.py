@@ -6,16 +6,33 @@ import pytest
 
 from django_locks import locks
 from django_locks.values import LockPage, encode_cursor
+from tests.helpers import ALL_ALIASES
 
 #: Hermetic: also in the unit tier (scripts/test --unit), on MemoryLock and LocMemCache.
 pytestmark = pytest.mark.unit
 
 
+#: Every alias but the one whose backend cannot list its locks (a CacheLock through
+#: ``cache.add`` on LocMemCache: see test_a_backend_that_cannot_list_says_so).
+LISTING_ALIASES = [alias for alias in ALL_ALIASES if alias != "locmem"]
+
+
+@pytest.fixture(params=LISTING_ALIASES)
+def listing_alias(request) -> str:
+    return request.param
+
+
 def listing_backend(alias: str):
     backend = locks[alias]
-    if not backend.supports_enumeration:
-        pytest.skip(f"{alias} cannot list its locks")
+    assert backend.supports_enumeration, alias
     return backend
+
+
+def test_a_backend_that_cannot_list_says_so():
+    backend = locks["locmem"]
+    assert not backend.supports_enumeration
+    with pytest.raises(NotImplementedError):
+        backend.list_locks()
 
 
 def all_pages(backend, **arguments) -> list[LockPage]:
@@ -29,8 +46,8 @@ def all_pages(backend, **arguments) -> list[LockPage]:
     raise AssertionError("the listing never ended")
 
 
-def test_pages_list_every_held_key_once_with_every_holder(alias):
-    backend = listing_backend(alias)
+def test_pages_list_every_held_key_once_with_every_holder(listing_alias):
+    backend = listing_backend(listing_alias)
     keys = {f"job:{i:02d}" for i in range(23)}
     for key in keys:
         backend.acquire_lock(f"cid-{key}", key, 60_000, 0)
@@ -52,8 +69,8 @@ def test_pages_list_every_held_key_once_with_every_holder(alias):
     assert len(pages) >= 5  # 23 or 24 keys, 5 a page: never one big page
 
 
-def test_a_prefix_lists_only_its_keys_whatever_characters_it_holds(alias):
-    backend = listing_backend(alias)
+def test_a_prefix_lists_only_its_keys_whatever_characters_it_holds(listing_alias):
+    backend = listing_backend(listing_alias)
     special = ["a%b_1", "a%b_2", "a%bx", "a*b?[c]{d}", "a*b?[c]{e}", "a!b", "a\\b", "a", "ab", "b%b_1"]
     for key in special:
         backend.acquire_lock(None, key, 60_000, 0)
@@ -70,14 +87,14 @@ def test_a_prefix_lists_only_its_keys_whatever_characters_it_holds(alias):
         assert all(page.total in (None, len(expected)) for page in pages)
 
 
-def test_an_empty_listing_is_one_page_without_a_cursor(alias):
-    backend = listing_backend(alias)
+def test_an_empty_listing_is_one_page_without_a_cursor(listing_alias):
+    backend = listing_backend(listing_alias)
     page = backend.list_locks()
     assert page.holders == [] and page.next_cursor is None and page.total in (None, 0)
 
 
-def test_released_and_expired_locks_are_not_listed(alias):
-    backend = listing_backend(alias)
+def test_released_and_expired_locks_are_not_listed(listing_alias):
+    backend = listing_backend(listing_alias)
     backend.acquire_lock(None, "kept", 60_000, 0)
     backend.acquire_lock(None, "released", 60_000, 0)
     backend.release_lock(None, "released")
@@ -103,8 +120,10 @@ def test_released_and_expired_locks_are_not_listed(alias):
     ({"cursor": encode_cursor("no such kind", 1)}, ValueError, "cursor"),
     ({"cursor": 5}, TypeError, "cursor"),
 ])
-def test_bad_arguments_are_refused_before_the_backend_is_asked(alias, monkeypatch, arguments, error, named):
-    backend = listing_backend(alias)
+def test_bad_arguments_are_refused_before_the_backend_is_asked(
+    listing_alias, monkeypatch, arguments, error, named
+):
+    backend = listing_backend(listing_alias)
     asked = []
     monkeypatch.setattr(type(backend), "_held", lambda self: asked.append(1) or [])
     with pytest.raises(error, match=named):
@@ -112,8 +131,8 @@ def test_bad_arguments_are_refused_before_the_backend_is_asked(alias, monkeypatc
     assert not asked
 
 
-def test_held_locks_still_lists_everything(alias):
-    backend = listing_backend(alias)
+def test_held_locks_still_lists_everything(listing_alias):
+    backend = listing_backend(listing_alias)
     for i in range(150):
         backend.acquire_lock(None, f"k{i}", 60_000, 0)
     assert len(backend.held_locks()) == 150
