@@ -135,7 +135,7 @@ def _db_floor(alias: str) -> Callable[[], None]:
 def _db_raw_sql(alias: str) -> Callable[[], None]:
     """DatabaseLock's own statements, issued through the driver with no library around."""
     backend = locks[alias]
-    sql = backend.sql
+    ops = backend.operations
     wrapper = lock_connection(backend.using).wrapper
     backend.get_lock("warm-up")  # opens the private connection (and WAL on SQLite)
     cursor = wrapper.connection.cursor()
@@ -148,13 +148,14 @@ def _db_raw_sql(alias: str) -> Callable[[], None]:
         token = uuid.uuid4().hex
         # As an uncontended try_acquire_lock sends it (fair vendors: since = 0, a call
         # that does not wait).
-        cursor.execute(sql.acquire, sql.acquire_params("bench:raw", token, None, TTL_MS * 1000, 0))
-        if sql.returning:
+        cursor.execute(ops.acquire.sql, ops.acquire.bind(key="bench:raw", token=token, correlation_id=None,
+                                                         ttl_us=TTL_MS * 1000, since=0))
+        if backend.features.returning:
             assert cursor.fetchall()
         else:
-            cursor.execute(sql.read_row, ("bench:raw",))
+            cursor.execute(ops.read_row.sql, ops.read_row.bind(key="bench:raw"))
             assert cursor.fetchall()[0][1] == token
-        cursor.execute(sql.release, ("bench:raw", token))
+        cursor.execute(ops.release.sql, ops.release.bind(key="bench:raw", token=token))
 
     return pair
 
