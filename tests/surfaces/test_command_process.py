@@ -440,8 +440,11 @@ def test_keep_running_on_loss_lets_the_command_run_on_and_exits_with_its_status(
             cwd=ROOT, env=subprocess_env(), stderr=stderr,
         )
     spawned.append(process.pid)
-    wait_until((tmp_path / "in").exists, timeout=30)
-    child = int((tmp_path / "in").read_text())
+    # The file exists before its pid is written: wait for the pid itself (a CI rehearsal
+    # once read it empty).
+    written = wait_until(lambda: (tmp_path / "in").exists() and (tmp_path / "in").read_text().strip(),
+                         timeout=30)
+    child = int(written)
     spawned.append(child)
     assert locks[alias].force_release("job")
     wait_until(lambda: "runs on (--keep-running-on-loss)" in stderr_path.read_text(), timeout=5)
