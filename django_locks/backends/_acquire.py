@@ -147,8 +147,20 @@ class Acquisition:
         if isinstance(error, LockBackendError) or not isinstance(error, Exception):
             self.uncertain = True
 
-    def waited(self) -> Decision:
+    def wait_attempts(self) -> bool:
+        """Whether the wait about to begin also attempts (``_waits_attempt``): the backend
+        sends the next attempt with the wait, to run as soon as the wake-up does. Such a
+        wait is an attempt in flight: if it fails, the token is uncertain."""
+        if self.backend._waits_attempt(self.mode):
+            self.attempt_in_flight = True
+            return True
+        return False
+
+    def waited(self, attempt: Attempt | None = None) -> Decision:
+        """The wait ended; ``attempt`` is the answer of the attempt it carried, if any."""
         self.waits += 1
+        if attempt is not None:
+            return self.answered(attempt)
         return self._attempt_next()
 
     def backed_off(self) -> Decision:
@@ -247,8 +259,14 @@ def acquire(acquisition: Acquisition) -> LockInfo | None:
                         attempt = backend._attempt(*_attempt_arguments(acquisition))
                         decision = acquisition.answered(attempt)
                     elif isinstance(decision, WaitForRelease):
-                        backend._wait_for_release(key, decision.seconds, decision.waits)
-                        decision = acquisition.waited()
+                        if acquisition.wait_attempts():
+                            attempt = backend._wait_then_attempt(
+                                decision.seconds, decision.waits, *_attempt_arguments(acquisition)
+                            )
+                            decision = acquisition.waited(attempt)
+                        else:
+                            backend._wait_for_release(key, decision.seconds, decision.waits)
+                            decision = acquisition.waited()
                     elif isinstance(decision, BackOff):
                         time.sleep(decision.seconds)
                         decision = acquisition.backed_off()
@@ -283,8 +301,14 @@ async def aacquire(acquisition: Acquisition) -> LockInfo | None:
                         # Shielded: a cancellation leaves the attempt running (see below).
                         decision = acquisition.answered(await asyncio.shield(running))
                     elif isinstance(decision, WaitForRelease):
-                        await backend._await_release(key, decision.seconds, decision.waits)
-                        decision = acquisition.waited()
+                        if acquisition.wait_attempts():
+                            attempt = await backend._await_then_attempt(
+                                decision.seconds, decision.waits, *_attempt_arguments(acquisition)
+                            )
+                            decision = acquisition.waited(attempt)
+                        else:
+                            await backend._await_release(key, decision.seconds, decision.waits)
+                            decision = acquisition.waited()
                     elif isinstance(decision, BackOff):
                         await asyncio.sleep(decision.seconds)
                         decision = acquisition.backed_off()

@@ -415,7 +415,33 @@ class BaseLock:
         self, key: str, ttl: int, correlation_id: str | None, token: str, mode: Mode, waiter: bool
     ) -> Attempt:
         """One attempt; a win is remembered, logged and announced."""
-        attempt = self._try_acquire(key, token, ttl, correlation_id, mode, waiter)
+        return self._answered(
+            key, ttl, correlation_id, token, mode,
+            self._try_acquire(key, token, ttl, correlation_id, mode, waiter),
+        )
+
+    def _wait_then_attempt(
+        self, seconds: float, waits: int, key: str, ttl: int, correlation_id: str | None,
+        token: str, mode: Mode, waiter: bool,
+    ) -> Attempt | None:
+        """A wait that carries the next attempt (:meth:`_waits_attempt`): its answer, bookkept
+        as :meth:`_attempt` does, or None if it only waited. Default: it only waits."""
+        self._wait_for_release(key, seconds, waits)
+        return None
+
+    async def _await_then_attempt(
+        self, seconds: float, waits: int, key: str, ttl: int, correlation_id: str | None,
+        token: str, mode: Mode, waiter: bool,
+    ) -> Attempt | None:
+        """:meth:`_wait_then_attempt` for async waiters, holding no thread."""
+        await self._await_release(key, seconds, waits)
+        return None
+
+    def _answered(
+        self, key: str, ttl: int, correlation_id: str | None, token: str, mode: Mode,
+        attempt: Attempt,
+    ) -> Attempt:
+        """An attempt's answer; a win is remembered, logged and announced."""
         if attempt.info is not None:
             self._held_tokens.remember(key, token, ttl, mode.exclusive)
             logger.debug(
@@ -541,6 +567,11 @@ class BaseLock:
 
     def _purge(self) -> int:
         return 0
+
+    def _waits_attempt(self, mode: Mode) -> bool:
+        """Whether a waiter in ``mode`` sends its next attempt with its wait
+        (:meth:`_wait_then_attempt`). Default: no."""
+        return False
 
     def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
         """Block at most ``seconds`` or until ``key`` may be free. Default: polling backoff."""

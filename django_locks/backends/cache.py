@@ -142,6 +142,31 @@ class CacheLock(BaseLock):
     def _unmark(self, key: str, token: str) -> None:
         self.client.unmark(self._keys(key), token)
 
+    def _waits_attempt(self, mode: Mode) -> bool:
+        return self.client.waits_attempt(mode)
+
+    def _wait_then_attempt(
+        self, seconds: float, waits: int, key: str, ttl: int, correlation_id: str | None,
+        token: str, mode: Mode, waiter: bool,
+    ) -> Attempt | None:
+        attempt = self.client.wait_then_attempt(
+            self._keys(key), seconds, waits, key, token, ttl, correlation_id, mode, waiter
+        )
+        if attempt is None:
+            return None
+        return self._answered(key, ttl, correlation_id, token, mode, attempt)
+
+    async def _await_then_attempt(
+        self, seconds: float, waits: int, key: str, ttl: int, correlation_id: str | None,
+        token: str, mode: Mode, waiter: bool,
+    ) -> Attempt | None:
+        attempt = await self.client.await_then_attempt(
+            self._keys(key), seconds, waits, key, token, ttl, correlation_id, mode, waiter
+        )
+        if attempt is None:
+            return None
+        return self._answered(key, ttl, correlation_id, token, mode, attempt)
+
     def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
         self.client.wait(self._keys(key), seconds, waits)
 

@@ -103,6 +103,28 @@ class CacheLockClient(abc.ABC):
         """Block at most ``seconds`` or until the lock may be free. Default: poll backoff."""
         time.sleep(self.backend._poll_delay(seconds, waits))
 
+    def waits_attempt(self, mode: Mode) -> bool:
+        """Whether a waiter in ``mode`` sends its next attempt with its wait
+        (:meth:`wait_then_attempt`). Default: no."""
+        return False
+
+    def wait_then_attempt(
+        self, keys: LockKeys, seconds: float, waits: int, key: str, token: str, ttl: int,
+        cid: str | None, mode: Mode, waiter: bool,
+    ) -> Attempt | None:
+        """:meth:`wait`, then the next attempt in the same round trip: its answer, or None
+        if it only waited (the caller then attempts as usual). Default: it only waits."""
+        self.wait(keys, seconds, waits)
+        return None
+
+    async def await_then_attempt(
+        self, keys: LockKeys, seconds: float, waits: int, key: str, token: str, ttl: int,
+        cid: str | None, mode: Mode, waiter: bool,
+    ) -> Attempt | None:
+        """:meth:`wait_then_attempt` for async waiters, holding no thread."""
+        await self.await_release(keys, seconds, waits)
+        return None
+
     async def await_release(self, keys: LockKeys, seconds: float, waits: int) -> None:
         """:meth:`wait` for async waiters, holding no thread. Default: poll backoff."""
         await asyncio.sleep(self.backend._poll_delay(seconds, waits))

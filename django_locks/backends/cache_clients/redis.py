@@ -43,6 +43,7 @@ from django_locks.backends.cache_clients.redis_connections import (
     pool_executor,
     raw_client_getter,
     readable,
+    script_reply,
     send_blpop,
     socket_timeout_of,
     unblock,
@@ -229,7 +230,6 @@ class RedisLockClient(CacheLockClient):
         woken = _woken.get()
         if woken is not None:
             _woken.set(None)
-        fence: Any = 0
         if mode.exclusive and (not waiter or token not in self._marking):
             # The plain path (acquire.lua): an exclusive attempt that has no writer mark
             # to clear, since it never set one. An exclusive waiter refused here must set
@@ -237,24 +237,45 @@ class RedisLockClient(CacheLockClient):
             # later attempts until it wins (a second round trip, on contention only).
             fence, second = self._run(
                 scripts.ACQUIRE, lock_key=keys.lock, fence_key=keys.fence, wake_key=keys.wake,
-                key=key, token=token, ttl=ttl, cid=cid or "", grace=FENCE_GRACE_MS,
+                key=key, token=token, ttl=ttl, cid=cid or "",
+                grace=FENCE_GRACE_MS,
             )
-            if waiter and not int(fence):
+            if int(fence) or not waiter:
+                return self._answer(fence, second, key, token, ttl, cid, mode, waiter)
+        hops = woken[1] if woken is not None and woken[0] == keys.wake else 0
+        fence, second = self._run(
+            scripts.MODE_ACQUIRE, **self._mode_inputs(keys, key, token, ttl, cid, mode, waiter, hops)
+        )
+        return self._answer(fence, second, key, token, ttl, cid, mode, waiter)
+
+    def _mode_inputs(
+        self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None, mode: Mode,
+        waiter: bool, hops: int,
+    ) -> dict[str, Any]:
+        """mode_acquire.lua's inputs by name."""
+        return dict(
+            lock_key=keys.lock, fence_key=keys.fence, wake_key=keys.wake, mark_key=keys.mark,
+            key=key, token=token, ttl=ttl, cid=cid or "",
+            grace=FENCE_GRACE_MS, shared=int(mode.shared), limit=mode.limit,
+            waiter=int(waiter), mark_ms=WRITER_MARK_MS, wake_ttl=WAKE_TTL_MS, hops=hops,
+            max_hops=WAKE_HOPS,
+        )
+
+    def _answer(
+        self, fence: Any, second: Any, key: str, token: str, ttl: int, cid: str | None,
+        mode: Mode, waiter: bool,
+    ) -> Attempt:
+        """An acquiring script's reply as an Attempt. An exclusive waiter refused has set
+        the writer mark (or must: see try_acquire), so its later attempts go through
+        mode_acquire.lua, which clears the mark when it wins."""
+        fence = int(fence)  # int() reads bytes and str replies alike
+        if mode.exclusive and waiter:
+            if fence:
+                self._marking.discard(token)
+            else:
                 if len(self._marking) >= 1024:  # waiters that timed out never said so
                     self._marking.clear()
                 self._marking.add(token)
-        if not int(fence) and (waiter or not mode.exclusive):
-            hops = woken[1] if woken is not None and woken[0] == keys.wake else 0
-            fence, second = self._run(
-                scripts.MODE_ACQUIRE, lock_key=keys.lock, fence_key=keys.fence,
-                wake_key=keys.wake, mark_key=keys.mark, key=key, token=token, ttl=ttl,
-                cid=cid or "", grace=FENCE_GRACE_MS, shared=int(mode.shared), limit=mode.limit,
-                waiter=int(waiter), mark_ms=WRITER_MARK_MS, wake_ttl=WAKE_TTL_MS, hops=hops,
-                max_hops=WAKE_HOPS,
-            )
-        fence = int(fence)  # int() reads bytes and str replies alike
-        if fence and mode.exclusive and waiter:
-            self._marking.discard(token)
         if not fence:
             return Attempt(None, max(int(second), 0))
         acquired_us = int(second)
@@ -400,37 +421,99 @@ class RedisLockClient(CacheLockClient):
         """Block on the wake-up list (BLPOP) until a release pushes to it or ``seconds``
         (at most MAX_BLOCK_SECONDS) pass, the end kept by this client (see
         :meth:`_unblock`), not by the server."""
+        blocked = self._block(keys, seconds, waits)
+        self._remember_wake(keys, blocked[0] if blocked else None)
+
+    def waits_attempt(self, mode: Mode) -> bool:
+        """An exclusive waiter sends its next attempt with its wait (:meth:`wait_then_attempt`)."""
+        return mode.exclusive
+
+    def wait_then_attempt(
+        self, keys: LockKeys, seconds: float, waits: int, key: str, token: str, ttl: int,
+        cid: str | None, mode: Mode, waiter: bool,
+    ) -> Attempt | None:
+        """:meth:`wait` with the next attempt (mode_acquire.lua) sent right behind the
+        BLPOP on its connection: the server runs it the moment the BLPOP ends, woken or
+        timed out, so a woken waiter holds the lock one round trip after the release
+        instead of two, before the releaser's next attempt arrives (see
+        :meth:`_attempt_after`)."""
+        if not (mode.exclusive and waiter):
+            self.wait(keys, seconds, waits)
+            return None
+        then = self._attempt_command(keys, key, token, ttl, cid, mode, waiter)
+        return self._attempt_after(self._block(keys, seconds, waits, then), keys, key, token,
+                                   ttl, cid, mode, waiter)
+
+    def _attempt_command(
+        self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None, mode: Mode,
+        waiter: bool,
+    ) -> tuple[Any, ...]:
+        """The attempt a wait carries: mode_acquire.lua by SHA, with no hop count (it may
+        run after a timeout: it passes no wake-up on; see :meth:`_attempt_after`)."""
+        script = scripts.MODE_ACQUIRE
+        inputs = script.bind(self._mode_inputs(keys, key, token, ttl, cid, mode, waiter, 0))
+        return ("EVALSHA", script.sha, script.numkeys, *inputs)
+
+    def _attempt_after(
+        self, blocked: tuple[Any, Any] | None, keys: LockKeys, key: str, token: str, ttl: int,
+        cid: str | None, mode: Mode, waiter: bool,
+    ) -> Attempt | None:
+        """The answer of the attempt a wait carried (:meth:`_block`'s ``(popped, reply)``);
+        None if it did not run or did not answer (the caller's next attempt, with the same
+        token, finds out), or if a woken attempt was refused: the caller attempts again
+        with the wake-up's hop count, which may pass it on (mode_acquire.lua)."""
+        if blocked is None:
+            _woken.set(None)
+            return None
+        popped, reply = blocked
+        attempt = None if reply is None else self._answer(*reply, key, token, ttl, cid, mode, waiter)
+        if attempt is None or (attempt.info is None and popped):
+            self._remember_wake(keys, popped)
+            return None
+        _woken.set(None)
+        return attempt
+
+    def _block(
+        self, keys: LockKeys, seconds: float, waits: int, then: tuple[Any, ...] | None = None
+    ) -> tuple[Any, Any] | None:
+        """One BLPOP on the wake-up list and, sent with it, the command ``then``: (what the
+        BLPOP popped, ``then``'s reply, None if it did not run), or None if nothing was
+        sent (a block too short: a short sleep) or the BLPOP was abandoned."""
         block = self._block_seconds(seconds)
         _woken.set(None)
         if block < 0.001:  # too short to block on the server: a short sleep instead
             time.sleep(min(max(block, 0.001), seconds, 0.01))
-            return
+            return None
         deadline = time.monotonic() + block
         try:
             held = self._checkout(keys.wake)
         except FAILURES as e:
             raise self._failed(e) from e
         if held is None:  # no pool to take a connection from: the client's BLPOP
-            popped = self._call(lambda c: c.blpop([keys.wake], timeout=round(block, 3)))
-        else:
-            conn = held.conn
-            try:
-                send_blpop(conn, keys.wake, block)
-                blocked_id = client_id(conn)
-                if conn.can_read(timeout=max(deadline - time.monotonic(), 0)):
-                    popped = blpop_reply(conn)
-                elif blocked_id is not None and self._unblock(held, blocked_id):
-                    popped = blpop_reply(conn)
-                else:
-                    popped = self._abandon(held, keys)
-            except BaseException as e:
-                conn.disconnect()
+            return self._call(lambda c: c.blpop([keys.wake], timeout=round(block, 3))), None
+        conn = held.conn
+        reply = None
+        try:
+            send_blpop(conn, keys.wake, block, *([then] if then else []))
+            blocked_id = client_id(conn)
+            if conn.can_read(timeout=max(deadline - time.monotonic(), 0)):
+                popped = blpop_reply(conn)
+            elif blocked_id is not None and self._unblock(held, blocked_id):
+                popped = blpop_reply(conn)
+            else:
+                self._abandon(held, keys)
                 held.release(conn)
-                if isinstance(e, (RedisError, OSError)):
-                    raise self._failed(e) from e
-                raise
+                return None
+            if then:
+                reply = script_reply(conn)
+        except BaseException as e:
+            conn.disconnect()
             held.release(conn)
-        self._remember_wake(keys, popped)
+            if isinstance(e, (RedisError, OSError)):
+                raise self._failed(e) from e
+            raise
+        held.release(conn)
+        return popped, reply
 
     def _checkout(self, key: str) -> Held | None:
         """A connection to block on for ``key``'s wake-up list (:func:`checkout`)."""
@@ -457,7 +540,26 @@ class RedisLockClient(CacheLockClient):
         self._pass_on(keys)
 
     async def await_release(self, keys: LockKeys, seconds: float, waits: int) -> None:
-        """:meth:`wait` holding no thread: BLPOP on a connection of the sync pool, its
+        """:meth:`wait` holding no thread (:meth:`_ablock`)."""
+        blocked = await self._ablock(keys, seconds, waits)
+        self._remember_wake(keys, blocked[0] if blocked else None)
+
+    async def await_then_attempt(
+        self, keys: LockKeys, seconds: float, waits: int, key: str, token: str, ttl: int,
+        cid: str | None, mode: Mode, waiter: bool,
+    ) -> Attempt | None:
+        """:meth:`wait_then_attempt` holding no thread (:meth:`_ablock`)."""
+        if not (mode.exclusive and waiter):
+            await self.await_release(keys, seconds, waits)
+            return None
+        then = self._attempt_command(keys, key, token, ttl, cid, mode, waiter)
+        blocked = await self._ablock(keys, seconds, waits, then)
+        return self._attempt_after(blocked, keys, key, token, ttl, cid, mode, waiter)
+
+    async def _ablock(
+        self, keys: LockKeys, seconds: float, waits: int, then: tuple[Any, ...] | None = None
+    ) -> tuple[Any, Any] | None:
+        """:meth:`_block` holding no thread: BLPOP on a connection of the sync pool, its
         reply awaited in the event loop; no client kept per event loop (see
         docs/internals/redis.md, "Blocking waits"). Taking a connection (which may
         connect) and ending a BLPOP at the deadline (:meth:`_unblock`) run in a worker."""
@@ -465,7 +567,7 @@ class RedisLockClient(CacheLockClient):
         _woken.set(None)
         if block < 0.001:
             await asyncio.sleep(min(max(block, 0.001), seconds, 0.01))
-            return
+            return None
         deadline = time.monotonic() + block
         loop = asyncio.get_running_loop()
         checkout = loop.run_in_executor(None, self._checkout, keys.wake)
@@ -478,10 +580,11 @@ class RedisLockClient(CacheLockClient):
             raise self._failed(e) from e
         if held is None:
             await asyncio.sleep(self.backend._poll_delay(seconds, waits))
-            return
+            return None
         conn = held.conn
+        reply = None
         try:
-            send_blpop(conn, keys.wake, block)
+            send_blpop(conn, keys.wake, block, *([then] if then else []))
             if not await readable(conn, conn.socket_timeout):
                 raise RedisTimeoutError("Timeout reading from socket")
             blocked_id = client_id(conn)
@@ -494,8 +597,13 @@ class RedisLockClient(CacheLockClient):
                 popped = blpop_reply(conn)
             else:
                 conn.disconnect()
-                popped = None
+                held.release(conn)
                 await loop.run_in_executor(None, self._pass_on, keys)
+                return None
+            if then:
+                if not await readable(conn, conn.socket_timeout):
+                    raise RedisTimeoutError("Timeout reading from socket")
+                reply = script_reply(conn)
         except asyncio.CancelledError:
             # Cancelled mid-BLPOP: the connection goes (its reply would be read by the next
             # command), and the wake-up it may have taken is passed on.
@@ -510,7 +618,7 @@ class RedisLockClient(CacheLockClient):
                 raise self._failed(e) from e
             raise
         held.release(conn)
-        self._remember_wake(keys, popped)
+        return popped, reply
 
     def _pass_on(self, keys: LockKeys) -> None:
         """After an abandoned BLPOP (cancelled, or not ended by CLIENT UNBLOCK): the

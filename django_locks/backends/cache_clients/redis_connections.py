@@ -241,10 +241,22 @@ def checkout(client: Any, key: str) -> Held | None:
     return Held(get(), get, release, pool)
 
 
-def send_blpop(conn: Any, key: str, block: float) -> None:
+def send_blpop(conn: Any, key: str, block: float, *then: tuple[Any, ...]) -> None:
     """CLIENT ID (to end the BLPOP from elsewhere: :func:`unblock`) and BLPOP, sent at
-    once; the server's own timeout is the block, rounded to the millisecond."""
-    conn.send_packed_command(conn.pack_commands([("CLIENT", "ID"), ("BLPOP", key, round(block, 3))]))
+    once; the server's own timeout is the block, rounded to the millisecond. Commands
+    ``then`` follow in the same write: the server runs them as soon as the BLPOP ends."""
+    conn.send_packed_command(
+        conn.pack_commands([("CLIENT", "ID"), ("BLPOP", key, round(block, 3)), *then])
+    )
+
+
+def script_reply(conn: Any) -> Any:
+    """The reply of a script sent after a BLPOP (:func:`send_blpop`); None if it did not
+    run: the server lacks it (NOSCRIPT), or a cluster node says the key moved."""
+    try:
+        return conn.read_response()
+    except (NoScriptError, MovedError, AskError):
+        return None
 
 
 def client_id(conn: Any) -> int | None:
