@@ -462,3 +462,43 @@ def test_a_listing_page_takes_a_bounded_number_of_scan_steps(redis_alias, monkey
         if cursor is None:
             break
     assert sorted(found) == ["wanted:0", "wanted:1", "wanted:2"]
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_a_woken_waiter_holds_the_lock_before_the_releaser_can_take_it_back(redis_alias,
+                                                                            redis_server, how):
+    """A waiter's wait carries its next attempt, sent behind its BLPOP on the same
+    connection: the server runs it as the release wakes the waiter, so the releaser's next
+    attempt, one round trip after its release, finds the lock held by the waiter (before,
+    the releaser took it back most of the time, and a handoff took two round trips)."""
+    import asyncio
+
+    observer = redis.Redis.from_url(redis_server.url)
+    with override_settings(CACHES={"own": own_cache(redis_alias, redis_server.url)},
+                           LOCKS={"own": {"BACKEND": "django_locks.backends.cache.CacheLock",
+                                          "OPTIONS": {"cache": "own"}}}):
+        backend = locks["own"]
+        for _ in range(5):
+            lease = backend.lock("job", 60_000)
+            won: list[str] = []
+
+            def wait() -> None:
+                if how == "sync":
+                    won.append(locks["own"].lock("job", 60_000, timeout=30_000).token)
+                else:
+                    async def acquire():
+                        return await locks["own"].alock("job", 60_000, timeout=30_000)
+
+                    won.append(asyncio.run(acquire()).token)
+
+            waiter = threading.Thread(target=wait)
+            waiter.start()
+            wait_until(lambda: _blocked_in_blpop(observer) == 1, what="the waiter blocked in BLPOP")
+            lease.release()
+            assert not backend.try_acquire_lock(None, "job", 60_000)  # the releaser, at once
+            holder = backend.get_lock("job")
+            assert holder is not None and holder.token != lease.token
+            waiter.join(10)
+            assert won == [holder.token]
+            backend.release_lock(None, "job", owner=holder.token)
+        assert _blocked_in_blpop(observer) == 0
