@@ -330,6 +330,13 @@ GOALS: dict[str, tuple[float, float, float | None]] = {
     "DatabaseLock (postgres, LISTEN/NOTIFY)": (1.0, 5.0, 0.5),
     "CacheLock async (django_redis, alock)": (1.0, 5.0, None),
 }
+#: Goals against an anchor row of the same run and section (issue 22): handoff p50 and p99
+#: at or below the anchor's, and the releaser's re-take share below this (None: not judged).
+GOALS_VS: dict[str, tuple[str, float | None]] = {
+    "CacheLock (django_redis)": ("python-redis-lock", 0.3),
+    "CacheLock (cluster)": ("python-redis-lock", 0.3),
+    "CacheLock async (django_redis, alock)": ("CacheLock (django_redis)", None),
+}
 
 
 def is_async(name: str) -> bool:
