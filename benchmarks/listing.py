@@ -1,15 +1,16 @@
 """``python -m benchmarks --listing``: the row "listing: first page".
 
-With 1,000, 10,000 and 100,000 locks held on DatabaseLock (PostgreSQL) and CacheLock
-(Redis), in one run: the time of ``list_locks(limit=100)``, of ``manage.py locks list
+With 1,000, 10,000 and 100,000 locks held on DatabaseLock (PostgreSQL, MariaDB, SQLite)
+and CacheLock (Redis), in one run: the time of ``list_locks(limit=100)``, of ``manage.py locks list
 --limit 100``, and of the admin changelist's first page (Django's test Client, logged in
 as a superuser), next to ``held_locks()`` (every lock: the anchor); and how much the
 process's resident memory grew over each (RSS read from /proc right after the call, its
 result still referenced; the paged ones are measured before the anchor at each size).
 
 The locks are written straight into storage (one INSERT ... SELECT generate_series on
-PostgreSQL, pipelined HSET + PEXPIRE on Redis; keys ``bench:listing:NNNNNN``, alive for
-ten minutes) and deleted after each size. Asserts nothing.
+PostgreSQL, a recursive CTE on MariaDB and SQLite, pipelined HSET + PEXPIRE on Redis; keys
+``bench:listing:NNNNNN``, alive for ten minutes) and deleted after each size. Asserts
+nothing.
 """
 
 from __future__ import annotations
@@ -74,6 +75,50 @@ def empty_postgres() -> None:
         cursor.execute("DELETE FROM django_locks_lock WHERE key LIKE %s", [PREFIX + "%"])
 
 
+#: Filling the other databases: ``count`` rows by a recursive CTE, times from this host's
+#: clock (the database's own, on one machine).
+FILL_SQL = {
+    # MariaDB stops a recursive CTE at max_recursive_iterations (1,000 here): six digits
+    # crossed instead.
+    "mysql": ("INSERT INTO django_locks_lock (`key`, token, correlation_id, fencing_token, "
+              "acquired_at_us, expires_at_us) "
+              "SELECT CONCAT(%s, LPAD(n, 6, '0')), LOWER(LPAD(HEX(n), 32, '0')), NULL, n, %s, %s "
+              "FROM (SELECT 1 + a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d "
+              "+ 100000 * h.d AS n FROM " + ", ".join(
+                  f"({' UNION ALL '.join(f'SELECT {i} AS d' for i in range(10))}) {alias}"
+                  for alias in "abcefh") + ") g WHERE n <= %s"),
+    "default": ("INSERT INTO django_locks_lock (key, token, correlation_id, fencing_token, "
+                "acquired_at_us, expires_at_us) "
+                "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < %s) "
+                "SELECT %s || printf('%%06d', n), printf('%%032x', n), NULL, n, %s, %s FROM g"),
+}
+
+
+def database_filler(database: str) -> Callable[[int], None]:
+    def fill(count: int) -> None:
+        from django.db import connections
+
+        now_us = int(time.time() * 1_000_000)
+        with connections[database].cursor() as cursor:
+            times = [now_us, now_us + TTL_MS * 1000]
+            cursor.execute(FILL_SQL[database], [PREFIX, *times, count] if database == "mysql"
+                           else [count, PREFIX, *times])
+            cursor.execute("ANALYZE TABLE django_locks_lock" if database == "mysql" else "ANALYZE")
+
+    return fill
+
+
+def database_emptier(database: str) -> Callable[[int], None]:
+    def empty(count: int) -> None:
+        from django.db import connections
+
+        key = connections[database].ops.quote_name("key")
+        with connections[database].cursor() as cursor:
+            cursor.execute(f"DELETE FROM django_locks_lock WHERE {key} LIKE %s", [PREFIX + "%"])
+
+    return empty
+
+
 def _redis_names(count: int) -> list[str]:
     from django_locks import locks
 
@@ -108,6 +153,8 @@ def empty_redis(count: int) -> None:
 
 BACKENDS = {
     "postgres": ("DatabaseLock, PostgreSQL", fill_postgres, lambda count: empty_postgres()),
+    "mysql": ("DatabaseLock, MariaDB", database_filler("mysql"), database_emptier("mysql")),
+    "sqlite": ("DatabaseLock, SQLite", database_filler("default"), database_emptier("default")),
     "redis": ("CacheLock, Redis (django-redis)", fill_redis, empty_redis),
 }
 
@@ -125,9 +172,11 @@ def setup() -> dict[str, str]:
     from benchmarks.__main__ import ensure_databases
 
     ensure_databases()
-    for database in ("default", "postgres"):
+    for database in ("default", "postgres", "mysql"):
         call_command("migrate", database=database, verbosity=0)
     empty_postgres()
+    for database in ("default", "mysql"):
+        database_emptier(database)(0)
     import platform
 
     return {"python": platform.python_version(), "django": django.get_version(),

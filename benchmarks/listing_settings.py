@@ -26,5 +26,7 @@ STATIC_URL = "static/"
 # The aliases the listing row measures (the admin lists every alias on its first page).
 LOCKS = {
     "postgres": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "postgres"}},
+    "mysql": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "mysql"}},
+    "sqlite": {"BACKEND": DB_LOCK, "OPTIONS": {"using": "default"}},
     "redis": {"BACKEND": CACHE_LOCK, "OPTIONS": {"cache": "django_redis"}},
 }
