@@ -237,3 +237,41 @@ def test_a_master_killed_with_locks_held(redis_cluster):
     finally:
         victim.start()  # it rejoins as a replica of its former replica
     redis_cluster.wait_healthy()
+
+
+def test_listing_pages_walk_every_master_without_reading_everything(redis_cluster, cluster_alias,
+                                                                   monkeypatch):
+    """list_locks on a cluster: SCAN steps on each master in turn, one page at a time (the
+    full read, ``held()``, is never used), every key on exactly one page."""
+    from django_locks.values import encode_cursor
+
+    backend = locks[cluster_alias]
+    keys = {f"page:{i:02d}" for i in range(23)}
+    assert len({master_port_of(redis_cluster, backend, key) for key in keys}) == 3
+    for key in keys:
+        backend.acquire_lock(None, key, 60_000, 0)
+    backend.acquire_lock(None, "other", 60_000, 0)
+
+    def no_full_read():
+        raise AssertionError("a page read every lock")
+
+    monkeypatch.setattr(backend.client, "held", no_full_read)
+    pages, cursor = [], None
+    for _ in range(100):
+        page = backend.list_locks(prefix="page:", cursor=cursor, limit=5)
+        pages.append([info.key for info in page.holders])
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert all(len(found) <= 5 for found in pages)
+    assert sorted(key for found in pages for key in found) == sorted(keys)  # each exactly once
+    assert len(pages) >= 5
+    one = backend.list_locks(prefix="page:1", limit=100)
+    assert sorted(info.key for info in one.holders) == sorted(k for k in keys if k.startswith("page:1"))
+    assert one.next_cursor is None
+    for bad in ("nonsense", encode_cursor("scan", 0, None), encode_cursor("cluster-scan", -1, 0, None)):
+        with pytest.raises(ValueError, match="cursor"):
+            backend.list_locks(cursor=bad)
+    monkeypatch.undo()
+    for key in [*keys, "other"]:
+        backend.release_lock(None, key)

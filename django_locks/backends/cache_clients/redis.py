@@ -50,7 +50,7 @@ from django_locks.backends.cache_clients.redis_connections import (
 )
 from django_locks.backends.cache_clients.redis_scripts import Script
 from django_locks.exceptions import LockBackendError
-from django_locks.values import WRITER_MARK_MS, Attempt, LockInfo, Mode
+from django_locks.values import WRITER_MARK_MS, Attempt, LockInfo, Mode, decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
     from django_locks.backends.cache import CacheLock
@@ -638,58 +638,34 @@ class RedisLockClient(CacheLockClient):
         """One page of ``list_locks``: SCAN steps with MATCH on the prefix's lock names
         until ``limit`` are found (each step's names in order, so a page may end inside
         one: the cursor is the step's SCAN cursor and the last name taken from it), then
-        every found lock read in one pipelined round trip. No count (None). None on a
-        Redis Cluster (each node has its own SCAN cursor): the default listing then."""
-        from django_locks.values import LockPage, decode_cursor, encode_cursor
+        every found lock read in one pipelined round trip. No count (None). On a Redis
+        Cluster the masters are scanned one after the other, in the order of the first slot
+        each serves (the cursor names that slot: a failover between two pages moves the
+        scan to the slot's new master, whose SCAN positions differ, so that page may repeat
+        or miss names, as SCAN does when its server changes)."""
+        from django_locks.values import LockPage
 
         try:
             client = self._client if self._client is not None else self.get_client()
         except FAILURES as e:
             raise self._failed(e) from e
-        if self._cluster:
-            return None
-        position, after = 0, None
-        if cursor is not None:
-            parts = decode_cursor(cursor, "scan")
-            if (len(parts) != 2 or not isinstance(parts[0], int) or parts[0] < 0
-                    or not (parts[1] is None or isinstance(parts[1], str))):
-                raise ValueError(f"cursor {cursor[:80]!r} is not a cursor a listing returned")
-            position, after = parts[0], parts[1]
         sentinel = "\x00"  # cannot occur in a key or a prefix made by Django
         name = self.backend.cache.make_key(f"django_locks:{{{hash_tag(prefix)}{sentinel}}}:lock")
         pattern = _glob_escape(name).replace(sentinel, "*")
-
-        def page(client: Any) -> tuple[list[str], str | None, list[Any]]:
-            names: list[str] = []
-            start, skip_after, next_cursor = position, after, None
-            for _ in range(self.PAGE_SCAN_STEPS):
-                following, batch = client.scan(start, match=pattern, count=self.PAGE_SCAN_COUNT)
-                found = sorted(map(_text, batch))
-                if skip_after is not None:
-                    found = [n for n in found if n > skip_after]
-                    skip_after = None
-                wanted = limit - len(names)
-                if len(found) > wanted:
-                    names.extend(found[:wanted])
-                    next_cursor = encode_cursor("scan", start, found[wanted - 1])
-                    break
-                names.extend(found)
-                start = int(following)
-                if start == 0:
-                    break
-                if len(names) == limit:
-                    next_cursor = encode_cursor("scan", start, None)
-                    break
-            else:
-                next_cursor = encode_cursor("scan", start, None)
-            pipe = client.pipeline(transaction=False)
-            for found_name in names:
-                pipe.hgetall(found_name)
-                pipe.pttl(found_name)
-            return names, next_cursor, pipe.execute() if names else []
-
         try:
-            _, next_cursor, replies = page(client)
+            if self._cluster:
+                names, next_cursor = self._cluster_page(client, pattern, cursor, limit)
+            else:
+                position, after = self._scan_cursor(cursor, "scan", 2)
+                names, rest = self._scan_names(client, pattern, position, after, limit)
+                next_cursor = None if rest is None else encode_cursor("scan", *rest)
+            replies: list[Any] = []
+            if names:
+                pipe = client.pipeline(transaction=False)
+                for found_name in names:
+                    pipe.hgetall(found_name)
+                    pipe.pttl(found_name)
+                replies = pipe.execute()
         except FAILURES as e:
             raise self._failed(e) from e
         holders = [
@@ -698,3 +674,77 @@ class RedisLockClient(CacheLockClient):
         ]
         holders.sort(key=lambda info: (info.key, info.expires_at_us, info.token))
         return LockPage(holders, next_cursor, None)
+
+    @staticmethod
+    def _scan_cursor(cursor: str | None, kind: str, size: int) -> list[Any]:
+        """A listing cursor's parts: ints (SCAN positions, slots) then the last name taken
+        (or None); a new listing's when ``cursor`` is None."""
+        if cursor is None:
+            return [0] * (size - 1) + [None]
+        parts = decode_cursor(cursor, kind)
+        if (len(parts) != size
+                or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in parts[:-1])
+                or not (parts[-1] is None or isinstance(parts[-1], str))):
+            raise ValueError(f"cursor {cursor[:80]!r} is not a cursor a listing returned")
+        return parts
+
+    def _scan_names(
+        self, client: Any, pattern: str, position: int, after: str | None, limit: int
+    ) -> tuple[list[str], tuple[int, str | None] | None]:
+        """Up to ``limit`` lock names of one server from SCAN ``position`` (past name
+        ``after`` in that step), and where the next page starts, or None at the end."""
+        names: list[str] = []
+        start, skip_after = position, after
+        for _ in range(self.PAGE_SCAN_STEPS):
+            following, batch = client.scan(start, match=pattern, count=self.PAGE_SCAN_COUNT)
+            found = sorted(map(_text, batch))
+            if skip_after is not None:
+                found = [n for n in found if n > skip_after]
+                skip_after = None
+            wanted = limit - len(names)
+            if len(found) > wanted:
+                names.extend(found[:wanted])
+                return names, (start, found[wanted - 1])
+            names.extend(found)
+            start = int(following)
+            if start == 0:
+                return names, None
+            if len(names) == limit:
+                return names, (start, None)
+        return names, (start, None)
+
+    def _cluster_page(
+        self, client: Any, pattern: str, cursor: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """:meth:`_scan_names` over the masters of a cluster in the order of their first
+        slots, from the master of the cursor's slot on: the names and the next cursor."""
+        slots = client.nodes_manager.slots_cache
+        masters: dict[str, tuple[int, Any]] = {}  # name: (its first slot, the node)
+        for slot in sorted(slots):
+            master = slots[slot][0]
+            masters.setdefault(master.name, (slot, master))
+        first_slots = dict(masters.values())
+        order = sorted(first_slots)
+        slot, position, after = self._scan_cursor(cursor, "cluster-scan", 3)
+        index = 0
+        if cursor is not None:
+            serving = slots.get(slot)
+            if not serving:
+                raise ValueError(f"cursor {cursor[:80]!r} names a slot no master serves")
+            first = masters[serving[0].name][0]
+            index = order.index(first)
+            if first != slot:  # the slot moved to another master (a failover, a reshard)
+                position, after = 0, None
+        names: list[str] = []
+        while index < len(order):
+            node = client.get_redis_connection(first_slots[order[index]])
+            found, rest = self._scan_names(node, pattern, position, after, limit - len(names))
+            names.extend(found)
+            if rest is not None:
+                return names, encode_cursor("cluster-scan", order[index], *rest)
+            index, position, after = index + 1, 0, None
+            if len(names) == limit:
+                break
+        if index >= len(order):
+            return names, None
+        return names, encode_cursor("cluster-scan", order[index], 0, None)

@@ -482,7 +482,7 @@ def test_a_woken_waiter_holds_the_lock_before_the_releaser_can_take_it_back(redi
             lease = backend.lock("job", 60_000)
             won: list[str] = []
 
-            def wait() -> None:
+            def wait(won: list[str] = won) -> None:
                 if how == "sync":
                     won.append(locks["own"].lock("job", 60_000, timeout=30_000).token)
                 else:
