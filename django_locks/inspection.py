@@ -211,9 +211,11 @@ def list_alias(alias: str, *, expired: bool = False, prefix: str = "", cursor: s
             listing.paged = True
         else:
             listing.holders = [info for info in backend.held_locks() if info.key.startswith(prefix)]
-        if expired:
-            listing.expired = [info for info in backend.expired_locks()
-                               if info.key.startswith(prefix) and key in (None, info.key)]
+        if expired and limit is not None and key is None:  # a page: the first ``limit``
+            listing.expired = backend.expired_locks(prefix=prefix, limit=limit)
+        elif expired:
+            listing.expired = [info for info in backend.expired_locks(prefix=prefix)
+                               if key in (None, info.key)]
     except LockError as e:
         return failed(backend, e)
     listing.can_purge = backend.keeps_expired_state

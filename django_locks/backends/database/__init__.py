@@ -62,6 +62,7 @@ from django_locks.values import (
     encode_cursor,
     key_cursor,
     time_until_admitted,
+    validate_page_arguments,
 )
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
@@ -583,10 +584,25 @@ class DatabaseLock(BaseLock):
         return cleared + self._run(ops.purge, age_us=PURGE_AFTER_US, rows=False).rowcount
 
     @_in_memory_too
-    def expired_locks(self) -> list[LockInfo]:
-        """Holders whose lock expired without a release, until :meth:`purge` clears them."""
-        rows = self._read(self.operations.expired)
-        return sorted((row.info() for row in rows), key=lambda info: (info.expires_at, info.key))
+    def expired_locks(self, *, prefix: str = "", limit: int | None = None) -> list[LockInfo]:
+        """Holders whose lock expired without a release, until :meth:`purge` clears them,
+        by expiry: those of keys starting with ``prefix``, the first ``limit`` of them
+        (read at the database) or all."""
+        if limit is None:
+            validate_page_arguments(prefix, None, 1)
+            rows = self._read(self.operations.expired)
+            infos = [row.info() for row in rows if row.key.startswith(prefix)]
+        else:
+            validate_page_arguments(prefix, None, limit)
+            infos = [row.info() for row in self._read(
+                self.operations.expired_page, limit=limit, **self._prefix_bounds(prefix))]
+        return sorted(infos, key=lambda info: (info.expires_at, info.key))
+
+    @staticmethod
+    def _prefix_bounds(prefix: str) -> dict[str, Any]:
+        """The parameters of a statement's prefix match (operations.prefix_match)."""
+        pattern = "".join("!" + c if c in "!%_" else c for c in prefix) + "%"
+        return {"prefix": prefix, "prefix_length": len(prefix), "pattern": pattern}
 
     @_in_memory_too
     def _held_page(self, prefix: str, cursor: str | None, limit: int) -> LockPage:
@@ -595,8 +611,7 @@ class DatabaseLock(BaseLock):
         that match."""
         after = key_cursor(cursor) or ""
         ops = self.operations
-        pattern = "".join("!" + c if c in "!%_" else c for c in prefix) + "%"
-        bounds = {"after": after, "prefix": prefix, "prefix_length": len(prefix), "pattern": pattern}
+        bounds = {"after": after, **self._prefix_bounds(prefix)}
         rows = self._read(ops.held_page, limit=limit + 1, **bounds)
         keys = list(dict.fromkeys(row.key for row in rows))  # the database's key order
         more = len(keys) > limit

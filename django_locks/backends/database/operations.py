@@ -196,6 +196,16 @@ class DatabaseOperations:
         WHERE expires_at_us <= {now}
     """
 
+    #: The first ``:limit`` of them whose key starts with the prefix, by expiry then key
+    #: (the admin's page: never every expired holder).
+    expired_page = """
+        SELECT {lock_columns}, NULL, {false}, 1 FROM {table} p
+        WHERE p.token IS NOT NULL AND p.expires_at_us <= {now} AND {prefix_p}
+        UNION ALL SELECT {lock_columns}, NULL, shared, holder_limit FROM {holders} q
+        WHERE q.expires_at_us <= {now} AND {prefix_q}
+        ORDER BY 6, 1 LIMIT :limit
+    """
+
     #: The keys of one listing page (``:limit`` of them, after ``:after``, starting with the
     #: prefix), in key order: the keys of live exclusive holders (the key row's token) and
     #: those of live shared and semaphore holders (their key row has no token), each side a
@@ -361,7 +371,7 @@ class DatabaseOperations:
         "lock_row", "admit_semaphore", "admit_shared", "move_exclusive", "settle", "settle_waiter",
         "mark_refused", "own_holder", "blockers", "mark", "unmark", "recompute", "release_holder",
         "extend_holder", "holder_expiry", "clear_standing", "force_holders", "unmark_any",
-        "held_page", "held_count", "read_clock", "store_clock", "stored_clock",
+        "held_page", "held_count", "expired_page", "read_clock", "store_clock", "stored_clock",
     )
     #: The reading a transaction stored, read back (only a test hook waits on it).
     stored_clock = "SELECT {txn_now}"

@@ -582,3 +582,31 @@ def test_a_listing_delayed_by_a_table_lock_decides_on_a_clock_after_its_snapshot
     tokens = [holder.token for holder in seen["holders"]]
     assert admitted.token not in tokens or tokens == [admitted.token], seen["holders"]
     admitted.release()
+
+
+def test_expired_locks_reads_one_page_of_a_prefix_at_the_database(db_alias):
+    """expired_locks(prefix=, limit=): the admin's page of expired holders, never all of
+    them; exclusive and shared holders alike, by expiry then key; bad arguments refused
+    before the database is asked."""
+    backend = locks[db_alias]
+    backend.purge()
+    for n in range(4):
+        backend.lock(f"exp:{n}", 1 + n)
+    backend.lock("exp:shared", 1, shared=True)
+    backend.lock("other:0", 1)
+    live = backend.lock("exp:live", 60_000)
+    wait_until(lambda: len(backend.expired_locks(prefix="exp:")) == 5, what="five holders expired")
+    every = backend.expired_locks(prefix="exp:")
+    assert [(i.expires_at, i.key) for i in every] == sorted((i.expires_at, i.key) for i in every)
+    assert {i.key for i in every} == {"exp:0", "exp:1", "exp:2", "exp:3", "exp:shared"}
+    page = backend.expired_locks(prefix="exp:", limit=3)
+    assert [i.token for i in page] == [i.token for i in every[:3]]
+    assert {i.key for i in backend.expired_locks(limit=100)} >= {i.key for i in every} | {"other:0"}
+    assert backend.expired_locks(prefix="exp:_", limit=10) == []  # no LIKE wildcard
+    for arguments, error in (({"limit": 0}, ValueError), ({"limit": "3"}, TypeError),
+                             ({"prefix": 3}, TypeError), ({"prefix": "x" * 1000}, ValueError)):
+        with pytest.raises(error):
+            backend.expired_locks(**arguments)
+    live.release()
+    backend.purge()
+    assert backend.expired_locks(prefix="exp:") == []
