@@ -5,6 +5,7 @@
 
 * ``test-run.md``: the test suite's size and the last recorded run, from
   ``docs/_data/test-run.json`` (recorded with ``scripts/docs --record-run``, see below);
+* ``listing-table.md``: the listing row's table of the last committed ``--listing`` run.
 * ``benchmark-tables.md`` and ``handoff.png``: the tables and the figure that the last
   committed benchmark run wrote (``benchmarks/results/``: ``scripts/bench`` writes them);
 * ``command-help.md``: ``manage.py locks --help`` and each subcommand's, from the command's
@@ -185,6 +186,22 @@ def benchmark_page() -> str:
     return header + table.read_text().strip() + "\n"
 
 
+def listing_page() -> str:
+    table, results = BENCH / "listing.md", BENCH / "listing.json"
+    if not table.exists():
+        return ("The listing results are not in this copy of the documentation "
+                "(`benchmarks/results/listing.md`, in the repository).\n")
+    quick = results.exists() and json.loads(results.read_text()).get("quick")
+    when = _git("log", "-1", "--format=%cs %h", "--", str(table.relative_to(ROOT)))
+    kind = "a quick run (`--quick`)" if quick else "a full run"
+    lines = table.read_text().strip().splitlines()
+    if lines and lines[0].startswith("#"):  # the page has its own heading
+        lines = lines[1:]
+    header = (f"`benchmarks/results/listing.md` of the last committed `--listing` run ({kind}"
+              f"{', committed ' + when if when else ''}), included as the run wrote it.\n")
+    return header + "\n".join(lines).rstrip() + "\n"
+
+
 # ----------------------------------------------------------------------------- the command
 
 
@@ -209,6 +226,7 @@ def generate() -> None:
     data = json.loads(TEST_RUN.read_text()) if TEST_RUN.exists() else None
     _write("test-run.md", test_run_page(data))
     _write("benchmark-tables.md", benchmark_page())
+    _write("listing-table.md", listing_page())
     if (BENCH / "handoff.png").exists():
         shutil.copyfile(BENCH / "handoff.png", OUT / "handoff.png")
     _write("command-help.md", command_page())

@@ -250,7 +250,7 @@ class BaseLock:
 
     def expired_locks(self, *, prefix: str = "", limit: int | None = None) -> list[LockInfo]:
         """Locks that expired without a release and whose state is kept until purged
-        (:attr:`keeps_expired_state`), by expiry: those of keys starting with ``prefix``,
+        (``keeps_expired_state``), by expiry: those of keys starting with ``prefix``,
         the first ``limit`` of them, or all (None)."""
         validate_page_arguments(prefix, None, 1 if limit is None else limit)
         return []
