@@ -495,18 +495,11 @@ class DatabaseLock(BaseLock):
         driver can) that locks the key row, admits in SQL, moves an exclusive holder it
         joins to the holders' table and settles the key row."""
         ops = self.operations
-        statements = [ops.admit_shared if mode.shared else ops.admit_semaphore]
-        if not mode.shared:
-            statements.append(ops.move_exclusive)
-        if waiter and not mode.shared:
-            statements += [ops.settle_waiter, ops.mark_refused]
-        else:
-            statements.append(ops.settle)
-        statements.append(ops.own_holder)
+        statements = ops.holding(shared=mode.shared, waiter=waiter)
         rows = self._transaction(
             key, *statements, lock_key=True, token=token, correlation_id=correlation_id,
             ttl_us=ttl * 1000, shared=mode.shared, limit=mode.limit,
-        )["own_holder"].rows
+        )[statements[-1].name].rows
         if not rows:
             blockers = [Blocker(*row) for row in self._run(ops.blockers, key=key).rows]
             return Attempt(None, refusal_ms(mode, blockers))
@@ -526,8 +519,8 @@ class DatabaseLock(BaseLock):
         if self._holder_keys.pop(token, None) is None:
             if self._run(ops.release, key=key, token=token, rows=False).rowcount == 1:
                 return True
-        results = self._transaction(key, ops.release_holder, ops.recompute, token=token)
-        return results["release_holder"].rowcount == 1
+        statements = ops.releasing()
+        return self._transaction(key, *statements, token=token)[statements[0].name].rowcount == 1
 
     def _extend(self, key: str, token: str, ttl: int) -> int | None:
         if (store := self.in_memory_store()) is not None:  # inline: a hot path

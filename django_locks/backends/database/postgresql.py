@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django_locks.backends.database.features import DatabaseFeatures
-from django_locks.backends.database.operations import NOTIFY_CHANNEL, DatabaseOperations
+from django_locks.backends.database.operations import NOTIFY_CHANNEL, DatabaseOperations, Statement
 
 
 class PostgreSQLFeatures(DatabaseFeatures):
@@ -55,9 +55,94 @@ class PostgreSQLOperations(DatabaseOperations):
     NOTIFYING = ("release", "force_release", "clear_expired", "release_holder", "force_holders",
                  "purge_holders", "cull_holders")
 
+    # ------------------------------------------------------------------ holders, one statement each
+    # Data-modifying CTEs: what follows the key row's lock and the clock reading is one
+    # statement (each further statement of a transaction costs a parse, a plan and a run).
+    # Every part reads the snapshot taken after the lock, and the one clock reading
+    # ({txn_now}); a part sees another's writes only through RETURNING, so each one is
+    # written on what the others return (``own``: the admitted row, or this token's row
+    # of an earlier attempt).
+
+    #: A shared or semaphore admission (see :meth:`DatabaseOperations.holding`):
+    #: ``admit_*``, ``move_exclusive``, ``settle`` (or ``settle_waiter`` and
+    #: ``mark_refused``) and ``own_holder`` in one statement.
+    hold = """
+        WITH mine AS (SELECT fencing_token, acquired_at_us, expires_at_us FROM {holders}
+            WHERE token = :token),
+        admitted AS (
+            INSERT INTO {holders} (token, {key}, correlation_id, fencing_token, acquired_at_us,
+                expires_at_us, shared, holder_limit)
+            SELECT :token, {key}, :correlation_id, GREATEST(fencing_token + 1, {txn_now}), {txn_now},
+                {txn_now} + :ttl_us, :shared, :limit
+            FROM {table} WHERE {key} = :key AND NOT EXISTS (SELECT 1 FROM mine) AND {rule}
+            RETURNING fencing_token, acquired_at_us, expires_at_us),
+        own AS (SELECT * FROM admitted UNION ALL SELECT * FROM mine),
+        {moved}
+        settled AS (
+            UPDATE {table} SET {clear_mark} correlation_id = NULL, token = NULL, waiting_since_us = NULL,
+                fencing_token = GREATEST({table}.fencing_token, own.fencing_token),
+                expires_at_us = GREATEST({table}.expires_at_us, own.expires_at_us){nosync}
+            FROM own WHERE {key} = :key)
+        {refused}
+        SELECT fencing_token, acquired_at_us, expires_at_us FROM own
+    """
+    #: A semaphore admitted next to the key row's live exclusive holder moves it to the
+    #: holders' table (as ``move_exclusive``; read on the row as it was before ``settled``).
+    moved = """
+        moved AS (
+            INSERT INTO {holders} (token, {key}, correlation_id, fencing_token, acquired_at_us,
+                expires_at_us, shared, holder_limit)
+            SELECT token, {key}, correlation_id, fencing_token, acquired_at_us, expires_at_us, FALSE, 1
+            FROM {table} WHERE {key} = :key AND {exclusive_live} AND EXISTS (SELECT 1 FROM own)),
+    """
+    #: A non-shared waiter: its own writer mark goes once admitted (``settle_waiter``)...
+    clear_mark = """
+        mark_expires_at_us = CASE WHEN mark_token = :token THEN NULL ELSE mark_expires_at_us END,
+        mark_token = CASE WHEN mark_token = :token THEN NULL ELSE mark_token END,
+    """
+    #: ... and is set (renewed) when refused (``mark_refused``). Never both: ``settled``
+    #: writes the row only if ``own`` has a row, this only if not.
+    refused = """
+        , refused AS (
+            UPDATE {table} SET mark_expires_at_us = {txn_now} + {mark_us}{nosync}, mark_token = :token
+            WHERE {key} = :key AND NOT EXISTS (SELECT 1 FROM own))
+    """
+    hold_shared = hold.replace("{rule}", "{shared_rule}").replace("{moved}", "").replace(
+        "{clear_mark}", "").replace("{refused}", "")
+    hold_semaphore = hold.replace("{rule}", "{semaphore_rule}").replace("{moved}", moved).replace(
+        "{clear_mark}", "").replace("{refused}", "")
+    hold_semaphore_waiter = hold.replace("{rule}", "{semaphore_rule}").replace(
+        "{moved}", moved).replace("{clear_mark}", clear_mark).replace("{refused}", refused)
+    #: A holder's release (``release_holder`` and ``recompute``, NOTIFY included): the key
+    #: row's expiry follows the live holders but the released one (which the snapshot still
+    #: shows). Its rowcount is the released holders'.
+    release_and_recompute = """
+        WITH released AS (
+            DELETE FROM {holders}
+            WHERE token = :token AND {key} = :key AND expires_at_us > {txn_now}{nosync_release}
+            RETURNING {key}),
+        recomputed AS (
+            UPDATE {table} SET expires_at_us = COALESCE((SELECT MAX(o.expires_at_us) FROM {holders} o
+                WHERE o.{key} = :key AND o.expires_at_us > {txn_now} AND o.token <> :token),
+                {txn_now}){nosync}
+            WHERE {key} = :key AND token IS NULL AND expires_at_us > {txn_now})
+        SELECT pg_notify('{channel}', {key}) FROM released
+    """
+
+    STATEMENTS = (*DatabaseOperations.STATEMENTS, "hold_shared", "hold_semaphore",
+                  "hold_semaphore_waiter", "release_and_recompute")
+
+    def holding(self, *, shared: bool, waiter: bool) -> tuple[Statement, ...]:
+        if shared:
+            return (self.hold_shared,)  # type: ignore[return-value]
+        return (self.hold_semaphore_waiter if waiter else self.hold_semaphore,)  # type: ignore[return-value]
+
+    def releasing(self) -> tuple[Statement, ...]:
+        return (self.release_and_recompute,)  # type: ignore[return-value]
+
     def fragments(self, table: str, key: str, holders: str) -> dict[str, str]:
         self.key_column = key
-        return super().fragments(table, key, holders)
+        return {**super().fragments(table, key, holders), "channel": NOTIFY_CHANNEL}
 
     def adapt(self, name: str, sql: str) -> str:
         sql = super().adapt(name, sql)
