@@ -426,6 +426,26 @@ class DatabaseOperations:
         row's expiry then follows the live holders left."""
         return (self.release_holder, self.recompute)  # type: ignore[return-value]
 
+    def holding_alone(self) -> Statement | None:
+        """One statement that is a whole admission's transaction (it locks the key row,
+        reads the clock once, then does what :meth:`holding` does; its rows are the last
+        one's), or None: :meth:`holding` runs in a transaction."""
+        return None
+
+    def releasing_alone(self) -> Statement | None:
+        """The same for a holder's release (:meth:`releasing`; its rowcount is the
+        first one's)."""
+        return None
+
+    def install(self) -> list[str]:
+        """What the vendor needs in the database beside the tables (migration 0005 runs
+        it): PostgreSQL's functions."""
+        return []
+
+    def uninstall(self) -> list[str]:
+        """What undoes :meth:`install`."""
+        return []
+
     @staticmethod
     def render(template: str, fragments: dict[str, str]) -> str:
         """Fill the braces until none is left (fragments may hold fragments)."""

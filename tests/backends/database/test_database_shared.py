@@ -437,7 +437,8 @@ def test_processes_mix_readers_and_writers(db_alias, tmp_path):
 def test_round_trips(db_alias, monkeypatch):
     """Each _run is one statement and each _transaction one multi-statement round trip on
     PostgreSQL and MariaDB: an exclusive pair costs what it did, a shared or semaphore
-    acquisition one round trip, and a holder's release by its instance one."""
+    acquisition one round trip, and a holder's release by its instance one (on PostgreSQL
+    one statement each: a call of migration 0005's functions)."""
     from django_locks.backends.database import DatabaseLock
 
     calls: list[str] = []
@@ -448,18 +449,19 @@ def test_round_trips(db_alias, monkeypatch):
     backend = fresh(db_alias)
     backend.lock("trips", TTL).release()
     assert calls == (["run", "run"] if backend.vendor == "postgresql" else ["run"] * 3)
+    holder = "run" if backend.operations.holding_alone() is not None else "script"
     for mode in ({"shared": True}, {"limit": 4}):
         calls.clear()
         backend.lock("trips", TTL, **mode).release()
-        assert calls == ["script", "script"], mode
+        assert calls == [holder, holder], mode
     calls.clear()
     other = fresh(db_alias).lock("trips", TTL, limit=4)
     with pytest.raises(LockTimeoutError):
         fresh(db_alias).lock("trips", TTL, shared=True)
-    assert calls == ["script", "script", "run"]  # a refusal reads what keeps it out
+    assert calls == [holder, holder, "run"]  # a refusal reads what keeps it out
     calls.clear()
     backend.release_lock(None, "trips", owner=other.token)  # not this instance's holder
-    assert calls == ["run", "script"]
+    assert calls == ["run", holder]
 
 
 def test_an_exclusive_win_moved_by_a_semaphore_before_its_read_back_is_still_a_win(db_alias):
