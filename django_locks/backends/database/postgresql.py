@@ -149,6 +149,8 @@ class PostgreSQLOperations(DatabaseOperations):
     #: ``p_locked``: the caller's transaction locked the key row and stored the clock
     #: (``_transaction``); else the function does, as ``lock_key`` and ``store_clock`` do
     #: (the clock read after the lock was granted), and the call is the whole transaction.
+    #: An existing key row (the common case) is locked as ``lock_row`` does, without
+    #: writing a new version of it; a missing one is created by ``lock_key``.
     create_hold = """
         CREATE OR REPLACE FUNCTION {hold_function}(p_key text, p_token text,
             p_correlation_id text, p_ttl_us bigint, p_shared boolean, p_limit integer,
@@ -161,7 +163,10 @@ class PostgreSQLOperations(DatabaseOperations):
         BEGIN
             {durability}
             IF p_locked THEN v_now := {txn_now};
-            ELSE {lock_key}; v_now := {clock};
+            ELSE
+                {lock_row};
+                IF NOT FOUND THEN {lock_key}; END IF;
+                v_now := {clock};
             END IF;
             IF p_shared THEN {hold_shared} {into};
             ELSIF p_waiter THEN {hold_semaphore_waiter} {into};
