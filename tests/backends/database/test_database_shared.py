@@ -543,49 +543,6 @@ def test_an_extension_straddling_the_expiry_decides_on_one_reading(db_alias, usi
     assert other.try_acquire_lock(None, "edge", 1_000)
 
 
-SERVER_ALIASES = [alias for alias, using in DATABASE_ALIASES.items()
-                  if not settings.DATABASES[using]["ENGINE"].endswith("sqlite3")]
-
-
-@pytest.mark.parametrize("server_alias", SERVER_ALIASES)
-def test_a_listing_delayed_by_a_table_lock_decides_on_a_clock_after_its_snapshot(server_alias):
-    """get_holders() decided which holders are live on the time its statement arrived
-    (PostgreSQL statement_timestamp(), MariaDB UTC_TIMESTAMP(6)) but read a snapshot taken
-    after a wait for a table lock: it listed an exclusive holder admitted during the wait
-    beside the holders that had expired before it was. Found by an outside attack."""
-    from django.db import connections
-
-    backend = locks[server_alias]
-    using = DATABASE_ALIASES[server_alias]
-    backend.lock("k", 300)  # exclusive, then a semaphore beside it: both in the holders table
-    backend.lock("k", 300, limit=2)
-    blocker = connections[using]
-    blocker.ensure_connection()
-    raw = blocker.connection
-    cursor = raw.cursor()
-    table = blocker.ops.quote_name("django_locks_holder")
-    mysql = blocker.vendor == "mysql"
-    if mysql:
-        cursor.execute(f"LOCK TABLES {table} WRITE")
-    else:
-        cursor.execute("BEGIN")
-        cursor.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-    seen: dict = {}
-    listing = threading.Thread(target=lambda: seen.update(holders=fresh(server_alias).get_holders("k")))
-    try:
-        listing.start()
-        time.sleep(0.6)  # the listing waits for the table lock while both holders expire
-        admitted = fresh(server_alias).lock("k", 5_000)  # rightly: both expired
-    finally:
-        cursor.execute("UNLOCK TABLES" if mysql else "ROLLBACK")
-    listing.join(10)
-    # Either the holders before the wait (the exclusive one and the semaphore holder its
-    # own limit admitted beside it), or the one admitted after they expired: never both.
-    tokens = [holder.token for holder in seen["holders"]]
-    assert admitted.token not in tokens or tokens == [admitted.token], seen["holders"]
-    admitted.release()
-
-
 def test_a_retried_attempt_of_an_admitted_token_is_its_own_slot(db_alias):
     """An attempt by a token that already holds the key (a retry whose first reply was
     lost) finds its own holder row: it is admitted as that holder (same fencing token),
@@ -643,3 +600,47 @@ def test_an_admission_straddling_a_holders_expiry_decides_on_one_reading(db_alia
     assert lease.token in [info.token for info in locks[db_alias].expired_locks()]
     admitted.release()
     other.release()
+
+
+SERVER_ALIASES = [alias for alias, using in DATABASE_ALIASES.items()
+                  if not settings.DATABASES[using]["ENGINE"].endswith("sqlite3")]
+
+
+@pytest.mark.parametrize("server_alias", SERVER_ALIASES)
+def test_a_listing_delayed_by_a_table_lock_decides_on_a_clock_after_its_snapshot(server_alias):
+    """get_holders() decided which holders are live on the time its statement arrived
+    (PostgreSQL statement_timestamp(), MariaDB UTC_TIMESTAMP(6)) but read a snapshot taken
+    after a wait for a table lock: it listed an exclusive holder admitted during the wait
+    beside the holders that had expired before it was. Found by an outside attack."""
+    from django.db import connections
+
+    backend = locks[server_alias]
+    using = DATABASE_ALIASES[server_alias]
+    backend.lock("k", 300)  # exclusive, then a semaphore beside it: both in the holders table
+    backend.lock("k", 300, limit=2)
+    blocker = connections[using]
+    blocker.ensure_connection()
+    raw = blocker.connection
+    cursor = raw.cursor()
+    table = blocker.ops.quote_name("django_locks_holder")
+    mysql = blocker.vendor == "mysql"
+    if mysql:
+        cursor.execute(f"LOCK TABLES {table} WRITE")
+    else:
+        cursor.execute("BEGIN")
+        cursor.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+    seen: dict = {}
+    listing = threading.Thread(target=lambda: seen.update(holders=fresh(server_alias).get_holders("k")))
+    try:
+        listing.start()
+        time.sleep(0.6)  # the listing waits for the table lock while both holders expire
+        admitted = fresh(server_alias).lock("k", 5_000)  # rightly: both expired
+    finally:
+        cursor.execute("UNLOCK TABLES" if mysql else "ROLLBACK")
+    listing.join(10)
+    # Either the holders before the wait (the exclusive one and the semaphore holder its
+    # own limit admitted beside it), or the one admitted after they expired: never both.
+    tokens = [holder.token for holder in seen["holders"]]
+    assert admitted.token not in tokens or tokens == [admitted.token], seen["holders"]
+    admitted.release()
+
