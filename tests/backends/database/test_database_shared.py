@@ -643,4 +643,3 @@ def test_a_listing_delayed_by_a_table_lock_decides_on_a_clock_after_its_snapshot
     tokens = [holder.token for holder in seen["holders"]]
     assert admitted.token not in tokens or tokens == [admitted.token], seen["holders"]
     admitted.release()
-
