@@ -102,10 +102,15 @@ def _migrate_hint(error: BaseException, using: str) -> str:
             or (cause.args[:1] == (1146,))  # MariaDB/MySQL ER_NO_SUCH_TABLE
             or "no such table" in str(cause)  # SQLite
         )
+        # PostgreSQL undefined_function (psycopg 3, psycopg2): migration 0005's functions.
+        functions = "42883" in (getattr(cause, "sqlstate", None), getattr(cause, "pgcode", None))
+        database = "" if using == "default" else f" --database {using}"
         if missing:
-            database = "" if using == "default" else f" --database {using}"
             return (f"the lock table does not exist: run `python manage.py migrate{database}` "
                     "(DatabaseLock keeps its locks in the django_locks app's table). The database said: ")
+        if functions:
+            return (f"a function of the lock tables may be missing: run `python manage.py "
+                    f"migrate{database}` (django_locks migration 0005). The database said: ")
     return ""
 
 
@@ -496,18 +501,15 @@ class DatabaseLock(BaseLock):
         driver can) that locks the key row, admits in SQL, moves an exclusive holder it
         joins to the holders' table and settles the key row."""
         ops = self.operations
-        statements = [ops.admit_shared if mode.shared else ops.admit_semaphore]
-        if not mode.shared:
-            statements.append(ops.move_exclusive)
-        if waiter and not mode.shared:
-            statements += [ops.settle_waiter, ops.mark_refused]
+        params = {"token": token, "correlation_id": correlation_id, "ttl_us": ttl * 1000,
+                  "shared": mode.shared, "limit": mode.limit, "waiter": waiter,
+                  "durable": self.durable}
+        alone = ops.holding_alone() if self._after_clock_read is None else None
+        if alone is not None:
+            rows = self._run(alone, key=key, **params).rows
         else:
-            statements.append(ops.settle)
-        statements.append(ops.own_holder)
-        rows = self._transaction(
-            key, *statements, lock_key=True, token=token, correlation_id=correlation_id,
-            ttl_us=ttl * 1000, shared=mode.shared, limit=mode.limit,
-        )["own_holder"].rows
+            statements = ops.holding(shared=mode.shared, waiter=waiter)
+            rows = self._transaction(key, *statements, lock_key=True, **params)[statements[-1].name].rows
         if not rows:
             blockers = [Blocker(*row) for row in self._run(ops.blockers, key=key).rows]
             return Attempt(None, refusal_ms(mode, blockers))
@@ -527,8 +529,12 @@ class DatabaseLock(BaseLock):
         if self._holder_keys.pop(token, None) is None:
             if self._run(ops.release, key=key, token=token, rows=False).rowcount == 1:
                 return True
-        results = self._transaction(key, ops.release_holder, ops.recompute, token=token)
-        return results["release_holder"].rowcount == 1
+        alone = ops.releasing_alone() if self._after_clock_read is None else None
+        if alone is not None:
+            return self._run(alone, key=key, token=token, durable=self.durable).rowcount == 1
+        statements = ops.releasing()
+        return self._transaction(key, *statements, token=token,
+                                 durable=self.durable)[statements[0].name].rowcount == 1
 
     def _extend(self, key: str, token: str, ttl: int) -> int | None:
         if (store := self.in_memory_store()) is not None:  # inline: a hot path

@@ -281,16 +281,9 @@ class DatabaseOperations:
         FROM {table} WHERE {key} = :key AND NOT {mine} AND
     """
     #: Fewer than ``limit`` live holders of any mode.
-    admit_semaphore = """
-        {admit} (CASE WHEN {exclusive_live} THEN 1 ELSE 0 END) + (SELECT COUNT(*) FROM {holders} o
-            WHERE o.{key} = :key AND o.expires_at_us > {txn_now}) < :limit
-    """
+    admit_semaphore = "{admit} {semaphore_rule}"
     #: No live non-shared holder and no live writer mark.
-    admit_shared = """
-        {admit} NOT ({exclusive_live}) AND NOT (mark_expires_at_us IS NOT NULL AND
-            mark_expires_at_us > {txn_now}) AND NOT EXISTS (SELECT 1 FROM {holders} o
-            WHERE o.{key} = :key AND o.expires_at_us > {txn_now} AND NOT o.shared)
-    """
+    admit_shared = "{admit} {shared_rule}"
     #: A semaphore admitted next to the key row's exclusive holder: that one moves to the
     #: holders' table, so that the key row stands for its holders.
     move_exclusive = """
@@ -411,6 +404,14 @@ class DatabaseOperations:
             "prefix_p": self.prefix_match.replace("{column}", "p.{key}"),
             "prefix_q": self.prefix_match.replace("{column}", "q.{key}"),
             "mine": mine, "exclusive_live": exclusive_live,
+            # The admission rules, read on the key row (locked) and the live holders.
+            "semaphore_rule": (
+                "(CASE WHEN {exclusive_live} THEN 1 ELSE 0 END) + (SELECT COUNT(*) FROM {holders} o "
+                "WHERE o.{key} = :key AND o.expires_at_us > {txn_now}) < :limit"),
+            "shared_rule": (
+                "NOT ({exclusive_live}) AND NOT ({table}.mark_expires_at_us IS NOT NULL AND "
+                "{table}.mark_expires_at_us > {txn_now}) AND NOT EXISTS (SELECT 1 FROM {holders} o "
+                "WHERE o.{key} = :key AND o.expires_at_us > {txn_now} AND NOT o.shared)"),
             "settle_columns": (
                 "correlation_id = NULL, token = NULL, waiting_since_us = NULL, "
                 "fencing_token = {greatest}(fencing_token, " + own.replace("{column}", "fencing_token")
@@ -418,6 +419,42 @@ class DatabaseOperations:
                 + own.replace("{column}", "expires_at_us") + "){nosync} WHERE {key} = :key AND {mine}"
             ),
         }
+
+    def holding(self, *, shared: bool, waiter: bool) -> tuple[Statement, ...]:
+        """The statements of a shared or semaphore admission, after the key row's lock and
+        the clock reading: the last one returns this token's holder row (fencing token,
+        acquired, expires) if it holds the key. A non-shared waiter clears its writer mark
+        once admitted, and sets it when refused."""
+        if shared:
+            return (self.admit_shared, self.settle, self.own_holder)  # type: ignore[return-value]
+        settle = (self.settle_waiter, self.mark_refused) if waiter else (self.settle,)
+        return (self.admit_semaphore, self.move_exclusive, *settle, self.own_holder)  # type: ignore[return-value]
+
+    def releasing(self) -> tuple[Statement, ...]:
+        """The statements of a holder's release, after the key row's lock and the clock
+        reading: the first one's rowcount is 1 if this token's holder was released; the key
+        row's expiry then follows the live holders left."""
+        return (self.release_holder, self.recompute)  # type: ignore[return-value]
+
+    def holding_alone(self) -> Statement | None:
+        """One statement that is a whole admission's transaction (it locks the key row,
+        reads the clock once, then does what :meth:`holding` does; its rows are the last
+        one's), or None: :meth:`holding` runs in a transaction."""
+        return None
+
+    def releasing_alone(self) -> Statement | None:
+        """The same for a holder's release (:meth:`releasing`; its rowcount is the
+        first one's)."""
+        return None
+
+    def install(self) -> list[str]:
+        """What the vendor needs in the database beside the tables (migration 0005 runs
+        it): PostgreSQL's functions."""
+        return []
+
+    def uninstall(self) -> list[str]:
+        """What undoes :meth:`install`."""
+        return []
 
     @staticmethod
     def render(template: str, fragments: dict[str, str]) -> str:

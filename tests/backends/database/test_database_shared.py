@@ -437,7 +437,8 @@ def test_processes_mix_readers_and_writers(db_alias, tmp_path):
 def test_round_trips(db_alias, monkeypatch):
     """Each _run is one statement and each _transaction one multi-statement round trip on
     PostgreSQL and MariaDB: an exclusive pair costs what it did, a shared or semaphore
-    acquisition one round trip, and a holder's release by its instance one."""
+    acquisition one round trip, and a holder's release by its instance one (on PostgreSQL
+    one statement each: a call of migration 0005's functions)."""
     from django_locks.backends.database import DatabaseLock
 
     calls: list[str] = []
@@ -448,18 +449,19 @@ def test_round_trips(db_alias, monkeypatch):
     backend = fresh(db_alias)
     backend.lock("trips", TTL).release()
     assert calls == (["run", "run"] if backend.vendor == "postgresql" else ["run"] * 3)
+    holder = "run" if backend.operations.holding_alone() is not None else "script"
     for mode in ({"shared": True}, {"limit": 4}):
         calls.clear()
         backend.lock("trips", TTL, **mode).release()
-        assert calls == ["script", "script"], mode
+        assert calls == [holder, holder], mode
     calls.clear()
     other = fresh(db_alias).lock("trips", TTL, limit=4)
     with pytest.raises(LockTimeoutError):
         fresh(db_alias).lock("trips", TTL, shared=True)
-    assert calls == ["script", "script", "run"]  # a refusal reads what keeps it out
+    assert calls == [holder, holder, "run"]  # a refusal reads what keeps it out
     calls.clear()
     backend.release_lock(None, "trips", owner=other.token)  # not this instance's holder
-    assert calls == ["run", "script"]
+    assert calls == ["run", holder]
 
 
 def test_an_exclusive_win_moved_by_a_semaphore_before_its_read_back_is_still_a_win(db_alias):
@@ -539,6 +541,65 @@ def test_an_extension_straddling_the_expiry_decides_on_one_reading(db_alias, usi
     assert [holder.token for holder in backend.get_holders("edge")] == [lease.token]
     lease.release()
     assert other.try_acquire_lock(None, "edge", 1_000)
+
+
+def test_a_retried_attempt_of_an_admitted_token_is_its_own_slot(db_alias):
+    """An attempt by a token that already holds the key (a retry whose first reply was
+    lost) finds its own holder row: it is admitted as that holder (same fencing token),
+    takes no second slot, and needs no free one."""
+    backend = fresh(db_alias)
+    lease = backend.lock("again", TTL, limit=2)
+    for waiter in (False, True):
+        attempt = backend._try_acquire("again", lease.token, TTL, None, Mode(limit=2), waiter)
+        assert attempt.info is not None
+        assert attempt.info.fencing_token == lease.info.fencing_token
+    assert [h.token for h in locks[db_alias].get_holders("again")] == [lease.token]
+    second = fresh(db_alias).lock("again", TTL, limit=2)  # the other slot is still free
+    assert refused(db_alias, "again", limit=2)
+    # Full: the retry is still admitted, as itself.
+    attempt = backend._try_acquire("again", lease.token, TTL, None, Mode(limit=2), False)
+    assert attempt.info is not None and attempt.info.fencing_token == lease.info.fencing_token
+    second.release()
+    lease.release()
+    assert locks[db_alias].get_holders("again") == []
+
+
+def test_an_admission_straddling_a_holders_expiry_decides_on_one_reading(db_alias, using):
+    """A semaphore's admission whose statements run after one of the two holders of a
+    limit of 2 expired by the wall clock, on a clock reading taken before (the test hook
+    waits in between): the holder counts at that reading, so the attempt is refused; the
+    next attempt, on a later reading, takes its slot (the expired holder stays listed as
+    expired until purged)."""
+    from django.db import connections
+
+    lease = fresh(db_alias).lock("straddle", 300, limit=2)
+    other = fresh(db_alias).lock("straddle", TTL, limit=2)
+    clock = locks[db_alias].operations.now_us
+
+    def database_now() -> int:
+        with connections[using].cursor() as cursor:
+            cursor.execute(f"SELECT {clock}")
+            return int(cursor.fetchone()[0])
+
+    readings: list[int] = []
+
+    def past_the_expiry(now: int) -> None:
+        readings.append(now)
+        wait_until(lambda: database_now() > lease.info.expires_at_us + 20_000, timeout=10)
+
+    backend = fresh(db_alias)
+    backend._after_clock_read = past_the_expiry
+    try:
+        attempt = backend._try_acquire("straddle", new_token(), TTL, None, Mode(limit=2), False)
+    finally:
+        backend._after_clock_read = None
+    assert readings and readings[0] < lease.info.expires_at_us
+    assert attempt.info is None
+    admitted = backend.lock("straddle", TTL, limit=2)
+    assert {h.token for h in locks[db_alias].get_holders("straddle")} == {admitted.token, other.token}
+    assert lease.token in [info.token for info in locks[db_alias].expired_locks()]
+    admitted.release()
+    other.release()
 
 
 SERVER_ALIASES = [alias for alias, using in DATABASE_ALIASES.items()
