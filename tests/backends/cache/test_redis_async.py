@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +17,7 @@ from django.test import override_settings
 from django_locks import locks
 from django_locks.backends import _bookkeeping
 from django_locks.backends.cache_clients import redis_connections
+from django_locks.exceptions import LockBackendError
 from tests.helpers import DATABASE_ALIASES, own_cache, wait_until
 
 
@@ -253,3 +255,40 @@ def test_a_release_cancelled_mid_command_still_reads_its_reply(redis_alias, monk
     with backend.lock("job", 60_000) as again:
         assert backend.get_lock("job").token == again.token
     assert not backend.client.get_client().connection_pool._in_use_connections
+
+
+def test_async_calls_on_a_stopped_server_are_backend_errors(redis_alias, redis_server):
+    """On the event-loop path too (an idle connection of a server that went away): the
+    failure is retried as the connection's retry says (in a worker), then raised as
+    LockBackendError, bounded; once the server is back, async calls work again."""
+    with override_settings(CACHES={"own": own_cache(redis_alias, redis_server.url)},
+                           LOCKS={"own": {"BACKEND": "django_locks.backends.cache.CacheLock",
+                                          "OPTIONS": {"cache": "own"}}}):
+        backend = locks["own"]
+        lease = backend.lock("job", 60_000)
+        redis_server.stop()
+        started = time.monotonic()
+
+        async def calls() -> None:
+            for call in (
+                lambda: backend.atry_acquire_lock(None, "other", 1_000),
+                lambda: lease.aextend(),
+                lambda: backend.aextend_lock(None, "job", 1_000),
+                lambda: lease.arelease(),
+            ):
+                with pytest.raises(LockBackendError):
+                    await call()
+
+        asyncio.run(calls())
+        assert time.monotonic() - started < 30  # bounded: no hang
+        redis_server.start()
+
+        def answers() -> bool:
+            try:
+                return asyncio.run(backend.atry_acquire_lock(None, "probe", 1_000))
+            except LockBackendError:
+                return False
+
+        wait_until(answers)
+        backend.force_release("probe")
+        assert not backend.client.get_client().connection_pool._in_use_connections
