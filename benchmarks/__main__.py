@@ -15,6 +15,8 @@ first page, ``locks list --limit 100`` and ``list_locks(limit=100)`` with 1,000 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import inspect
 import json
 import os
 import platform
@@ -24,8 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 from tests.servers import Topology  # the test suite's server harness
 
@@ -137,20 +141,15 @@ def run_uncontended(quick: bool) -> list[dict]:
     rows = []
     for group, name, factory in UNCONTENDED:
         pair = factory()
-        for _ in range(warmup):
-            pair()
+        timed_pairs(pair, warmup, [])
         rows.append({"group": group, "name": name, "pair": pair, "latencies_us": [], "rates": []})
     rng = random.Random(7)
     for _ in range(rounds):
         order = rows[:]
         rng.shuffle(order)  # interleaved: drift and noise hit every row alike
         for row in order:
-            pair, latencies = row["pair"], row["latencies_us"]
             started = time.perf_counter_ns()
-            for _ in range(ops):
-                t0 = time.perf_counter_ns()
-                pair()
-                latencies.append((time.perf_counter_ns() - t0) / 1000)
+            timed_pairs(row["pair"], ops, row["latencies_us"])
             row["rates"].append(ops / ((time.perf_counter_ns() - started) / 1e9))
     for row in rows:
         del row["pair"]
@@ -158,6 +157,24 @@ def run_uncontended(quick: bool) -> list[dict]:
         row.update(median_us=statistics.median(lat), p99_us=percentile(lat, 0.99),
                    pairs_per_s=statistics.median(row.pop("rates")))
     return rows
+
+
+def timed_pairs(pair: Callable[[], Any], ops: int, latencies: list[float]) -> None:
+    """``ops`` pairs, each one's latency (µs) appended. A coroutine function's pairs are
+    awaited in one event loop (``asyncio.run`` for the round, not per pair)."""
+    if inspect.iscoroutinefunction(pair):
+        async def timed() -> None:
+            for _ in range(ops):
+                t0 = time.perf_counter_ns()
+                await pair()
+                latencies.append((time.perf_counter_ns() - t0) / 1000)
+
+        asyncio.run(timed())
+        return
+    for _ in range(ops):
+        t0 = time.perf_counter_ns()
+        pair()
+        latencies.append((time.perf_counter_ns() - t0) / 1000)
 
 
 # ----------------------------------------------------------------------------- contended
@@ -320,6 +337,8 @@ def ratios(rows: list[dict]) -> list[tuple[str, float, str]]:
         for mode in ("semaphore (limit 4)", "shared"):
             ratio(f"{db}: DatabaseLock, {mode} / exclusive", f"{db}: DatabaseLock, {mode}",
                   f"{db}: DatabaseLock", "<= 1.25")
+    ratio("CacheLock async / sync pair (django-redis, async with alock / with lock)",
+          "CacheLock (django-redis), async alock", "CacheLock (django-redis), with lock", "<= 1.2")
     ratio("MemoryLock / threading.Lock", "MemoryLock", "threading.Lock", "")
     return out
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
@@ -79,6 +80,30 @@ def _django_locks(alias: str) -> Callable[[], None]:
     def pair() -> None:
         assert backend.try_acquire_lock(None, "bench:pair", TTL_MS)
         backend.release_lock(None, "bench:pair")
+
+    return pair
+
+
+def _django_locks_with(alias: str) -> Callable[[], None]:
+    """A lease taken and released by ``with backend.lock(key, ttl)`` (the sync twin of
+    the async row below)."""
+    backend = locks[alias]
+
+    def pair() -> None:
+        with backend.lock("bench:with", TTL_MS):
+            pass
+
+    return pair
+
+
+def _django_locks_async(alias: str) -> Callable[[], Awaitable[None]]:
+    """``async with backend.alock(key, ttl)``: a coroutine function, which the runner
+    awaits in one event loop for a whole round (no loop started per pair)."""
+    backend = locks[alias]
+
+    async def pair() -> None:
+        async with backend.alock("bench:with", TTL_MS):
+            pass
 
     return pair
 
@@ -247,12 +272,15 @@ def _update(alias: str, fenced: bool) -> Callable[[], None]:
     return update
 
 
-#: (group, row name, factory, floor of the group?)
-UNCONTENDED: list[tuple[str, str, Callable[[], Callable[[], None]]]] = [
+#: (group, row name, factory). A factory returns the pair, a function; or a coroutine
+#: function, awaited in one event loop per round.
+UNCONTENDED: list[tuple[str, str, Callable[[], Callable[[], Any]]]] = [
     ("redis", "Redis floor: PING x2", _redis_floor_ping),
     ("redis", "Redis floor: SET NX PX + EVALSHA", _redis_floor_setnx),
     ("redis", "CacheLock (django-redis)", lambda: _django_locks("django_redis")),
     ("redis", "CacheLock (Django RedisCache)", lambda: _django_locks("redis")),
+    ("redis", "CacheLock (django-redis), with lock", lambda: _django_locks_with("django_redis")),
+    ("redis", "CacheLock (django-redis), async alock", lambda: _django_locks_async("django_redis")),
     ("redis", "redis-py Lock (django-redis cache.lock)", _redis_py_lock),
     ("redis", "python-redis-lock", _python_redis_lock),
     ("redis", "pottery Redlock (1 master)", _pottery_redlock),

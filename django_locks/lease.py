@@ -111,14 +111,19 @@ class Lease:
 
         Raises :class:`LockNotHeldError` if the lease was lost; the lock is then untouched.
         """
-        ttl = self.ttl if ttl is None else validate_ttl(ttl)
-        if self._released:
-            raise LockNotHeldError(f"lease on {self.key!r} was already released")
-        self._check_process()
+        ttl = self._extending(ttl)
         expires_at_us = self._backend.extend_token(self.key, self.token, ttl, self.correlation_id)
         if expires_at_us is None:
             self._lost("extend")
         self._info = replace(self._info, expires_at_us=expires_at_us)
+
+    def _extending(self, ttl: Milliseconds | None) -> int:
+        """Before an extend: the ttl to extend by, once this lease may be extended."""
+        ttl = self.ttl if ttl is None else validate_ttl(ttl)
+        if self._released:
+            raise LockNotHeldError(f"lease on {self.key!r} was already released")
+        self._check_process()
+        return ttl
 
     def start_renewing(self, interval: float | None = None) -> None:
         """Keep extending this lease in a daemon thread until it is released or lost.
@@ -137,9 +142,7 @@ class Lease:
     def release(self) -> None:
         """Release the lease. Raises :class:`LockNotHeldError` if it was lost."""
         self.stop_renewing()
-        if self._released:
-            raise LockNotHeldError(f"lease on {self.key!r} was already released")
-        self._check_process()
+        self._releasing()
         released = self._backend.release_token(
             self.key, self.token, self.correlation_id, self.fencing_token
         )
@@ -147,13 +150,34 @@ class Lease:
         if not released:
             self._lost("release")
 
+    def _releasing(self) -> None:
+        """Before a release: raise if this lease may not be released."""
+        if self._released:
+            raise LockNotHeldError(f"lease on {self.key!r} was already released")
+        self._check_process()
+
     async def aextend(self, ttl: Milliseconds | None = None) -> None:
-        """:meth:`extend` for async code."""
-        await self._backend._in_worker(self.extend)(ttl)
+        """:meth:`extend` for async code (the backend's async extend: on Redis no thread)."""
+        ttl = self._extending(ttl)
+        expires_at_us = await self._backend.aextend_token(
+            self.key, self.token, ttl, self.correlation_id
+        )
+        if expires_at_us is None:
+            await self._alost("extend")
+        self._info = replace(self._info, expires_at_us=expires_at_us)
 
     async def arelease(self) -> None:
-        """:meth:`release` for async code."""
-        await self._backend._in_worker(self.release)()
+        """:meth:`release` for async code (the backend's async release: on Redis no thread)."""
+        if self._renewer is not None:  # stopping the renewer joins its thread
+            await self._backend._in_worker(self.release)()
+            return
+        self._releasing()
+        released = await self._backend.arelease_token(
+            self.key, self.token, self.correlation_id, self.fencing_token
+        )
+        self._released = True
+        if not released:
+            await self._alost("release")
 
     def _check_process(self) -> None:
         """A forked child inherits its parent's leases as objects, not the locks: those stay
@@ -167,14 +191,25 @@ class Lease:
 
     def _lost(self, operation: str) -> NoReturn:
         """The backend found this lease's token no longer holding the key (and forgot it)."""
+        self._note_lost(operation)
+        signals.lock_lost.send(sender=type(self._backend), **self._signal_kwargs())
+        raise LockNotHeldError(f"lock {self.key!r} is no longer held by this lease")
+
+    async def _alost(self, operation: str) -> NoReturn:
+        """:meth:`_lost` for async code (``lock_lost`` sent as ``BaseLock._asend`` sends)."""
+        self._note_lost(operation)
+        kwargs = self._signal_kwargs()
+        del kwargs["alias"]  # _asend adds it
+        await self._backend._asend(signals.lock_lost, **kwargs)
+        raise LockNotHeldError(f"lock {self.key!r} is no longer held by this lease")
+
+    def _note_lost(self, operation: str) -> None:
         self._released = True
         logger.error(
             "lock %r was lost before %s: it expired, was taken over or was force-released "
             "(alias=%s, correlation_id=%s, fencing_token=%s)",
             self.key, operation, self.alias, self.correlation_id, self.fencing_token,
         )
-        signals.lock_lost.send(sender=type(self._backend), **self._signal_kwargs())
-        raise LockNotHeldError(f"lock {self.key!r} is no longer held by this lease")
 
     def _signal_kwargs(self) -> dict[str, Any]:
         return {
@@ -194,8 +229,18 @@ class Lease:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._released:
+        if not self._leaving():
             return
+        try:
+            self.release()
+        except (LockNotHeldError, LockBackendError) as problem:
+            if self._left_with(exc, problem):
+                raise
+
+    def _leaving(self) -> bool:
+        """Leaving the block: whether to release (not if released, nor in a forked child)."""
+        if self._released:
+            return False
         if self._holder_pid != os.getpid():
             # A forked child leaving a block its parent entered: the lock is the parent's.
             logger.warning(
@@ -204,19 +249,22 @@ class Lease:
                 self.key, os.getpid(), self._holder_pid, self.alias,
             )
             self._released = True
-            return
-        try:
-            self.release()
-        except (LockNotHeldError, LockBackendError) as problem:
-            if exc is None:
-                raise
-            if hasattr(exc, "add_note"):
-                exc.add_note(f"django_locks: while leaving the lock block: {problem!r}")
-            if isinstance(problem, LockBackendError):
-                logger.error(
-                    "lock %r could not be released: %s (alias=%s, correlation_id=%s)",
-                    self.key, problem, self.alias, self.correlation_id,
-                )
+            return False
+        return True
+
+    def _left_with(self, exc: BaseException | None, problem: Exception) -> bool:
+        """The release on leaving the block raised ``problem``: True to raise it (the
+        block ended normally), else it is noted on the block's ``exc`` (and logged)."""
+        if exc is None:
+            return True
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"django_locks: while leaving the lock block: {problem!r}")
+        if isinstance(problem, LockBackendError):
+            logger.error(
+                "lock %r could not be released: %s (alias=%s, correlation_id=%s)",
+                self.key, problem, self.alias, self.correlation_id,
+            )
+        return False
 
     async def __aenter__(self) -> Lease:
         return self
@@ -227,7 +275,13 @@ class Lease:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._backend._in_worker(self.__exit__)(exc_type, exc, tb)
+        if not self._leaving():
+            return
+        try:
+            await self.arelease()
+        except (LockNotHeldError, LockBackendError) as problem:
+            if self._left_with(exc, problem):
+                raise
 
     def __repr__(self) -> str:
         state = "released" if self._released else f"expires {self.expires_at.isoformat()}"

@@ -4,8 +4,9 @@
 off after a backend error, return, give up) from what the last step reported; it does no
 I/O. :func:`acquire` (sync) and :func:`aacquire` (async) only execute its decisions, as
 tenacity's ``Retrying`` and ``AsyncRetrying`` execute ``BaseRetrying.iter()``'s. Async
-attempts run in a worker thread; only the waits are native. The why of each rule is in
-``docs/internals/acquisition.md``.
+attempts are the backend's ``_aattempt``: awaited in the event loop where the backend can
+(CacheLock on Redis), else run in a worker thread; waits hold no thread. The why of each
+rule is in ``docs/internals/acquisition.md``.
 """
 
 from __future__ import annotations
@@ -69,6 +70,16 @@ Decision = AttemptNow | WaitForRelease | BackOff | Done
 ATTEMPT = AttemptNow()
 
 
+class AnsweredAfterCancel(asyncio.CancelledError):
+    """An async storage operation cancelled in flight that still heard its answer (a
+    Redis command whose reply was read after the cancellation): the cancellation goes on,
+    with the operation's result (for an attempt, its :class:`Attempt`)."""
+
+    def __init__(self, answer: object) -> None:
+        super().__init__()
+        self.answer = answer
+
+
 # --------------------------------------------------------------------------- the policy
 
 
@@ -79,7 +90,7 @@ class Acquisition:
     the key unseen once one of its attempts did not answer: it raised a backend error (a
     socket timeout after the server ran the command), or was interrupted while in flight
     (anything not an ``Exception``: KeyboardInterrupt, a cancellation whose attempt, left
-    running in its worker, never reports), or an attempt that won after a cancellation
+    running in its task or worker thread, never reports), or an attempt that won after a cancellation
     could not be undone. A failed *wait* never makes it uncertain: waits take nothing, and
     the attempt before the wait answered "refused"; nor does an attempt refused by an
     ordinary exception (NotImplementedError, ValueError: an answer, not a lost one). A call
@@ -168,7 +179,8 @@ class Acquisition:
         return self._attempt_next()
 
     def abandoned_attempt_answered(self, attempt: Attempt) -> bool:
-        """A cancelled call's attempt, left running in its worker, answered after all.
+        """A cancelled call's attempt, left running (in its task or worker thread),
+        answered after all.
         True: it won, and the driver undoes it (:func:`undo`)."""
         self.attempt_in_flight = False
         return attempt.info is not None
@@ -284,19 +296,25 @@ def acquire(acquisition: Acquisition) -> LockInfo | None:
 
 
 async def aacquire(acquisition: Acquisition) -> LockInfo | None:
-    """Carry out ``acquisition`` for an async caller: attempts in a worker thread, waits
-    holding no thread (a Redis BLPOP, a PostgreSQL NOTIFY, else ``asyncio.sleep``)."""
+    """Carry out ``acquisition`` for an async caller: attempts by the backend's
+    ``_aattempt``, awaited directly where they run in the event loop (``native_async``:
+    Redis), else each in a shielded task of its own (a worker thread's); waits holding no
+    thread (a Redis BLPOP, a PostgreSQL NOTIFY, else ``asyncio.sleep``)."""
     backend, key = acquisition.backend, acquisition.key
-    attempt_in_worker = backend._in_worker(backend._attempt)
     running: asyncio.Future[Attempt] | None = None
     try:
         with _waiting(acquisition):
             decision = acquisition.first()
             while True:
                 try:
-                    if isinstance(decision, AttemptNow):
+                    if isinstance(decision, AttemptNow) and backend.native_async:
+                        # Cancelled mid-attempt, it raises AnsweredAfterCancel if it heard
+                        # its answer (see below), else the token is uncertain (give_up).
+                        attempt = await backend._aattempt(*_attempt_arguments(acquisition))
+                        decision = acquisition.answered(attempt)
+                    elif isinstance(decision, AttemptNow):
                         running = asyncio.ensure_future(
-                            attempt_in_worker(*_attempt_arguments(acquisition))
+                            backend._aattempt(*_attempt_arguments(acquisition))
                         )
                         # Shielded: a cancellation leaves the attempt running (see below).
                         decision = acquisition.answered(await asyncio.shield(running))
@@ -317,15 +335,21 @@ async def aacquire(acquisition: Acquisition) -> LockInfo | None:
                 except LockBackendError as error:
                     decision = acquisition.failed(error)
     except BaseException as error:
-        if acquisition.attempt_in_flight and running is not None:
-            # Cancelled while its attempt runs on in its worker thread: hear its answer,
-            # and undo a win, so that a cancelled waiter leaves nothing behind.
+        if acquisition.attempt_in_flight and isinstance(error, AnsweredAfterCancel):
+            # Cancelled mid-attempt, its answer heard after all: undo a win.
+            assert isinstance(error.answer, Attempt)
+            if acquisition.abandoned_attempt_answered(error.answer):
+                await aundo(acquisition)
+        elif acquisition.attempt_in_flight and running is not None:
+            # Cancelled while its attempt runs on (its task, or its worker thread, is not
+            # cancelled): hear its answer, and undo a win, so that a cancelled waiter
+            # leaves nothing behind.
             await _finish_abandoned_attempt(acquisition, running)
         settle, unmark = acquisition.give_up(error)
         if settle:
             backend._unsettled(key, acquisition.token, acquisition.ttl)
         if unmark:
-            await backend._in_worker(backend._give_up_mark)(key, acquisition.token)
+            await backend._agive_up_mark(key, acquisition.token)
         raise
 
 
@@ -336,7 +360,7 @@ async def _finish_abandoned_attempt(acquisition: Acquisition, running: asyncio.F
         acquisition.attempt_raised(error)
         return
     if acquisition.abandoned_attempt_answered(attempt):
-        await acquisition.backend._in_worker(undo)(acquisition)
+        await aundo(acquisition)
 
 
 def undo(acquisition: Acquisition) -> None:
@@ -346,9 +370,24 @@ def undo(acquisition: Acquisition) -> None:
     try:
         backend._release(key, token)
     except LockBackendError as e:
-        logger.warning(
-            "a cancelled waiter could not release lock %r it won meanwhile: %s (alias=%s); "
-            "it is released once the backend answers", key, e, backend.alias,
-        )
-        acquisition.uncertain = True
+        _undo_failed(acquisition, e)
     backend._forget(key, token)
+
+
+async def aundo(acquisition: Acquisition) -> None:
+    """:func:`undo` for async callers (the backend's ``_arelease``)."""
+    backend, key, token = acquisition.backend, acquisition.key, acquisition.token
+    try:
+        await backend._arelease(key, token)
+    except LockBackendError as e:
+        _undo_failed(acquisition, e)
+    backend._forget(key, token)
+
+
+def _undo_failed(acquisition: Acquisition, error: LockBackendError) -> None:
+    logger.warning(
+        "a cancelled waiter could not release lock %r it won meanwhile: %s (alias=%s); "
+        "it is released once the backend answers", acquisition.key, error,
+        acquisition.backend.alias,
+    )
+    acquisition.uncertain = True

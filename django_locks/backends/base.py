@@ -7,6 +7,9 @@ implements the storage operations at the bottom (``_try_acquire``, ``_release``,
 ``_wait_for_release`` and ``_await_release`` where it can do better than the default),
 plus :meth:`BaseLock.close` if it keeps per-thread resources. They must be thread-safe and
 act by token alone: a :class:`Lease` may be extended or released from another thread.
+Async callers use ``_atry_acquire``, ``_arelease``, ``_aextend`` and ``_aunmark``: by
+default the sync operation in a worker thread; a backend that awaits its I/O in the event
+loop overrides them and sets :attr:`BaseLock.native_async` (CacheLock on Redis).
 
 Argument validation lives in :mod:`django_locks.values`, the acquisition policy in
 :mod:`django_locks.backends._acquire`, the held tokens and the settler in
@@ -96,6 +99,12 @@ class BaseLock:
     poll_interval_max: float = 0.010
     #: Whether storage operations do I/O (then async callers run them in worker threads).
     does_io: bool = True
+    #: Whether the async storage operations (_atry_acquire...) await their I/O in the event
+    #: loop instead of a worker thread (CacheLock on Redis). An async attempt is then
+    #: awaited directly (cancelled mid-attempt, it still reads its answer and raises
+    #: AnsweredAfterCancel); else it runs in a shielded task of its own, whose answer a
+    #: cancelled call waits for (docs/internals/acquisition.md, "Cancellation").
+    native_async: bool = False
     #: Whether expired holders stay in storage until :meth:`purge` (see :meth:`expired_locks`).
     keeps_expired_state: bool = False
     #: Whether locks live in this process only (MemoryLock, CacheLock on LocMemCache): no
@@ -287,7 +296,12 @@ class BaseLock:
         """Reset the life of holder ``token`` of ``key`` to ``ttl`` ms. The new expiry (µs
         since the epoch, the backend's clock), or None when ``token`` no longer holds
         ``key`` (this instance then forgets it)."""
-        expires_at_us = self._extend(key, token, ttl)
+        return self._extended(key, token, ttl, correlation_id, self._extend(key, token, ttl))
+
+    def _extended(
+        self, key: str, token: str, ttl: int, correlation_id: str | None, expires_at_us: int | None
+    ) -> int | None:
+        """What follows an extend of holder ``token`` (:meth:`extend_token`)."""
         if expires_at_us is None:
             self._forget(key, token)
             return None
@@ -308,21 +322,59 @@ class BaseLock:
         """Remove holder ``token`` of ``key``. True if it held it (the release is then
         logged and ``lock_released`` sent); this instance forgets the token either way."""
         released = self._release(key, token)
-        self._forget(key, token)
-        if released:
-            logger.debug(
-                "lock %r released (alias=%s, correlation_id=%s)", key, self.alias, correlation_id
+        if self._released(key, token, correlation_id, released):
+            signals.lock_released.send(
+                sender=type(self), alias=self.alias, key=key, token=token,
+                fencing_token=fencing_token, correlation_id=correlation_id,
             )
-            if signals.lock_released.receivers:
-                signals.lock_released.send(
-                    sender=type(self), alias=self.alias, key=key, token=token,
-                    fencing_token=fencing_token, correlation_id=correlation_id,
-                )
         return released
 
+    def _released(self, key: str, token: str, correlation_id: str | None, released: bool) -> bool:
+        """What follows a release of holder ``token`` (:meth:`release_token`): forget it,
+        log a release. True if ``lock_released`` is to be sent."""
+        self._forget(key, token)
+        if not released:
+            return False
+        logger.debug(
+            "lock %r released (alias=%s, correlation_id=%s)", key, self.alias, correlation_id
+        )
+        return bool(signals.lock_released.receivers)
+
+    async def aextend_token(
+        self, key: str, token: str, ttl: int, correlation_id: str | None = None
+    ) -> int | None:
+        """:meth:`extend_token` for async callers (:meth:`_aextend`)."""
+        expires_at_us = await self._aextend(key, token, ttl)
+        return self._extended(key, token, ttl, correlation_id, expires_at_us)
+
+    async def arelease_token(
+        self,
+        key: str,
+        token: str,
+        correlation_id: str | None = None,
+        fencing_token: int | None = None,
+    ) -> bool:
+        """:meth:`release_token` for async callers (:meth:`_arelease`)."""
+        released = await self._arelease(key, token)
+        if self._released(key, token, correlation_id, released):
+            await self._asend(
+                signals.lock_released, key=key, token=token, fencing_token=fencing_token,
+                correlation_id=correlation_id,
+            )
+        return released
+
+    async def _asend(self, signal: Any, **kwargs: Any) -> None:
+        """Send ``signal`` from async code, as the sync path sends it: its receivers (sync
+        code, which may do I/O) run in a worker thread if this backend does I/O. Only
+        when it has receivers: without, no thread is used."""
+        if signal.receivers:
+            await self._in_worker(signal.send)(sender=type(self), alias=self.alias, **kwargs)
+
     # ----------------------------------------------------------------------- async API
-    # Same arguments and errors. Each attempt runs in a worker thread; waiting between
-    # attempts is an asyncio sleep, so a waiter holds no thread.
+    # Same arguments and errors. Each attempt, release and extend is the backend's async
+    # storage operation (_atry_acquire, _arelease, _aextend): awaited in the event loop
+    # where the backend can (CacheLock on Redis), else the sync one in a worker thread.
+    # Waiting between attempts holds no thread (a BLPOP, a NOTIFY, an asyncio sleep).
 
     async def atry_acquire_lock(self, correlation_id: str | None, key: str, ttl: Milliseconds) -> bool:
         key, ttl, _, correlation_id = validate_acquire_arguments(key, ttl, 0, correlation_id)
@@ -340,7 +392,14 @@ class BaseLock:
     ) -> None:
         correlation_id = validate_correlation_id(correlation_id)
         key, owner = validate_key(key), validate_owner(owner)
-        await self._in_worker(self.release_lock)(correlation_id, key, owner=owner)
+        if owner is None and len(self._held_tokens.tokens_for(key)) > 1:
+            # Which of several holders is this instance's asks the backend (_own_token).
+            await self._in_worker(self.release_lock)(correlation_id, key)
+            return
+        token = owner if owner is not None else self._own_token(key)
+        if not await self.arelease_token(key, token, correlation_id):
+            whose = "by that owner token" if owner else "by this instance any more"
+            raise LockNotHeldError(f"lock {key!r} is not held {whose} (expired or taken over)")
 
     def alock(
         self,
@@ -367,7 +426,15 @@ class BaseLock:
     ) -> datetime:
         key, ttl = validate_key(key), validate_ttl(ttl)
         correlation_id, owner = validate_correlation_id(correlation_id), validate_owner(owner)
-        return await self._in_worker(self.extend_lock)(correlation_id, key, ttl, owner=owner)
+        if owner is None and len(self._held_tokens.tokens_for(key)) > 1:
+            # Which of several holders is this instance's asks the backend (_own_token).
+            return await self._in_worker(self.extend_lock)(correlation_id, key, ttl)
+        token = owner if owner is not None else self._own_token(key)
+        expires_at_us = await self.aextend_token(key, token, ttl, correlation_id)
+        if expires_at_us is None:
+            whose = "by that owner token" if owner else "by this instance any more"
+            raise LockNotHeldError(f"lock {key!r} is not held {whose} (expired or taken over)")
+        return datetime_from_us(expires_at_us)
 
     def _in_worker(self, function: Any) -> Any:
         """``function`` as a coroutine function: in a worker thread if it does I/O."""
@@ -409,7 +476,8 @@ class BaseLock:
     async def _aacquire(
         self, key: str, ttl: int, timeout: int, correlation_id: str | None, mode: Mode = EXCLUSIVE
     ) -> LockInfo:
-        """:meth:`_acquire` for async callers (attempts in a worker, waits holding no thread)."""
+        """:meth:`_acquire` for async callers (attempts by :meth:`_aattempt`, waits holding
+        no thread)."""
         info = await aacquire(self._acquisition(key, ttl, timeout, correlation_id, mode))
         assert info is not None
         return info
@@ -445,24 +513,58 @@ class BaseLock:
         attempt: Attempt,
     ) -> Attempt:
         """An attempt's answer; a win is remembered, logged and announced."""
-        if attempt.info is not None:
-            self._held_tokens.remember(key, token, ttl, mode.exclusive)
-            logger.debug(
-                "lock %r acquired for %d ms (alias=%s, correlation_id=%s, fencing_token=%s)",
-                key, ttl, self.alias, correlation_id, attempt.info.fencing_token,
+        if attempt.info is not None and self._won(key, ttl, correlation_id, token, mode, attempt.info):
+            signals.lock_acquired.send(
+                sender=type(self), alias=self.alias, key=key, token=token,
+                fencing_token=attempt.info.fencing_token, correlation_id=correlation_id,
             )
-            if signals.lock_acquired.receivers:
-                signals.lock_acquired.send(
-                    sender=type(self), alias=self.alias, key=key, token=token,
-                    fencing_token=attempt.info.fencing_token, correlation_id=correlation_id,
-                )
         return attempt
+
+    async def _aattempt(
+        self, key: str, ttl: int, correlation_id: str | None, token: str, mode: Mode, waiter: bool
+    ) -> Attempt:
+        """:meth:`_attempt` for async callers (:meth:`_atry_acquire`)."""
+        return await self._aanswered(
+            key, ttl, correlation_id, token, mode,
+            await self._atry_acquire(key, token, ttl, correlation_id, mode, waiter),
+        )
+
+    async def _aanswered(
+        self, key: str, ttl: int, correlation_id: str | None, token: str, mode: Mode,
+        attempt: Attempt,
+    ) -> Attempt:
+        """:meth:`_answered` for async callers (``lock_acquired`` sent by :meth:`_asend`)."""
+        if attempt.info is not None and self._won(key, ttl, correlation_id, token, mode, attempt.info):
+            await self._asend(
+                signals.lock_acquired, key=key, token=token,
+                fencing_token=attempt.info.fencing_token, correlation_id=correlation_id,
+            )
+        return attempt
+
+    def _won(
+        self, key: str, ttl: int, correlation_id: str | None, token: str, mode: Mode, info: LockInfo
+    ) -> bool:
+        """An attempt won: remember and log it. True if ``lock_acquired`` is to be sent."""
+        self._held_tokens.remember(key, token, ttl, mode.exclusive)
+        logger.debug(
+            "lock %r acquired for %d ms (alias=%s, correlation_id=%s, fencing_token=%s)",
+            key, ttl, self.alias, correlation_id, info.fencing_token,
+        )
+        return bool(signals.lock_acquired.receivers)
 
     def _give_up_mark(self, key: str, token: str) -> None:
         """A non-shared waiter gives up: its writer mark, if still its own, goes now rather
         than holding readers back until it lapses."""
         try:
             self._unmark(key, token)
+        except LockBackendError as e:
+            logger.warning("lock %r: the writer mark of a waiter that gave up stays until it "
+                           "lapses: %s (alias=%s)", key, e, self.alias)
+
+    async def _agive_up_mark(self, key: str, token: str) -> None:
+        """:meth:`_give_up_mark` for async callers (:meth:`_aunmark`)."""
+        try:
+            await self._aunmark(key, token)
         except LockBackendError as e:
             logger.warning("lock %r: the writer mark of a waiter that gave up stays until it "
                            "lapses: %s (alias=%s)", key, e, self.alias)
@@ -541,6 +643,30 @@ class BaseLock:
     def _extend(self, key: str, token: str, ttl: int) -> int | None:
         """Reset the life of holder ``token`` of ``key`` to ``ttl`` ms; the new expiry (µs)."""
         raise NotImplementedError
+
+    # Their async versions, for async callers. Default: the sync operation in a worker
+    # thread (directly if the backend does no I/O); a backend that can await its I/O in
+    # the event loop overrides them (CacheLock on Redis).
+
+    async def _atry_acquire(
+        self, key: str, token: str, ttl: int, correlation_id: str | None, mode: Mode,
+        waiter: bool,
+    ) -> Attempt:
+        """:meth:`_try_acquire` for async callers."""
+        return await self._in_worker(self._try_acquire)(key, token, ttl, correlation_id, mode,
+                                                        waiter)
+
+    async def _arelease(self, key: str, token: str) -> bool:
+        """:meth:`_release` for async callers."""
+        return await self._in_worker(self._release)(key, token)
+
+    async def _aextend(self, key: str, token: str, ttl: int) -> int | None:
+        """:meth:`_extend` for async callers."""
+        return await self._in_worker(self._extend)(key, token, ttl)
+
+    async def _aunmark(self, key: str, token: str) -> None:
+        """:meth:`_unmark` for async callers."""
+        await self._in_worker(self._unmark)(key, token)
 
     def _force_release(self, key: str) -> bool:
         """Remove every holder of ``key`` (and its writer mark). True if one was held."""

@@ -86,6 +86,7 @@ class CacheLock(BaseLock):
         self.supports_enumeration = self.client.supports_enumeration
         self.supports_shared = self.client.supports_shared
         self.process_local = self.client.process_local
+        self.native_async = self.client.native_async
 
     @property
     def cache(self) -> Any:
@@ -127,6 +128,22 @@ class CacheLock(BaseLock):
     def _extend(self, key: str, token: str, ttl: int) -> int | None:
         return self.client.extend(self._keys(key), token, ttl)
 
+    async def _atry_acquire(
+        self, key: str, token: str, ttl: int, correlation_id: str | None, mode: Mode,
+        waiter: bool,
+    ) -> Attempt:
+        return await self.client.atry_acquire(self._keys(key), key, token, ttl, correlation_id,
+                                              mode, waiter)
+
+    async def _arelease(self, key: str, token: str) -> bool:
+        return await self.client.arelease(self._keys(key), token)
+
+    async def _aextend(self, key: str, token: str, ttl: int) -> int | None:
+        return await self.client.aextend(self._keys(key), token, ttl)
+
+    async def _aunmark(self, key: str, token: str) -> None:
+        await self.client.aunmark(self._keys(key), token)
+
     def _force_release(self, key: str) -> bool:
         return self.client.force_release(self._keys(key))
 
@@ -165,7 +182,7 @@ class CacheLock(BaseLock):
         )
         if attempt is None:
             return None
-        return self._answered(key, ttl, correlation_id, token, mode, attempt)
+        return await self._aanswered(key, ttl, correlation_id, token, mode, attempt)
 
     def _wait_for_release(self, key: str, seconds: float, waits: int) -> None:
         self.client.wait(self._keys(key), seconds, waits)

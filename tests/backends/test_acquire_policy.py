@@ -11,6 +11,7 @@ really takes the lock, and what is left of it is read back from the backend.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import threading
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from django_locks.backends._acquire import (
     Done,
     WaitForRelease,
 )
+from django_locks.backends.base import BaseLock
 from django_locks.exceptions import LockBackendError, LockTimeoutError
 from django_locks.values import EXCLUSIVE, SHARED, Attempt, LockInfo, Mode, time_until_admitted
 from tests.helpers import wait_until
@@ -58,6 +60,15 @@ def _settled_tokens(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(_bookkeeping.unsettled, "add", recording)
     return handed
+
+
+def _async_attempts_run_sync_ones(backend, monkeypatch) -> None:
+    """Faults are injected into the sync ``_try_acquire``: async attempts then run it in a
+    worker thread (BaseLock's default ``_atry_acquire``, in a shielded task), on Redis too,
+    whose own async attempts run in the event loop (their faults:
+    tests/backends/cache/test_redis_async.py)."""
+    monkeypatch.setattr(backend, "_atry_acquire", functools.partial(BaseLock._atry_acquire, backend))
+    monkeypatch.setattr(backend, "native_async", False)
 
 
 def _acquire(backend, driver: str, timeout: int) -> None:
@@ -93,6 +104,7 @@ def _applied_but_unanswered(alias, driver, monkeypatch) -> Outcome:
 
     handed = _settled_tokens(monkeypatch)
     monkeypatch.setattr(backend, "_try_acquire", applied_then_lost)
+    _async_attempts_run_sync_ones(backend, monkeypatch)
     with pytest.raises(LockBackendError) as raised:
         _acquire(backend, driver, timeout=2_000)
     monkeypatch.undo()
@@ -157,6 +169,7 @@ def _refused_by_an_exception(alias, driver, monkeypatch) -> Outcome:
 
     handed = _settled_tokens(monkeypatch)
     monkeypatch.setattr(backend, "_try_acquire", refuses)
+    _async_attempts_run_sync_ones(backend, monkeypatch)
     with pytest.raises(NotImplementedError) as raised:
         _acquire(backend, driver, timeout=2_000)
     monkeypatch.undo()
@@ -197,6 +210,7 @@ def test_an_attempt_interrupted_after_it_was_applied_leaves_nothing(alias, drive
 
     handed = _settled_tokens(monkeypatch)
     monkeypatch.setattr(backend, "_try_acquire", applied_then)
+    _async_attempts_run_sync_ones(backend, monkeypatch)
     if driver == "sync":
         with pytest.raises(Interrupted):
             backend.acquire_lock(None, "job", 60_000, 2_000)
@@ -236,6 +250,7 @@ def test_a_cancelled_attempt_that_then_fails_is_settled(alias, driver, monkeypat
 
     handed = _settled_tokens(monkeypatch)
     monkeypatch.setattr(backend, "_try_acquire", applied_then_lost)
+    _async_attempts_run_sync_ones(backend, monkeypatch)
     if driver == "sync":
         with pytest.raises(LockBackendError):
             backend.acquire_lock(None, "job", 60_000, 2_000)

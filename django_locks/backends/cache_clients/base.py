@@ -42,6 +42,8 @@ class CacheLockClient(abc.ABC):
     supports_shared: bool = True
     #: Whether the cache lives in this process only (LocMemCache).
     process_local: bool = False
+    #: Whether the async operations await their I/O in the event loop (BaseLock.native_async).
+    native_async: bool = False
 
     def __init__(self, backend: CacheLock) -> None:
         self.backend = backend
@@ -90,6 +92,26 @@ class CacheLockClient(abc.ABC):
     def unmark(self, keys: LockKeys, token: str) -> None:  # noqa: B027 - optional
         """Remove the writer mark of the waiter ``token`` that gave up, if it is its own.
         Default: nothing (a client without marks)."""
+
+    # Async storage operations (BaseLock's _atry_acquire, _arelease, _aextend, _aunmark).
+    # Default: the sync operation in a worker thread; a client that can await its I/O in
+    # the event loop overrides them (RedisLockClient).
+
+    async def atry_acquire(
+        self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None, mode: Mode,
+        waiter: bool,
+    ) -> Attempt:
+        return await self.backend._in_worker(self.try_acquire)(keys, key, token, ttl, cid, mode,
+                                                               waiter)
+
+    async def arelease(self, keys: LockKeys, token: str) -> bool:
+        return await self.backend._in_worker(self.release)(keys, token)
+
+    async def aextend(self, keys: LockKeys, token: str, ttl: int) -> int | None:
+        return await self.backend._in_worker(self.extend)(keys, token, ttl)
+
+    async def aunmark(self, keys: LockKeys, token: str) -> None:
+        await self.backend._in_worker(self.unmark)(keys, token)
 
     def after_fork_in_child(self) -> None:  # noqa: B027 - optional
         """In a forked child: drop what this client opened in the parent, never closing it

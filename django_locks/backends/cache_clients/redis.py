@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from django_locks.backends._acquire import AnsweredAfterCancel
 from django_locks.backends.cache_clients import redis_scripts as scripts
 from django_locks.backends.cache_clients.base import CacheLockClient, LockKeys
 from django_locks.backends.cache_clients.redis_connections import (
@@ -30,16 +32,19 @@ from django_locks.backends.cache_clients.redis_connections import (
     PoolAccess,
     RedisError,
     RedisTimeoutError,
+    ReplyAfterCancel,
     async_client_like,
     blpop_reply,
     checkout,
     client_id,
     direct_pool,
     give_back,
+    idle_connection,
     inherited,
     is_cluster,
     node_command,
     node_of,
+    pool_command,
     pool_executor,
     raw_client_getter,
     readable,
@@ -108,6 +113,12 @@ PASS_ON_SCRIPT = scripts.PASS_ON.source
 READ_SCRIPT = scripts.READ.source
 _direct_pool = direct_pool
 
+T = TypeVar("T")
+#: An operation written once for both drivers (RedisLockClient._drive, _adrive): it yields
+#: each script to run with its inputs by name, is sent the script's reply, and returns
+#: the operation's result.
+Steps = Generator[tuple[Script, dict[str, Any]], Any, T]
+
 _TAG_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
 
 
@@ -143,6 +154,8 @@ def _glob_escape(text: str) -> str:
 class RedisLockClient(CacheLockClient):
     """Redis used natively through the cache's raw redis-py client."""
 
+    native_async = True
+
     def __init__(self, backend: CacheLock) -> None:
         super().__init__(backend)
         getter = raw_client_getter(backend.cache_backend_class)
@@ -152,6 +165,8 @@ class RedisLockClient(CacheLockClient):
         self._client: Any = None
         self._cluster = False
         self._pool: PoolAccess | None = None
+        #: The pool behind _pool (async commands check it for an idle connection).
+        self._pool_object: Any = None
         #: How a script's command is sent (:meth:`_run`); None on a cluster (per key).
         self._execute: Callable[..., Any] | None = None
         #: Tokens of exclusive waiters refused once: they hold the writer mark, so their
@@ -172,6 +187,7 @@ class RedisLockClient(CacheLockClient):
             if for_this_process is not None:  # a CacheCluster (django_locks.cluster)
                 client = for_this_process()
             self._pool = direct_pool(client)
+            self._pool_object = client.connection_pool if self._pool is not None else None
             self._cluster = is_cluster(client)
             if self._pool is not None:
                 self._execute = pool_executor(self._pool)
@@ -188,6 +204,7 @@ class RedisLockClient(CacheLockClient):
         inherited.append((self._client, self._pool))
         self._client = None
         self._pool = None
+        self._pool_object = None
         self._execute = None
         self._cluster = False
         self._marking = set()
@@ -223,10 +240,77 @@ class RedisLockClient(CacheLockClient):
         except FAILURES as e:
             raise self._failed(e) from e
 
+    # Each operation is written once, as steps (a generator): it yields the scripts to run,
+    # with their inputs by name, and is sent their replies; its return value is the
+    # operation's. _drive runs the steps in this thread (_run), _adrive in the event loop
+    # (_arun), so sync and async callers parse every reply with the same code.
+
+    def _drive(self, steps: Steps[T]) -> T:
+        try:
+            script, inputs = next(steps)
+            while True:
+                script, inputs = steps.send(self._run(script, **inputs))
+        except StopIteration as done:
+            return done.value
+
+    async def _adrive(self, steps: Steps[T]) -> T:
+        """:meth:`_drive` in the event loop. Cancelled mid-script with the script's reply
+        read after all (:class:`ReplyAfterCancel`), the operation's result, if that was
+        its last script, goes on with the cancellation (:class:`AnsweredAfterCancel`)."""
+        try:
+            script, inputs = next(steps)
+            while True:
+                try:
+                    reply = await self._arun(script, **inputs)
+                except ReplyAfterCancel as cancelled:
+                    try:
+                        steps.send(cancelled.reply)
+                    except StopIteration as done:
+                        raise AnsweredAfterCancel(done.value) from None
+                    raise asyncio.CancelledError from None  # another script was due: no answer
+                script, inputs = steps.send(reply)
+        except StopIteration as done:
+            return done.value
+
+    async def _arun(self, script: Script, **inputs: Any) -> Any:
+        """:meth:`_run` awaited in the event loop, holding no thread: on the pool directly
+        (:func:`pool_command`) when it has an idle connected connection; else (a connection
+        to open, a BlockingConnectionPool, a cluster, a client with its own command path)
+        :meth:`_run` in a worker thread."""
+        try:
+            if self._client is None:
+                self.get_client()
+            if self._execute is not None and self._pool is not None:
+                return await script.arun(self._acommand, script.bind(inputs))
+        except FAILURES as e:
+            raise self._failed(e) from e
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(self._run, script, **inputs))
+
+    async def _acommand(self, *args: Any) -> Any:
+        """One command of :meth:`_arun` (EVALSHA, or EVAL after NOSCRIPT)."""
+        pool, execute = self._pool, self._execute
+        assert pool is not None and execute is not None
+        if idle_connection(self._pool_object):
+            return await pool_command(pool, args)
+        return await asyncio.get_running_loop().run_in_executor(None, execute, *args)
+
     def try_acquire(
         self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None, mode: Mode,
         waiter: bool,
     ) -> Attempt:
+        return self._drive(self._try_acquire_steps(keys, key, token, ttl, cid, mode, waiter))
+
+    async def atry_acquire(
+        self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None, mode: Mode,
+        waiter: bool,
+    ) -> Attempt:
+        return await self._adrive(self._try_acquire_steps(keys, key, token, ttl, cid, mode, waiter))
+
+    def _try_acquire_steps(
+        self, keys: LockKeys, key: str, token: str, ttl: int, cid: str | None, mode: Mode,
+        waiter: bool,
+    ) -> Steps[Attempt]:
         woken = _woken.get()
         if woken is not None:
             _woken.set(None)
@@ -235,16 +319,15 @@ class RedisLockClient(CacheLockClient):
             # to clear, since it never set one. An exclusive waiter refused here must set
             # the mark at once: it attempts again through mode_acquire.lua, and so do its
             # later attempts until it wins (a second round trip, on contention only).
-            fence, second = self._run(
-                scripts.ACQUIRE, lock_key=keys.lock, fence_key=keys.fence, wake_key=keys.wake,
-                key=key, token=token, ttl=ttl, cid=cid or "",
-                grace=FENCE_GRACE_MS,
+            fence, second = yield scripts.ACQUIRE, dict(
+                lock_key=keys.lock, fence_key=keys.fence, wake_key=keys.wake,
+                key=key, token=token, ttl=ttl, cid=cid or "", grace=FENCE_GRACE_MS,
             )
             if int(fence) or not waiter:
                 return self._answer(fence, second, key, token, ttl, cid, mode, waiter)
         hops = woken[1] if woken is not None and woken[0] == keys.wake else 0
-        fence, second = self._run(
-            scripts.MODE_ACQUIRE, **self._mode_inputs(keys, key, token, ttl, cid, mode, waiter, hops)
+        fence, second = yield (
+            scripts.MODE_ACQUIRE, self._mode_inputs(keys, key, token, ttl, cid, mode, waiter, hops)
         )
         return self._answer(fence, second, key, token, ttl, cid, mode, waiter)
 
@@ -293,16 +376,34 @@ class RedisLockClient(CacheLockClient):
         )
 
     def release(self, keys: LockKeys, token: str) -> bool:
-        return self._run(scripts.RELEASE, lock_key=keys.lock, wake_key=keys.wake, token=token,
-                         wake_ttl=WAKE_TTL_MS) == 1
+        return self._drive(self._release_steps(keys, token))
+
+    async def arelease(self, keys: LockKeys, token: str) -> bool:
+        return await self._adrive(self._release_steps(keys, token))
+
+    @staticmethod
+    def _release_steps(keys: LockKeys, token: str) -> Steps[bool]:
+        reply = yield scripts.RELEASE, dict(lock_key=keys.lock, wake_key=keys.wake, token=token,
+                                            wake_ttl=WAKE_TTL_MS)
+        return reply == 1
 
     def extend(self, keys: LockKeys, token: str, ttl: int) -> int | None:
-        expires_us = int(self._run(scripts.EXTEND, lock_key=keys.lock, fence_key=keys.fence,
-                                   token=token, ttl=ttl, grace=FENCE_GRACE_MS))
+        return self._drive(self._extend_steps(keys, token, ttl))
+
+    async def aextend(self, keys: LockKeys, token: str, ttl: int) -> int | None:
+        return await self._adrive(self._extend_steps(keys, token, ttl))
+
+    @staticmethod
+    def _extend_steps(keys: LockKeys, token: str, ttl: int) -> Steps[int | None]:
+        expires_us = int((yield scripts.EXTEND, dict(lock_key=keys.lock, fence_key=keys.fence,
+                                                      token=token, ttl=ttl, grace=FENCE_GRACE_MS)))
         return expires_us or None
 
     def unmark(self, keys: LockKeys, token: str) -> None:
         self._run(scripts.UNMARK, mark_key=keys.mark, token=token)
+
+    async def aunmark(self, keys: LockKeys, token: str) -> None:
+        await self._arun(scripts.UNMARK, mark_key=keys.mark, token=token)
 
     def force_release(self, keys: LockKeys) -> bool:
         return self._run(scripts.FORCE_RELEASE, lock_key=keys.lock, wake_key=keys.wake,
@@ -561,8 +662,9 @@ class RedisLockClient(CacheLockClient):
     ) -> tuple[Any, Any] | None:
         """:meth:`_block` holding no thread: BLPOP on a connection of the sync pool, its
         reply awaited in the event loop; no client kept per event loop (see
-        docs/internals/redis.md, "Blocking waits"). Taking a connection (which may
-        connect) and ending a BLPOP at the deadline (:meth:`_unblock`) run in a worker."""
+        docs/internals/redis.md, "Blocking waits"). Taking a connection runs in a worker
+        unless the pool has an idle connected one (:func:`idle_connection`: taking it does
+        not block); ending a BLPOP at the deadline (:meth:`_unblock`) runs in a worker."""
         block = self._block_seconds(seconds)
         _woken.set(None)
         if block < 0.001:
@@ -570,14 +672,20 @@ class RedisLockClient(CacheLockClient):
             return None
         deadline = time.monotonic() + block
         loop = asyncio.get_running_loop()
-        checkout = loop.run_in_executor(None, self._checkout, keys.wake)
-        try:
-            held = await asyncio.shield(checkout)
-        except asyncio.CancelledError:
-            checkout.add_done_callback(give_back)  # taken after all: back to the pool
-            raise
-        except FAILURES as e:
-            raise self._failed(e) from e
+        if self._pool_object is not None and idle_connection(self._pool_object):
+            try:  # an idle connected connection of the pool: taken without blocking
+                held = self._checkout(keys.wake)
+            except FAILURES as e:
+                raise self._failed(e) from e
+        else:
+            checkout = loop.run_in_executor(None, self._checkout, keys.wake)
+            try:
+                held = await asyncio.shield(checkout)
+            except asyncio.CancelledError:
+                checkout.add_done_callback(give_back)  # taken after all: back to the pool
+                raise
+            except FAILURES as e:
+                raise self._failed(e) from e
         if held is None:
             await asyncio.sleep(self.backend._poll_delay(seconds, waits))
             return None

@@ -6,6 +6,8 @@
   :func:`pool_executor`), to the node of a key's slot on a cluster without the cluster
   client's retries (:func:`node_command`), or through the client's own
   ``execute_command``;
+* one command awaited in an event loop on a connection of that same pool
+  (:func:`idle_connection`, :func:`pool_command`), no worker thread and no client per loop;
 * the connection a waiter blocks on (:func:`checkout`), its BLPOP sent and read
   (:func:`send_blpop`, :func:`blpop_reply`), ended at the waiter's deadline from another
   connection (:func:`unblock`), awaited in an event loop (:func:`readable`);
@@ -210,6 +212,95 @@ def _send(conn: Any, args: tuple[Any, ...]) -> Any:
     return conn.read_response()
 
 
+# ----------------------------------------------------------------------------- one command, awaited
+
+
+def idle_connection(pool: Any) -> bool:
+    """Whether ``pool.get_connection()`` would now hand out an idle connection that is
+    already connected, so taking it in the event loop does not block: a plain
+    ``ConnectionPool`` (a ``BlockingConnectionPool`` may wait for one: no) of this process
+    whose last idle connection has a socket. Another thread may take it first; the pool
+    then connects a new one in the loop, once (see docs/internals/redis.md, "Async
+    commands")."""
+    available = getattr(pool, "_available_connections", None)
+    return (bool(available) and getattr(pool, "pid", None) == os.getpid()
+            and getattr(available[-1], "_sock", None) is not None)
+
+
+class ReplyAfterCancel(asyncio.CancelledError):
+    """A command cancelled while its reply was awaited, whose reply was then read
+    (:func:`pool_command`): the cancellation goes on, with the reply."""
+
+    def __init__(self, reply: Any) -> None:
+        super().__init__()
+        self.reply = reply
+
+
+async def pool_command(access: PoolAccess, args: tuple[Any, ...]) -> Any:
+    """:func:`pool_executor`'s ``execute(*args)`` awaited in the event loop: the command is
+    sent on a connection of the sync pool (take it only when :func:`idle_connection`), its
+    reply awaited (:func:`readable`, bounded by the socket timeout) and read.
+
+    A connection or timeout error goes on as ``conn.retry`` says, in a worker thread
+    (retries reconnect and back off: both block); the first try counts as the first
+    failure, so a command is tried as often as the sync path tries it.
+
+    Cancelled while its reply is awaited, the command has been sent and may have run: its
+    reply is still awaited (within the socket timeout) and read, and
+    :class:`ReplyAfterCancel` carries it on with the cancellation, so that the caller
+    learns what the command did. If that fails, or a second cancellation comes, the
+    connection is disconnected (its reply must never be read by the next command) and the
+    cancellation goes on without a reply."""
+    get_connection, release = access
+    conn = get_connection()
+    retrying: asyncio.Future[Any] | None = None
+    try:
+        conn.send_command(*args)
+        try:
+            ready = await readable(conn, conn.socket_timeout)
+        except asyncio.CancelledError:
+            raise ReplyAfterCancel(await _reply_after_cancel(conn)) from None
+        if not ready:
+            raise RedisTimeoutError("Timeout reading from socket")
+        return conn.read_response()
+    except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+        retrying = asyncio.get_running_loop().run_in_executor(None, _retry_after, conn, args, error)
+        return await asyncio.shield(retrying)
+    except BaseException as error:
+        if not isinstance(error, (Exception, ReplyAfterCancel)):  # its reply is unread
+            conn.disconnect()
+        raise
+    finally:
+        if retrying is not None and not retrying.done():  # cancelled while it retries
+            retrying.add_done_callback(lambda _: release(conn))
+        else:
+            release(conn)
+
+
+async def _reply_after_cancel(conn: Any) -> Any:
+    """The reply of the command in flight on ``conn``, read after a cancellation; else
+    CancelledError (the connection is then disconnected by :func:`pool_command`)."""
+    try:
+        if await readable(conn, conn.socket_timeout):
+            return conn.read_response()
+    except Exception as e:
+        raise asyncio.CancelledError from e
+    raise asyncio.CancelledError
+
+
+def _retry_after(conn: Any, args: tuple[Any, ...], error: BaseException) -> Any:
+    """The rest of ``conn.retry.call_with_retry`` after a first try that raised ``error``
+    (in a worker thread): the same failure handler, backoff and count as the sync path."""
+    pending = [error]
+
+    def attempt() -> Any:
+        if pending:
+            raise pending.pop()
+        return _send(conn, args)
+
+    return conn.retry.call_with_retry(attempt, lambda _: conn.disconnect())
+
+
 # ----------------------------------------------------------------------------- blocking waits
 
 
@@ -323,31 +414,36 @@ def give_back(checkout: asyncio.Future[Any]) -> None:
         held.release(held.conn)
 
 
-def _mark_ready(ready: asyncio.Future[None]) -> None:
+def _settle(ready: asyncio.Future[bool], value: bool) -> None:
     if not ready.done():
-        ready.set_result(None)
+        ready.set_result(value)
 
 
 async def readable(conn: Any, timeout: float | None) -> bool:
     """Whether a reply can be read on the sync connection ``conn`` within ``timeout``
     seconds (None: no limit), awaited in the event loop: its descriptor's readiness
-    (``loop.add_reader``; a loop without it, as on Windows, waits in a worker)."""
-    if conn.can_read(timeout=0):  # already buffered
+    (``loop.add_reader``; a loop without it, as on Windows, waits in a worker). One
+    future and one timer (no ``asyncio.wait_for``: it costs a task per call on 3.11).
+
+    The first check (buffered, or on the socket already) also serves a reply that came
+    back while it was being made: on a local Redis often enough that skipping it, after a
+    command just sent, measured twice as slow (a sleep in the loop's poll, then a wake-up)."""
+    if conn.can_read(timeout=0):  # already buffered, or arrived
         return True
     loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
+    ready: asyncio.Future[bool] = loop.create_future()
     fd = conn._sock.fileno()
     try:
-        loop.add_reader(fd, _mark_ready, ready)
+        loop.add_reader(fd, _settle, ready, True)
     except NotImplementedError:
         return await loop.run_in_executor(None, functools.partial(conn.can_read, timeout=timeout))
+    timer = loop.call_later(timeout, _settle, ready, False) if timeout is not None else None
     try:
-        await asyncio.wait_for(ready, timeout)
-    except asyncio.TimeoutError:
-        return conn.can_read(timeout=0)
+        return await ready or conn.can_read(timeout=0)
     finally:
         loop.remove_reader(fd)
-    return True
+        if timer is not None:
+            timer.cancel()
 
 
 def async_client_like(sync_pool: Any) -> Any:

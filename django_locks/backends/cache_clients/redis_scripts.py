@@ -11,17 +11,18 @@ side's names: a script is called with keyword arguments (:meth:`Script.bind`), s
 caller counts positions.
 
 A script is read and hashed once, at import, and always run by its SHA1
-(:meth:`Script.run`: EVALSHA; a server that lacks it, after a restart or SCRIPT FLUSH,
-gets it by EVAL, which also loads it). How a command reaches the server (a pooled
-connection, a cluster node, the client's own ``execute_command``) is the caller's
-``execute``: see :mod:`~django_locks.backends.cache_clients.redis_connections`.
+(:meth:`Script.run`, or :meth:`Script.arun` in an event loop: EVALSHA; a server that
+lacks it, after a restart or SCRIPT FLUSH, gets it by EVAL, which also loads it). How a
+command reaches the server (a pooled connection, a cluster node, the client's own
+``execute_command``) is the caller's ``execute``: see
+:mod:`~django_locks.backends.cache_clients.redis_connections`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from operator import itemgetter
 from typing import Any
@@ -107,14 +108,28 @@ class Script:
                             f"got {', '.join(values)}")
         return self._flatten(values)
 
+    def commands(self, inputs: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """The EVALSHA command for ``inputs`` (:meth:`bind`), and the EVAL that loads it."""
+        return (("EVALSHA", self.sha, self.numkeys, *inputs),
+                ("EVAL", self.source, self.numkeys, *inputs))
+
     def run(self, execute: Callable[..., Any], inputs: tuple[Any, ...]) -> Any:
         """The script's reply for ``inputs`` (:meth:`bind`), by EVALSHA through
         ``execute`` (one command to the server: ``execute(*command_args)``); by EVAL,
         which loads it, if the server lacks it."""
+        by_sha, by_source = self.commands(inputs)
         try:
-            return execute("EVALSHA", self.sha, self.numkeys, *inputs)
+            return execute(*by_sha)
         except NoScriptError:
-            return execute("EVAL", self.source, self.numkeys, *inputs)
+            return execute(*by_source)
+
+    async def arun(self, execute: Callable[..., Awaitable[Any]], inputs: tuple[Any, ...]) -> Any:
+        """:meth:`run` with an ``execute`` that is awaited."""
+        by_sha, by_source = self.commands(inputs)
+        try:
+            return await execute(*by_sha)
+        except NoScriptError:
+            return await execute(*by_source)
 
 
 ACQUIRE = Script("acquire")
