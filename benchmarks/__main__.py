@@ -41,7 +41,7 @@ LOCAL_RESULTS = COMMITTED_RESULTS / "local"
 #: --quick: the sizes that keep it under a minute on 2 busy cores (rounds, pairs per round,
 #: warm-up pairs of the uncontended rows; seconds of each contended and mode run).
 QUICK_UNCONTENDED = (3, 60, 20)
-FULL_UNCONTENDED = (15, 300, 200)
+FULL_UNCONTENDED = (60, 75, 200)
 QUICK_SECONDS, FULL_SECONDS = 0.4, 3.0
 
 
