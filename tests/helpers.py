@@ -191,3 +191,18 @@ def check_history(records: list[tuple[int, int, int]], count: int, expected: int
     fencing = [record[2] for record in records]
     assert all(a < b for a, b in pairwise(fencing)), "fencing tokens did not rise"
     return overlaps
+
+
+def settled_tokens(monkeypatch) -> list[str]:
+    """The tokens handed to the settler from now on (recorded, then handed on as usual)."""
+    from django_locks.backends import _bookkeeping
+
+    handed: list[str] = []
+    add = _bookkeeping.unsettled.add
+
+    def recording(backend, key, token, ttl):
+        handed.append(token)
+        add(backend, key, token, ttl)
+
+    monkeypatch.setattr(_bookkeeping.unsettled, "add", recording)
+    return handed

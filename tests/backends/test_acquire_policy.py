@@ -21,7 +21,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from django_locks import locks
-from django_locks.backends import _bookkeeping
 from django_locks.backends._acquire import (
     Acquisition,
     AttemptNow,
@@ -32,7 +31,7 @@ from django_locks.backends._acquire import (
 from django_locks.backends.base import BaseLock
 from django_locks.exceptions import LockBackendError, LockTimeoutError
 from django_locks.values import EXCLUSIVE, SHARED, Attempt, LockInfo, Mode, time_until_admitted
-from tests.helpers import wait_until
+from tests.helpers import settled_tokens, wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -48,18 +47,6 @@ class Outcome:
     raised: type[BaseException]
     settled: int  # tokens handed to the settler
     key_free: bool  # once the settler is done: nothing left holding the key for nobody
-
-
-def _settled_tokens(monkeypatch) -> list[str]:
-    handed: list[str] = []
-    add = _bookkeeping.unsettled.add
-
-    def recording(backend, key, token, ttl):
-        handed.append(token)
-        add(backend, key, token, ttl)
-
-    monkeypatch.setattr(_bookkeeping.unsettled, "add", recording)
-    return handed
 
 
 def _async_attempts_run_sync_ones(backend, monkeypatch) -> None:
@@ -102,7 +89,7 @@ def _applied_but_unanswered(alias, driver, monkeypatch) -> Outcome:
         take(*args)
         raise LockBackendError("injected: the reply of an applied attempt was lost")
 
-    handed = _settled_tokens(monkeypatch)
+    handed = settled_tokens(monkeypatch)
     monkeypatch.setattr(backend, "_try_acquire", applied_then_lost)
     _async_attempts_run_sync_ones(backend, monkeypatch)
     with pytest.raises(LockBackendError) as raised:
@@ -122,7 +109,7 @@ def _wait_fails(alias, driver, monkeypatch) -> Outcome:
     backend = locks[alias]
     holder = locks.create_connection(alias)
     holder.acquire_lock(None, "job", 60_000, 0)
-    handed = _settled_tokens(monkeypatch)
+    handed = settled_tokens(monkeypatch)
 
     def wait_fails(key, seconds, waits):
         raise LockBackendError("injected: the wait for a release failed")
@@ -167,7 +154,7 @@ def _refused_by_an_exception(alias, driver, monkeypatch) -> Outcome:
     def refuses(*args):
         raise NotImplementedError("injected: this backend refuses the attempt")
 
-    handed = _settled_tokens(monkeypatch)
+    handed = settled_tokens(monkeypatch)
     monkeypatch.setattr(backend, "_try_acquire", refuses)
     _async_attempts_run_sync_ones(backend, monkeypatch)
     with pytest.raises(NotImplementedError) as raised:
@@ -208,7 +195,7 @@ def test_an_attempt_interrupted_after_it_was_applied_leaves_nothing(alias, drive
         proceed.wait(10)  # the caller is cancelled meanwhile
         return attempt
 
-    handed = _settled_tokens(monkeypatch)
+    handed = settled_tokens(monkeypatch)
     monkeypatch.setattr(backend, "_try_acquire", applied_then)
     _async_attempts_run_sync_ones(backend, monkeypatch)
     if driver == "sync":
@@ -248,7 +235,7 @@ def test_a_cancelled_attempt_that_then_fails_is_settled(alias, driver, monkeypat
             proceed.wait(10)
         raise LockBackendError("injected: the reply of an applied attempt was lost")
 
-    handed = _settled_tokens(monkeypatch)
+    handed = settled_tokens(monkeypatch)
     monkeypatch.setattr(backend, "_try_acquire", applied_then_lost)
     _async_attempts_run_sync_ones(backend, monkeypatch)
     if driver == "sync":

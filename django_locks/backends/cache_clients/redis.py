@@ -563,15 +563,13 @@ class RedisLockClient(CacheLockClient):
         None if it did not run or did not answer (the caller's next attempt, with the same
         token, finds out), or if a woken attempt was refused: the caller attempts again
         with the wake-up's hop count, which may pass it on (mode_acquire.lua)."""
-        if blocked is None:
-            _woken.set(None)
+        if blocked is None:  # (_block has cleared the wake-up already)
             return None
         popped, reply = blocked
         attempt = None if reply is None else self._answer(*reply, key, token, ttl, cid, mode, waiter)
         if attempt is None or (attempt.info is None and popped):
             self._remember_wake(keys, popped)
             return None
-        _woken.set(None)
         return attempt
 
     def _block(

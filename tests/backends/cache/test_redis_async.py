@@ -15,10 +15,9 @@ import pytest
 from django.test import override_settings
 
 from django_locks import locks
-from django_locks.backends import _bookkeeping
 from django_locks.backends.cache_clients import redis_connections
 from django_locks.exceptions import LockBackendError
-from tests.helpers import DATABASE_ALIASES, own_cache, wait_until
+from tests.helpers import DATABASE_ALIASES, own_cache, settled_tokens, wait_until
 
 
 @contextmanager
@@ -155,16 +154,23 @@ def stalled_replies(monkeypatch) -> Iterator[tuple[asyncio.Event, asyncio.Event,
     yield sent, proceed, connections
 
 
-def _settled_tokens(monkeypatch) -> list[str]:
-    handed: list[str] = []
-    add = _bookkeeping.unsettled.add
+def cancelled_once_sent(monkeypatch, call) -> list[Any]:
+    """Runs ``call()`` (an awaitable) in a task, cancels it once its command is sent and
+    before its reply is read, then lets the reply come; the cancellation must reach the
+    caller. The connections the replies were stalled on (:func:`stalled_replies`)."""
 
-    def recording(backend, key, token, ttl):
-        handed.append(token)
-        add(backend, key, token, ttl)
+    async def scenario() -> list[Any]:
+        with stalled_replies(monkeypatch) as (sent, proceed, connections):
+            task = asyncio.ensure_future(call())
+            await sent.wait()
+            task.cancel()
+            await asyncio.sleep(0.01)
+            proceed.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        return connections
 
-    monkeypatch.setattr(_bookkeeping.unsettled, "add", recording)
-    return handed
+    return asyncio.run(scenario())
 
 
 @pytest.mark.parametrize("shared", [False, True])
@@ -177,20 +183,11 @@ def test_a_waiter_cancelled_mid_attempt_hears_its_answer_and_undoes_a_win(
     backend = locks[redis_alias]
     with backend.lock("job", 60_000):
         pass
-    handed = _settled_tokens(monkeypatch)
+    handed = settled_tokens(monkeypatch)
 
-    async def scenario() -> list[Any]:
-        with stalled_replies(monkeypatch) as (sent, proceed, connections):
-            task = asyncio.ensure_future(backend.alock("job", 60_000, 2_000, shared=shared))
-            await sent.wait()
-            task.cancel()
-            await asyncio.sleep(0.01)
-            proceed.set()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        return connections
-
-    connections = asyncio.run(scenario())
+    connections = cancelled_once_sent(
+        monkeypatch, lambda: backend.alock("job", 60_000, 2_000, shared=shared)
+    )
     assert handed == []  # undone by the call itself
     assert backend.get_lock("job") is None
     assert len(backend._held_tokens) == 0
@@ -209,7 +206,7 @@ def test_a_waiter_cancelled_twice_mid_attempt_is_settled_and_drops_its_connectio
     backend = locks[redis_alias]
     with backend.lock("job", 60_000):
         pass
-    handed = _settled_tokens(monkeypatch)
+    handed = settled_tokens(monkeypatch)
 
     async def scenario() -> list[Any]:
         with stalled_replies(monkeypatch) as (sent, _, connections):
@@ -237,18 +234,7 @@ def test_a_release_cancelled_mid_command_still_reads_its_reply(redis_alias, monk
     backend = locks[redis_alias]
     lease = backend.lock("job", 60_000)
 
-    async def scenario() -> list[Any]:
-        with stalled_replies(monkeypatch) as (sent, proceed, connections):
-            task = asyncio.ensure_future(lease.arelease())
-            await sent.wait()
-            task.cancel()
-            await asyncio.sleep(0.01)
-            proceed.set()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        return connections
-
-    connections = asyncio.run(scenario())
+    connections = cancelled_once_sent(monkeypatch, lease.arelease)
     assert all(conn._sock is sock for conn, sock in connections)
     assert backend.get_lock("job") is None  # the server ran it
     backend._forget("job", lease.token)
