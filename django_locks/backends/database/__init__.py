@@ -15,22 +15,26 @@ caller's transaction, fencing, shared holders, poolers, forks) is told in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, NamedTuple, TypeVar
 
 from django.apps import apps
 from django.db import Error as DjangoDatabaseError
 from django.db import connections
 from django.db.utils import load_backend
 
+from django_locks.backends._acquire import AnsweredAfterCancel
 from django_locks.backends.base import BaseLock, logger
 from django_locks.backends.database import connection as _connections
 from django_locks.backends.database.connection import (
     LockConnection,
     Result,
     abandon_all_lock_connections,
+    aexecute,
+    async_lock_connection,
     close_thread_lock_connections,
     execute,
     lock_connection,
@@ -66,6 +70,28 @@ from django_locks.values import (
 )
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
+_T = TypeVar("_T")
+
+
+class _Run(NamedTuple):
+    """A step of a storage operation: one statement (sent its Result; ``rows=False``:
+    only its rowcount is wanted)."""
+
+    statement: Statement
+    params: dict[str, Any]
+    rows: bool = True
+
+
+class _Script(NamedTuple):
+    """A step of a storage operation: statements (SQL, parameters) run together, in one
+    round trip where the driver can (sent a Result for each); a transaction that fails
+    goes with its connection."""
+
+    statements: list[tuple[str, tuple[Any, ...]]]
+
+
+#: A storage operation written as steps (see DatabaseLock._drive).
+_Steps = Generator[_Run | _Script, Any, _T]
 
 __all__ = [
     "FAIR_RESERVE_US",
@@ -198,7 +224,8 @@ class DatabaseLock(BaseLock):
                 "django_locks.E006",
             )
         try:
-            vendor = load_backend(engine).DatabaseWrapper.vendor
+            wrapper_class = load_backend(engine).DatabaseWrapper
+            vendor = wrapper_class.vendor
         except Exception as e:
             raise self._invalid(
                 f"database {using!r} has an unusable ENGINE {engine!r}: {e}", "django_locks.E006"
@@ -211,6 +238,10 @@ class DatabaseLock(BaseLock):
         self.using = using
         self.vendor = vendor
         self.features: DatabaseFeatures = VENDORS[vendor][0]
+        #: Async callers' statements are awaited in the event loop (psycopg 3), not run in
+        #: a worker thread (see _adrive).
+        self.native_async = self.features.has_async_driver(wrapper_class.Database)
+        self._driver_errors: type[BaseException] = wrapper_class.Database.Error
         self._operations: DatabaseOperations | None = None
         self._waiting_calls = WaitingCalls()
         #: key -> the token of this instance's exclusive waiter that set its writer mark.
@@ -310,6 +341,12 @@ class DatabaseLock(BaseLock):
             await super()._await_release(key, seconds, waits)
 
     # ----------------------------------------------------------------------- running statements
+    # Each storage operation on the hot path is written once, as steps (a generator): it
+    # yields what to run (a _Run, a _Script) and is sent the result; its return value is
+    # the operation's. _drive runs the steps on this thread's private connection; _adrive
+    # awaits them in the event loop on an async private connection where the driver has an
+    # async API (psycopg 3: ``native_async``), so sync and async callers decide with the
+    # same code (as CacheLock's Redis client does with its scripts).
 
     @contextlib.contextmanager
     def _connection(self, *, in_transaction: bool) -> Iterator[LockConnection]:
@@ -331,22 +368,91 @@ class DatabaseLock(BaseLock):
                 yield connection
             except (wrapper.Database.Error, DjangoDatabaseError) as e:
                 connection.close()
-                raise LockBackendError(
-                    f"LOCKS[{self.alias!r}]: database {self.using!r} failed: "
-                    f"{_migrate_hint(e, self.using)}{e}"
-                ) from e
+                raise self._failed(e) from e
             except BaseException:
                 if in_transaction:
                     connection.close()
                 raise
 
+    def _failed(self, error: BaseException) -> LockBackendError:
+        return LockBackendError(
+            f"LOCKS[{self.alias!r}]: database {self.using!r} failed: "
+            f"{_migrate_hint(error, self.using)}{error}"
+        )
+
     def _run(self, statement: Statement, /, *, rows: bool = True, **params: Any) -> Result:
         """Run one statement on this thread's private connection (``rows=False``: only its
         rowcount is wanted; a notifying write's rows are not read)."""
+        return self._do(_Run(statement, params, rows))
+
+    def _do(self, step: _Run | _Script) -> Any:
+        """One step on this thread's private connection: a statement's Result, or a
+        script's (a Result per statement)."""
+        if isinstance(step, _Script):
+            with self._connection(in_transaction=True) as connection:
+                return execute(connection, step.statements)
         with self._connection(in_transaction=False) as connection:
             cursor = connection.cursor()
-            cursor.execute(statement.sql, statement.bind(**params))
-            return Result(cursor.fetchall() if rows and cursor.description else [], cursor.rowcount)
+            cursor.execute(step.statement.sql, step.statement.bind(**step.params))
+            return Result(cursor.fetchall() if step.rows and cursor.description else [],
+                          cursor.rowcount)
+
+    async def _ado(self, step: _Run | _Script) -> Any:
+        """:meth:`_do` awaited in the event loop, on an async private connection of this
+        loop (see ``connection.async_lock_connection``): a failure drops the connection."""
+        try:
+            async with async_lock_connection(self.using) as raw:
+                if isinstance(step, _Script):
+                    return await aexecute(raw, step.statements, self.features)
+                cursor = raw.cursor()
+                await cursor.execute(step.statement.sql, step.statement.bind(**step.params))
+                rows = await cursor.fetchall() if step.rows and cursor.description else []
+                return Result(rows, cursor.rowcount)
+        except self._driver_errors as e:
+            raise self._failed(e) from e
+
+    def _drive(self, steps: _Steps[_T]) -> _T:
+        """Carry out ``steps`` on this thread's private connection. A LockBackendError is
+        raised into the steps (an operation may carry on without that step)."""
+        result: Any = None
+        error: LockBackendError | None = None
+        while True:
+            try:
+                step = steps.send(result) if error is None else steps.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            try:
+                result, error = self._do(step), None
+            except LockBackendError as e:
+                result, error = None, e
+
+    async def _adrive(self, steps: _Steps[_T]) -> _T:
+        """:meth:`_drive` in the event loop (:meth:`_ado`), holding no thread."""
+        result: Any = None
+        error: LockBackendError | None = None
+        while True:
+            try:
+                step = steps.send(result) if error is None else steps.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            try:
+                result, error = await self._ado(step), None
+            except LockBackendError as e:
+                result, error = None, e
+
+    async def _anative(self, steps: _Steps[_T]) -> _T:
+        """An async caller's operation, in a task of its own: cancelled while its
+        statements run, the caller still hears the answer (they run to the end, leaving the
+        connection clean) and the cancellation goes on with it (AnsweredAfterCancel); a
+        second cancellation meanwhile cancels the statement, and the connection goes."""
+        running = asyncio.ensure_future(self._adrive(steps))
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            if running.cancelled():
+                raise
+            answer = await running  # cancelled again: it is cancelled too, answer unknown
+            raise AnsweredAfterCancel(answer) from None
 
     def _read(self, statement: Statement, **params: Any) -> list[LockRow]:
         """The rows of a read that decides which holders are live: on its one clock
@@ -354,13 +460,17 @@ class DatabaseLock(BaseLock):
         begin = self.operations.snapshot_read
         if not begin:
             return [LockRow(*row) for row in self._run(statement, **params).rows]
-        with self._connection(in_transaction=True) as connection:
-            results = execute(connection, [*((sql, ()) for sql in begin),
-                                           (statement.sql, statement.bind(**params)), ("COMMIT", ())])
-            return [LockRow(*row) for row in results[-2].rows]
+        results = self._do(_Script([*((sql, ()) for sql in begin),
+                                    (statement.sql, statement.bind(**params)), ("COMMIT", ())]))
+        return [LockRow(*row) for row in results[-2].rows]
 
     def _transaction(self, key: str, *statements: Statement, lock_key: bool = False,
                      **params: Any) -> dict[str, Result]:
+        """:meth:`_transacting` on this thread's private connection."""
+        return self._drive(self._transacting(key, *statements, lock_key=lock_key, **params))
+
+    def _transacting(self, key: str, *statements: Statement, lock_key: bool = False,
+                     **params: Any) -> _Steps[dict[str, Result]]:
         """Run ``statements`` in one transaction on holders of ``key``; each one's result
         by name. A failure drops the connection, and with it the transaction.
 
@@ -380,13 +490,12 @@ class DatabaseLock(BaseLock):
         head.append((ops.store_clock.sql, ()))
         body = [(s.sql, s.bind(key=key, **params)) for s in statements]
         tail = [(sql, ()) for sql in ops.end]
-        with self._connection(in_transaction=True) as connection:
-            if self._after_clock_read is None:
-                results = execute(connection, [*head, *body, *tail])[len(head):]
-            else:
-                now_us = int(execute(connection, [*head, (ops.stored_clock.sql, ())])[-1].rows[0][0])
-                self._after_clock_read(now_us)
-                results = execute(connection, [*body, *tail])
+        if self._after_clock_read is None:
+            results = (yield _Script([*head, *body, *tail]))[len(head):]
+        else:
+            read = yield _Script([*head, (ops.stored_clock.sql, ())])
+            self._after_clock_read(int(read[-1].rows[0][0]))
+            results = yield _Script([*body, *tail])
         return {s.name: result for s, result in zip(statements, results[:len(body)], strict=True)}
 
     # ----------------------------------------------------------------------- storage operations
@@ -396,12 +505,12 @@ class DatabaseLock(BaseLock):
             memory.clear()  # forgetting only costs a round trip, or an early mark clearing
         memory[name] = value
 
-    def _cull(self) -> None:
+    def _culling(self) -> _Steps[None]:
         """Delete rows released or expired more than ``cull_grace`` ms ago."""
         ops, age_us = self.operations, self.cull_grace * 1000
         try:
-            culled = self._run(ops.purge, age_us=age_us, rows=False).rowcount
-            culled += self._run(ops.cull_holders, age_us=age_us, rows=False).rowcount
+            culled = (yield _Run(ops.purge, {"age_us": age_us}, False)).rowcount
+            culled += (yield _Run(ops.cull_holders, {"age_us": age_us}, False)).rowcount
         except LockBackendError as e:  # the attempt that follows reports the failure
             logger.warning("culling lock rows failed: %s (alias=%s)", e, self.alias)
             return
@@ -413,90 +522,107 @@ class DatabaseLock(BaseLock):
     ) -> Attempt:
         if (store := self.in_memory_store()) is not None:  # inline: a hot path
             return store._try_acquire(key, token, ttl, correlation_id, mode, waiter)
+        return self._drive(self._acquiring(key, token, ttl, correlation_id, mode, waiter))
+
+    async def _atry_acquire(
+        self, key: str, token: str, ttl: int, correlation_id: str | None, mode: Mode,
+        waiter: bool,
+    ) -> Attempt:
+        if not self.native_async:
+            return await super()._atry_acquire(key, token, ttl, correlation_id, mode, waiter)
+        return await self._anative(self._acquiring(key, token, ttl, correlation_id, mode, waiter))
+
+    def _acquiring(
+        self, key: str, token: str, ttl: int, correlation_id: str | None, mode: Mode,
+        waiter: bool,
+    ) -> _Steps[Attempt]:
         if self.cull_frequency:
             self._attempts_until_cull -= 1
             if self._attempts_until_cull <= 0:
                 self._attempts_until_cull = self.cull_frequency
-                self._cull()
+                yield from self._culling()
         wait = current_wait.get()
         notified = wait is not None and wait.key == key
         if notified:
             wait.generation = wait.listener.generation(key)  # a release from now on wakes it
         if not mode.exclusive:
-            return self._try_acquire_holder(key, token, ttl, correlation_id, mode, waiter)
+            return (yield from self._holding(key, token, ttl, correlation_id, mode, waiter))
         ops = self.operations
         fair = self.features.fair_handoff
         # None: a waiting call's first attempt; its later ones: since when it waits (a
         # fencing token); 0: a call that does not wait, which may take a reservation.
         since = (self._waiting_calls.since(token) if waiter else 0) if fair else None
-        acquired = self._run(ops.acquire, key=key, token=token, correlation_id=correlation_id,
-                             ttl_us=ttl * 1000, since=since)
+        acquired = yield _Run(ops.acquire, {"key": key, "token": token,
+                                            "correlation_id": correlation_id,
+                                            "ttl_us": ttl * 1000, "since": since})
         if self.features.returning:
             rows = acquired.rows
             if fair:  # the row comes back if taken, or marked waited for
                 rows = [row[1:] for row in rows if row[0] == token]
                 if not rows:
-                    return self._lost(key, token, since, waiter)
+                    return (yield from self._lost(key, token, since, waiter))
             if not rows:
                 if not waiter and not notified:
                     return Attempt(None)
                 # A notified waiter sleeps until the release: it needs the holder's
                 # remaining life to wake at its expiry too.
-                return self._refused_exclusive(key, token, self._read_row(key), waiter)
+                row = yield from self._reading_row(key)
+                return (yield from self._refused_exclusive(key, token, row, waiter))
             fencing_token, acquired_us, expires_us = rows[0]
         else:
-            row = self._read_row(key)
+            row = yield from self._reading_row(key)
             if row is not None and row.token == token:
                 fencing_token, acquired_us, expires_us = row[2], row.acquired_at_us, row.expires_at_us
             else:
                 # Won, then moved before the read-back: a semaphore admitted beside it
                 # moves the exclusive holder into the holders' table (move_exclusive),
                 # leaving the key row without token. Its row there says it holds the key.
-                moved = (self._run(ops.own_holder, token=token).rows
+                moved = ((yield _Run(ops.own_holder, {"token": token})).rows
                          if row is not None and row.token is None else [])
                 if not moved:
-                    return self._lost(key, token, since, waiter, row, read=True)
+                    return (yield from self._lost(key, token, since, waiter, row, read=True))
                 fencing_token, acquired_us, expires_us = moved[0]
         if since:
             self._waiting_calls.won(token)
         if self._marked_keys.get(key) == token:
             del self._marked_keys[key]
-            self._run(ops.unmark, key=key, token=token, rows=False)
+            yield _Run(ops.unmark, {"key": key, "token": token}, False)
         return Attempt(LockRow(key, token, fencing_token, correlation_id, acquired_us, expires_us,
                                acquired_us).info())
 
-    def _read_row(self, key: str) -> LockRow | None:
-        rows = self._run(self.operations.read_row, key=key).rows
+    def _reading_row(self, key: str) -> _Steps[LockRow | None]:
+        rows = (yield _Run(self.operations.read_row, {"key": key})).rows
         return LockRow(*rows[0]) if rows else None
 
     def _lost(self, key: str, token: str, since: int | None, waiter: bool,
-              row: LockRow | None = None, *, read: bool = False) -> Attempt:
+              row: LockRow | None = None, *, read: bool = False) -> _Steps[Attempt]:
         """A failed exclusive attempt on a fair vendor: a waiting call's first failure
         records since when it waits, from the row (read here if not ``read``); then as
         :meth:`_refused_exclusive`."""
         if not read:
             if not waiter:
                 return Attempt(None)
-            row = self._read_row(key)
+            row = yield from self._reading_row(key)
         if row is not None and since is None and waiter:
             self._waiting_calls.failed(token, row.fencing_token, held=row.token is not None)
-        return self._refused_exclusive(key, token, row, waiter)
+        return (yield from self._refused_exclusive(key, token, row, waiter))
 
-    def _refused_exclusive(self, key: str, token: str, row: LockRow | None, waiter: bool) -> Attempt:
+    def _refused_exclusive(self, key: str, token: str, row: LockRow | None,
+                           waiter: bool) -> _Steps[Attempt]:
         """An exclusive attempt found the key row held: how long for. A waiter kept out by
         shared or semaphore holders (the row has no token) sets the writer mark."""
         if row is None:
             return Attempt(None, 0 if self.features.returning else None)
         remaining = max((row.expires_at_us - row.now_us) // 1000, 0)
         if waiter and row.token is None and remaining > 0:
-            if self._run(self.operations.mark, token=token, key=key, rows=False).rowcount:
+            if (yield _Run(self.operations.mark, {"token": token, "key": key}, False)).rowcount:
                 self._remember(self._marked_keys, key, token)
         return Attempt(None, remaining)
 
-    def _try_acquire_holder(
+    def _holding(
         self, key: str, token: str, ttl: int, correlation_id: str | None, mode: Mode,
         waiter: bool,
-    ) -> Attempt:
+    ) -> _Steps[Attempt]:
         """A shared or semaphore acquisition: one transaction (one round trip where the
         driver can) that locks the key row, admits in SQL, moves an exclusive holder it
         joins to the holders' table and settles the key row."""
@@ -506,12 +632,13 @@ class DatabaseLock(BaseLock):
                   "durable": self.durable}
         alone = ops.holding_alone() if self._after_clock_read is None else None
         if alone is not None:
-            rows = self._run(alone, key=key, **params).rows
+            rows = (yield _Run(alone, {"key": key, **params})).rows
         else:
             statements = ops.holding(shared=mode.shared, waiter=waiter)
-            rows = self._transaction(key, *statements, lock_key=True, **params)[statements[-1].name].rows
+            results = yield from self._transacting(key, *statements, lock_key=True, **params)
+            rows = results[statements[-1].name].rows
         if not rows:
-            blockers = [Blocker(*row) for row in self._run(ops.blockers, key=key).rows]
+            blockers = [Blocker(*row) for row in (yield _Run(ops.blockers, {"key": key})).rows]
             return Attempt(None, refusal_ms(mode, blockers))
         self._remember(self._holder_keys, token, key)
         fencing_token, acquired_us, expires_us = rows[0]
@@ -525,46 +652,71 @@ class DatabaseLock(BaseLock):
     def _release(self, key: str, token: str) -> bool:
         if (store := self.in_memory_store()) is not None:  # inline: a hot path
             return store._release(key, token)
+        return self._drive(self._releasing(key, token))
+
+    async def _arelease(self, key: str, token: str) -> bool:
+        if not self.native_async:
+            return await super()._arelease(key, token)
+        return await self._anative(self._releasing(key, token))
+
+    def _releasing(self, key: str, token: str) -> _Steps[bool]:
         ops = self.operations
         if self._holder_keys.pop(token, None) is None:
-            if self._run(ops.release, key=key, token=token, rows=False).rowcount == 1:
+            if (yield _Run(ops.release, {"key": key, "token": token}, False)).rowcount == 1:
                 return True
         alone = ops.releasing_alone() if self._after_clock_read is None else None
         if alone is not None:
-            return self._run(alone, key=key, token=token, durable=self.durable).rowcount == 1
+            released = yield _Run(alone, {"key": key, "token": token, "durable": self.durable}, False)
+            return bool(released.rowcount == 1)
         statements = ops.releasing()
-        return self._transaction(key, *statements, token=token,
-                                 durable=self.durable)[statements[0].name].rowcount == 1
+        results = yield from self._transacting(key, *statements, token=token, durable=self.durable)
+        return results[statements[0].name].rowcount == 1
 
     def _extend(self, key: str, token: str, ttl: int) -> int | None:
         if (store := self.in_memory_store()) is not None:  # inline: a hot path
             return store._extend(key, token, ttl)
+        return self._drive(self._extending(key, token, ttl))
+
+    async def _aextend(self, key: str, token: str, ttl: int) -> int | None:
+        if not self.native_async:
+            return await super()._aextend(key, token, ttl)
+        return await self._anative(self._extending(key, token, ttl))
+
+    def _extending(self, key: str, token: str, ttl: int) -> _Steps[int | None]:
         ops = self.operations
         if token not in self._holder_keys:
-            expires = self._extend_exclusive(key, token, ttl)
+            expires = yield from self._extending_exclusive(key, token, ttl)
             if expires is not None:
                 return expires
-        results = self._transaction(key, ops.extend_holder, ops.recompute, ops.holder_expiry,
-                                    token=token, ttl_us=ttl * 1000)
+        results = yield from self._transacting(key, ops.extend_holder, ops.recompute,
+                                               ops.holder_expiry, token=token, ttl_us=ttl * 1000)
         if results["extend_holder"].rowcount != 1 or not results["holder_expiry"].rows:
             return None
         return int(results["holder_expiry"].rows[0][0])
 
-    def _extend_exclusive(self, key: str, token: str, ttl: int) -> int | None:
+    def _extending_exclusive(self, key: str, token: str, ttl: int) -> _Steps[int | None]:
         ops = self.operations
-        extended = self._run(ops.extend, ttl_us=ttl * 1000, key=key, token=token)
+        extended = yield _Run(ops.extend, {"ttl_us": ttl * 1000, "key": key, "token": token})
         if self.features.returning:
             return int(extended.rows[0][0]) if extended.rows else None
         if extended.rowcount != 1:
             return None
-        row = self._read_row(key)
+        row = yield from self._reading_row(key)
         return int(row.expires_at_us) if row is not None and row.token == token else None
 
     @_in_memory_too
     def _unmark(self, key: str, token: str) -> None:
+        self._drive(self._unmarking(key, token))
+
+    async def _aunmark(self, key: str, token: str) -> None:
+        if not self.native_async:
+            return await super()._aunmark(key, token)
+        await self._anative(self._unmarking(key, token))
+
+    def _unmarking(self, key: str, token: str) -> _Steps[None]:
         if self._marked_keys.get(key) == token:
             del self._marked_keys[key]
-        self._run(self.operations.unmark, key=key, token=token, rows=False)
+        yield _Run(self.operations.unmark, {"key": key, "token": token}, False)
 
     @_in_memory_too
     def _force_release(self, key: str) -> bool:

@@ -1,4 +1,5 @@
-"""DatabaseLock's private connections: one per process, thread and database alias.
+"""DatabaseLock's private connections: one per process, thread and database alias; for
+async callers on a driver with an async API (psycopg 3), idle ones per event loop and alias.
 
 A private connection is a Django ``DatabaseWrapper`` of its own (never one of
 ``django.db.connections``) in autocommit mode, so a lock is independent of the caller's
@@ -9,12 +10,13 @@ for statements in flight (:class:`SQLiteForkGate`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, NamedTuple
 
 from django.db import connections
@@ -165,7 +167,8 @@ def _before_fork() -> None:
             connection.abandon()
     # Strong references across the fork: the child clears the other threads' states (and
     # their thread-local connections) before any after-fork callback runs.
-    _forking[:] = list(_all_connections)
+    _forking[:] = [connection.wrapper.connection for connection in _all_connections]
+    _forking.extend(_all_async)
 
 
 def _after_fork_in_parent() -> None:
@@ -176,24 +179,26 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     """A forked child opens connections and listeners of its own on first use; it never
     touches (closes, cancels, reads) the parent's."""
-    global _thread_connections, _all_connections, sqlite_gate
+    global _thread_connections, _all_connections, sqlite_gate, _async_idle, _all_async
     sqlite_gate = SQLiteForkGate()
     detach(_forking)
     _inherited.extend(_forking)
     _forking.clear()
     _thread_connections = threading.local()
     _all_connections = weakref.WeakSet()
+    _async_idle = weakref.WeakKeyDictionary()
+    _all_async = weakref.WeakSet()
 
 
-def detach(inherited: list[LockConnection]) -> None:
-    """In a forked child: point the descriptor of each inherited raw connection at
+def detach(inherited: list[Any]) -> None:
+    """In a forked child: point the descriptor of each inherited raw connection (sync or
+    async; None: not connected) at
     /dev/null. Kept referenced, they are still freed when the child's interpreter shuts
     down (a worker ending with ``sys.exit``), and their drivers then say goodbye on the
     socket (mysqlclient's COM_QUIT ended the parent's session); now that goes nowhere.
     Closing the child's copy of a descriptor leaves the parent's socket open."""
     descriptors = []
-    for connection in inherited:
-        raw = connection.wrapper.connection
+    for raw in inherited:
         if raw is None:
             continue
         try:
@@ -230,6 +235,67 @@ def lock_connection(using: str) -> LockConnection:
     return connection
 
 
+#: Idle async private connections kept per event loop and alias, at most.
+ASYNC_IDLE = 8
+_async_idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+_all_async: weakref.WeakSet[Any] = weakref.WeakSet()
+_async_wrappers: dict[str, Any] = {}  # alias -> a DatabaseWrapper with the private settings
+
+
+@contextlib.asynccontextmanager
+async def async_lock_connection(using: str) -> AsyncIterator[Any]:
+    """A raw async private connection to database ``using`` for the calling task: an idle
+    one of this event loop, or a new one. It goes back to the loop's idle ones if the
+    block ends normally and it is reusable (else it is closed): a connection whose
+    statement failed or was interrupted never serves another. Connections are never
+    shared across event loops (a loop's are closed once it is)."""
+    idle = _loop_idle(asyncio.get_running_loop()).setdefault(using, [])
+    wrapper = _async_wrappers.get(using)
+    if wrapper is None:
+        wrapper = _async_wrappers[using] = LockConnection(using).wrapper
+    features = features_of(wrapper.vendor)
+    raw = idle.pop() if idle else None
+    if raw is None:
+        _close_async_of_closed_loops()
+        raw = await features.aconnect(wrapper)
+        _all_async.add(raw)
+    try:
+        yield raw
+    except BaseException:
+        features.async_finish(raw)
+        raise
+    if len(idle) < ASYNC_IDLE and features.async_reusable(raw):
+        idle.append(raw)
+    else:
+        features.async_finish(raw)
+
+
+def _loop_idle(loop: asyncio.AbstractEventLoop) -> dict[str, list[Any]]:
+    """The idle async connections of ``loop``, per alias; closed once the loop is collected."""
+    by_alias = _async_idle.get(loop)
+    if by_alias is None:
+        by_alias = _async_idle[loop] = {}
+        weakref.finalize(loop, _finish_idle, by_alias)
+    return by_alias
+
+
+def _finish_idle(by_alias: dict[str, list[Any]]) -> None:
+    for using, idle in by_alias.items():
+        features = features_of(_async_wrappers[using].vendor)
+        while idle:
+            features.async_finish(idle.pop())
+
+
+def _close_async_of_closed_loops() -> None:
+    """Close the idle async connections of event loops that have closed (``asyncio.run``
+    ended): no task of theirs can use them again."""
+    for loop, by_alias in list(_async_idle.items()):
+        if loop.is_closed():
+            _finish_idle(by_alias)
+
+
 def close_thread_lock_connections() -> None:
     """Close this thread's lock connections."""
     for connection in _this_thread().values():
@@ -240,6 +306,11 @@ def abandon_all_lock_connections() -> None:
     """Close every private lock connection of this process, from any thread."""
     for connection in list(_all_connections):
         connection.abandon()
+    for using, wrapper in list(_async_wrappers.items()):
+        features = features_of(wrapper.vendor)
+        for by_alias in list(_async_idle.values()):
+            for raw in by_alias.pop(using, []):
+                features.async_finish(raw)
 
 
 def execute(connection: LockConnection, statements: list[tuple[str, tuple[Any, ...]]]) -> list[Result]:
@@ -257,6 +328,19 @@ def execute(connection: LockConnection, statements: list[tuple[str, tuple[Any, .
                    tuple(p for _, params in statements for p in params))
     while True:
         results.append(Result(cursor.fetchall() if cursor.description else [], cursor.rowcount))
+        if not cursor.nextset():
+            break
+    return results
+
+
+async def aexecute(raw: Any, statements: list[tuple[str, tuple[Any, ...]]], features: Any) -> list[Result]:
+    """:func:`execute` on a raw async private connection, in one round trip."""
+    cursor = features.async_script_cursor(raw)
+    await cursor.execute(";\n".join(sql for sql, _ in statements),
+                         tuple(p for _, params in statements for p in params))
+    results: list[Result] = []
+    while True:
+        results.append(Result(await cursor.fetchall() if cursor.description else [], cursor.rowcount))
         if not cursor.nextset():
             break
     return results

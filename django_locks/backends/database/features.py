@@ -37,3 +37,30 @@ class DatabaseFeatures:
 
     def after_connect(self, raw: Any) -> None:
         """Run once on each new raw private connection."""
+
+    # Async: where the driver has an async API, async callers' statements are awaited in
+    # the event loop on private async connections (``connection.async_lock_connection``)
+    # instead of running the sync ones in a worker thread.
+
+    def has_async_driver(self, database_module: Any) -> bool:
+        """Whether ``database_module`` (the alias's driver) can be awaited in the event loop.
+        No by default: SQLite's and MariaDB's drivers have no async API, and keep the thread."""
+        return False
+
+    async def aconnect(self, wrapper: Any) -> Any:
+        """A new raw async private connection with the settings of ``wrapper`` (a private
+        connection's ``DatabaseWrapper``), in autocommit mode."""
+        raise NotImplementedError
+
+    def async_script_cursor(self, raw: Any) -> Any:
+        """An async cursor of ``raw`` that runs several statements in one round trip."""
+        raise NotImplementedError
+
+    def async_reusable(self, raw: Any) -> bool:
+        """Whether an async connection that ran its statements can serve the next ones
+        (open, and no transaction left open)."""
+        return False
+
+    def async_finish(self, raw: Any) -> None:
+        """Close an async connection without awaiting anything (from any thread, or after
+        its event loop closed)."""

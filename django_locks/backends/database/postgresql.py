@@ -35,6 +35,36 @@ class PostgreSQLFeatures(DatabaseFeatures):
         # Client-side binding sends the statements as one simple query.
         return psycopg.ClientCursor(raw)
 
+    def has_async_driver(self, database_module: Any) -> bool:
+        return getattr(database_module, "__name__", "") == "psycopg"  # psycopg 3, not psycopg2
+
+    async def aconnect(self, wrapper: Any) -> Any:
+        import psycopg
+        from psycopg import sql
+
+        # The sync private connection's parameters (prepare_threshold None, no pool),
+        # without its sync cursor class: statements run on cursors made for each.
+        params = wrapper.get_connection_params()
+        params.pop("cursor_factory", None)
+        raw = await psycopg.AsyncConnection.connect(**params, autocommit=True)
+        role = wrapper.settings_dict["OPTIONS"].get("assume_role")
+        if role:  # as Django's own connection does on connect (Django 5.2's assume_role)
+            await raw.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        return raw
+
+    def async_script_cursor(self, raw: Any) -> Any:
+        import psycopg
+
+        return psycopg.AsyncClientCursor(raw)
+
+    def async_reusable(self, raw: Any) -> bool:
+        from psycopg.pq import TransactionStatus
+
+        return not raw.closed and raw.info.transaction_status == TransactionStatus.IDLE
+
+    def async_finish(self, raw: Any) -> None:
+        raw.pgconn.finish()  # libpq's PQfinish: no await; the connection then reads closed
+
 
 class PostgreSQLOperations(DatabaseOperations):
     now_us = "(EXTRACT(EPOCH FROM statement_timestamp()) * 1000000)::bigint"

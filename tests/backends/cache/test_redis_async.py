@@ -74,8 +74,14 @@ def test_async_calls_on_redis_start_no_thread(redis_alias):
 
 @pytest.mark.parametrize("alias", [*DATABASE_ALIASES, "locmem"])
 def test_async_calls_elsewhere_still_run_in_worker_threads(alias):
-    """DatabaseLock and the cache.add fallback keep their attempts in worker threads."""
+    """The cache.add fallback, and DatabaseLock where the driver has no async API (SQLite,
+    MariaDB, psycopg2), keep their attempts in worker threads (PostgreSQL on psycopg 3:
+    tests/backends/database/test_database_async.py)."""
     backend = locks[alias]
+    if getattr(backend, "native_async", False):
+        assert backend.vendor == "postgresql"
+        assert backend._driver_errors.__module__.startswith("psycopg.")
+        return
 
     async def scenario() -> dict[str, int]:
         with counting_threads(asyncio.get_running_loop()) as counts:

@@ -419,6 +419,32 @@ def test_the_run_uses_the_drivers_it_names():
             assert locks[using].try_acquire_lock(None, "driver", 1_000)
 
 
+@pytest.mark.parametrize("db_alias", [a for a in DATABASE_ALIASES if a != "default"])
+def test_the_driver_decides_whether_async_calls_hold_a_thread(db_alias):
+    """Async calls await their statements in the event loop where the driver can (psycopg
+    3), else run them in worker threads (psycopg2, mysqlclient, PyMySQL)."""
+    import asyncio
+
+    from tests.backends.cache.test_redis_async import _uncontended_calls, counting_threads
+
+    backend = locks[db_alias]
+    native = backend.vendor == "postgresql" and settings.POSTGRES_DRIVER == "psycopg"
+    assert backend.native_async is native
+
+    async def scenario() -> dict[str, int]:
+        await _uncontended_calls(backend, pairs=1)  # connections and the listener, once
+        with counting_threads(asyncio.get_running_loop()) as counts:
+            await _uncontended_calls(backend, pairs=5)
+        return counts
+
+    counts = asyncio.run(scenario())
+    if native:
+        assert counts == {"threads": 0, "executor": 0}
+    else:
+        assert counts["executor"] > 0
+    assert backend.get_holders("job") == []
+
+
 def _query(raw, sql, params=()):
     """A statement on a raw connection of any driver (psycopg 3 has connection.execute)."""
     cursor = raw.cursor()

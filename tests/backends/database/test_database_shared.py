@@ -435,17 +435,20 @@ def test_processes_mix_readers_and_writers(db_alias, tmp_path):
 
 @pytest.mark.parametrize("db_alias", [a for a in DATABASE_ALIASES if a != "default"])
 def test_round_trips(db_alias, monkeypatch):
-    """Each _run is one statement and each _transaction one multi-statement round trip on
-    PostgreSQL and MariaDB: an exclusive pair costs what it did, a shared or semaphore
-    acquisition one round trip, and a holder's release by its instance one (on PostgreSQL
-    one statement each: a call of migration 0005's functions)."""
-    from django_locks.backends.database import DatabaseLock
+    """Each step of an operation is one round trip on PostgreSQL and MariaDB (a _Run one
+    statement, a _Script several): an exclusive pair costs what it did, a shared or
+    semaphore acquisition one round trip, and a holder's release by its instance one (on
+    PostgreSQL one statement each: a call of migration 0005's functions)."""
+    from django_locks.backends.database import DatabaseLock, _Script
 
     calls: list[str] = []
-    run, script = DatabaseLock._run, DatabaseLock._transaction
-    monkeypatch.setattr(DatabaseLock, "_run", lambda self, *a, **k: calls.append("run") or run(self, *a, **k))
-    monkeypatch.setattr(DatabaseLock, "_transaction",
-                        lambda self, *a, **k: calls.append("script") or script(self, *a, **k))
+    do = DatabaseLock._do
+
+    def counted(self, step):
+        calls.append("script" if isinstance(step, _Script) else "run")
+        return do(self, step)
+
+    monkeypatch.setattr(DatabaseLock, "_do", counted)
     backend = fresh(db_alias)
     backend.lock("trips", TTL).release()
     assert calls == (["run", "run"] if backend.vendor == "postgresql" else ["run"] * 3)

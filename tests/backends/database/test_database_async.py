@@ -1,0 +1,279 @@
+"""DatabaseLock on PostgreSQL through psycopg 3, async callers: attempts, releases and
+extends awaited in the event loop on async private connections, no worker thread
+(docs/internals/database.md, "Async callers"); what a cancellation mid-statement leaves
+(nothing); forks and concurrency. Under psycopg2 the statements run in worker threads
+(tests/backends/database/test_database.py::test_the_postgres_driver_decides_async_calls)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from django_locks import locks
+from django_locks.backends.database import connection as lock_connections
+from django_locks.exceptions import LockBackendError
+from tests import settings as test_settings
+from tests.backends.cache.test_redis_async import _uncontended_calls, counting_threads
+from tests.helpers import DATABASE_ALIASES, free_port, run_python, settled_tokens
+
+pytestmark = pytest.mark.skipif(
+    "postgres" not in DATABASE_ALIASES or test_settings.POSTGRES_DRIVER != "psycopg",
+    reason="PostgreSQL through psycopg 3 (the psycopg2 run checks its worker threads)",
+)
+
+ALIAS = "postgres"
+
+
+def _conninfo() -> dict:
+    from django.db import connections
+
+    params = connections["postgres"].get_connection_params()
+    return {k: params[k] for k in ("host", "port", "user", "dbname") if k in params}
+
+
+async def _other_connection():
+    """A connection of the test's own (not the library's), to block rows and watch."""
+    import psycopg
+
+    return await psycopg.AsyncConnection.connect(**_conninfo(), autocommit=True)
+
+
+async def _blocked(watcher, seconds: float = 10.0) -> None:
+    """Wait (bounded) until a statement of another session waits for a row lock."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        cursor = await watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND pid <> pg_backend_pid() AND datname = current_database()")
+        if (await cursor.fetchone())[0]:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("no statement came to wait for the row lock")
+
+
+async def _holding_the_row(key: str):
+    """Another session's transaction that holds ``key``'s row lock, having expired its
+    holder (once it commits, the key is free)."""
+    await locks.create_connection(ALIAS).alock(key, 60_000)  # the row, held
+    blocker = await _other_connection()
+    await blocker.execute("BEGIN")
+    cursor = await blocker.execute(
+        'UPDATE django_locks_lock SET expires_at_us = 0 WHERE "key" = %s', (key,))
+    assert cursor.rowcount == 1
+    return blocker
+
+
+def test_async_calls_on_postgresql_start_no_thread():
+    """50 uncontended ``async with alock`` pairs with an extend each, and the other async
+    calls (a shared holder too), hand nothing to a worker thread once the loop has its
+    connection and the process its listener."""
+    backend = locks[ALIAS]
+    assert backend.native_async
+
+    async def scenario() -> dict[str, int]:
+        await _uncontended_calls(backend, pairs=1)  # the loop's connection, the listener
+        with counting_threads(asyncio.get_running_loop()) as counts:
+            await _uncontended_calls(backend)
+        return counts
+
+    assert asyncio.run(scenario()) == {"threads": 0, "executor": 0}
+    assert backend.get_holders("job") == []
+    assert len(backend._held_tokens) == 0
+
+
+def test_tasks_of_one_loop_exclude_each_other_on_their_own_connections():
+    """Tasks contending for one key in one event loop: one holder at a time, every task
+    served, each statement on a connection no other task uses meanwhile."""
+    backend = locks[ALIAS]
+    inside: list[int] = []
+    most = [0]
+    done: list[int] = []
+
+    async def worker(n: int) -> None:
+        for _ in range(5):
+            async with backend.alock("tasks", 10_000, timeout=20_000):
+                inside.append(n)
+                most[0] = max(most[0], len(inside))
+                await asyncio.sleep(0.001)
+                inside.remove(n)
+        done.append(n)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(worker(n) for n in range(6)))
+
+    asyncio.run(scenario())
+    assert most[0] == 1, "two tasks held the key at once"
+    assert sorted(done) == list(range(6))
+    assert backend.get_holders("tasks") == []
+
+
+def test_a_waiter_cancelled_mid_attempt_hears_its_answer_and_undoes_a_win(monkeypatch):
+    """Cancelled while its attempt waits in the database (another session holds the key
+    row), the call still hears the attempt's answer once the row is free: it won, and
+    the win is released; nothing is left to the settler, and the connection is clean."""
+    backend = locks[ALIAS]
+    handed = settled_tokens(monkeypatch)
+
+    async def scenario() -> None:
+        blocker = await _holding_the_row("cancelled")
+        try:
+            call = asyncio.ensure_future(backend.aacquire_lock(None, "cancelled", 60_000, 0))
+            await _blocked(blocker)
+            call.cancel()
+            await asyncio.sleep(0.05)
+            assert not call.done(), "the cancelled call did not wait for its attempt's answer"
+            await blocker.execute("COMMIT")
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        finally:
+            await blocker.close()
+        idle = lock_connections._loop_idle(asyncio.get_running_loop()).get("postgres", [])
+        assert idle and all(backend.features.async_reusable(raw) for raw in idle)
+
+    asyncio.run(scenario())
+    assert backend.get_holders("cancelled") == []
+    assert handed == []
+    assert len(backend._held_tokens) == 0
+
+
+def test_a_waiter_cancelled_twice_mid_attempt_is_settled_and_drops_its_connection(monkeypatch):
+    """Cancelled again while it waits for the answer, the statement is cancelled in the
+    database: the outcome is unknown, so the token goes to the settler, and the
+    connection (its statement interrupted) never serves another call."""
+    backend = locks[ALIAS]
+    handed = settled_tokens(monkeypatch)
+
+    async def scenario() -> None:
+        blocker = await _holding_the_row("twice")
+        try:
+            call = asyncio.ensure_future(backend.aacquire_lock(None, "twice", 60_000, 0))
+            await _blocked(blocker)
+            call.cancel()
+            await asyncio.sleep(0.02)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        finally:
+            await blocker.execute("COMMIT")
+            await blocker.close()
+        idle = lock_connections._loop_idle(asyncio.get_running_loop()).get("postgres", [])
+        assert all(backend.features.async_reusable(raw) for raw in idle)
+
+    asyncio.run(scenario())
+    assert len(handed) == 1
+    deadline = time.monotonic() + 10
+    while backend.get_holders("twice") and time.monotonic() < deadline:
+        time.sleep(0.01)  # the settler releases the uncertain token (if it won)
+    assert backend.get_holders("twice") == []
+
+
+def test_async_calls_on_an_unreachable_server_are_backend_errors():
+    """A server that does not answer is a LockBackendError from every async call, never
+    "not acquired"."""
+    result = run_python(
+        "import asyncio, django; django.setup()\n"
+        "from django_locks import locks\n"
+        "from django_locks.exceptions import LockBackendError\n"
+        "backend = locks['postgres']\n"
+        "async def main():\n"
+        "    for call in (backend.atry_acquire_lock(None, 'job', 1000),\n"
+        "                 backend.aacquire_lock(None, 'job', 1000, 0)):\n"
+        "        try:\n"
+        "            await call\n"
+        "        except LockBackendError as e:\n"
+        "            print('LockBackendError', backend.native_async, e)\n"
+        "asyncio.run(main())\n",
+        env={"POSTGRES_PORT": str(free_port())},
+    )
+    assert result.returncode == 0, result.stderr
+    errors = [line for line in result.stdout.splitlines() if line.startswith("LockBackendError")]
+    assert len(errors) == 2 and all(line.startswith("LockBackendError True") for line in errors), (
+        result.stdout)
+
+
+def test_a_forked_child_leaves_the_parents_async_connections_alone():
+    """A process with async connections idle in a running event loop forks children that
+    take locks of their own and end through interpreter shutdown (sys.exit): the parent's
+    connections, never touched by them, serve its next calls."""
+    code = (
+        "import asyncio, os, sys, django; django.setup()\n"
+        "from django_locks import locks\n"
+        "backend = locks['postgres']\n"
+        "async def main():\n"
+        "    lease = await backend.alock('forked:async-parent', 60_000)\n"
+        "    for _ in range(3):\n"
+        "        pid = os.fork()\n"
+        "        if pid == 0:\n"
+        "            async def child():\n"
+        "                async with backend.alock('forked:async-child', 5_000, timeout=10_000):\n"
+        "                    pass\n"
+        "            asyncio.run(child())\n"
+        "            sys.exit(0)\n"
+        "        _, status = os.waitpid(pid, 0)\n"
+        "        assert status == 0, status\n"
+        "    await lease.aextend(60_000)\n"
+        "    await lease.arelease()\n"
+        "    print('released')\n"
+        "asyncio.run(main())\n"
+    )
+    result = run_python(code, timeout=120)
+    assert result.returncode == 0 and "released" in result.stdout, result.stderr[-3000:]
+    backend = locks[ALIAS]
+    assert backend.get_holders("forked:async-parent") == []
+    assert backend.get_holders("forked:async-child") == []
+
+
+def test_a_closed_loops_connections_are_closed():
+    """``asyncio.run`` ends its loop: the connections it left idle are closed (on the next
+    connection made, or when the loop is collected), not leaked."""
+    backend = locks[ALIAS]
+
+    async def one_call() -> list:
+        await backend.atry_acquire_lock(None, "loops", 1_000)
+        await backend.arelease_lock(None, "loops")
+        return list(lock_connections._loop_idle(asyncio.get_running_loop())["postgres"])
+
+    first = asyncio.run(one_call())
+    asyncio.run(one_call())
+    assert first and all(raw.closed for raw in first)
+
+
+@pytest.mark.parametrize("call", ["atry_acquire_lock", "aextend_lock", "arelease_lock"])
+def test_bad_input_is_refused_before_any_statement(call):
+    backend = locks[ALIAS]
+
+    async def scenario() -> None:
+        with pytest.raises((ValueError, TypeError), match=r"key|ttl"):
+            if call == "atry_acquire_lock":
+                await backend.atry_acquire_lock(None, "", 1_000)
+            elif call == "aextend_lock":
+                await backend.aextend_lock(None, "job", -5)
+            else:
+                await backend.arelease_lock(None, 42)  # type: ignore[arg-type]
+
+    asyncio.run(scenario())
+
+
+def test_a_backend_error_mid_call_drops_only_that_connection():
+    """A statement that fails (the lock table's session killed) is a LockBackendError;
+    the next call opens a connection and works."""
+    backend = locks[ALIAS]
+
+    async def scenario() -> None:
+        await backend.atry_acquire_lock(None, "killed", 60_000)
+        idle = lock_connections._loop_idle(asyncio.get_running_loop())["postgres"]
+        killer = await _other_connection()
+        try:
+            for raw in idle:
+                await killer.execute("SELECT pg_terminate_backend(%s)", (raw.info.backend_pid,))
+        finally:
+            await killer.close()
+        with pytest.raises(LockBackendError):
+            await backend.aextend_lock(None, "killed", 60_000)
+        await backend.aextend_lock(None, "killed", 60_000)
+        await backend.arelease_lock(None, "killed")
+
+    asyncio.run(scenario())
+    assert backend.get_holders("killed") == []
