@@ -339,6 +339,8 @@ def ratios(rows: list[dict]) -> list[tuple[str, float, str]]:
                   f"{db}: DatabaseLock", "<= 1.25")
     ratio("CacheLock async / sync pair (django-redis, async with alock / with lock)",
           "CacheLock (django-redis), async alock", "CacheLock (django-redis), with lock", "<= 1.2")
+    ratio("postgres: DatabaseLock async / sync pair (psycopg 3, async with alock / with lock)",
+          "postgres: DatabaseLock, async alock", "postgres: DatabaseLock, with lock", "<= 1.2")
     ratio("MemoryLock / threading.Lock", "MemoryLock", "threading.Lock", "")
     return out
 

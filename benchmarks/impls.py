@@ -296,6 +296,8 @@ for _db in ("postgres", "mysql", "sqlite"):
     ]
 UNCONTENDED += [
     ("postgres", "postgres: DatabaseLock, durable: False", lambda: _django_locks("postgres_fast")),
+    ("postgres", "postgres: DatabaseLock, with lock", lambda: _django_locks_with("postgres")),
+    ("postgres", "postgres: DatabaseLock, async alock", lambda: _django_locks_async("postgres")),
     ("sqlite", "sqlite: DatabaseLock, durable: False", lambda: _django_locks("sqlite_fast")),
     ("postgres", "postgres: DatabaseLock via PgBouncer (transaction)", lambda: _django_locks("pgbouncer")),
     ("postgres", "postgres: advisory lock try/unlock", _pg_advisory),
@@ -337,6 +339,7 @@ CONTENDED: dict[str, tuple[str, object]] = {
     "redis-py asyncio Lock (default 100 ms polling)": ("redis-py async", 0.1),
     "redis-py asyncio Lock (1 ms polling)": ("redis-py async", 0.001),
     "DatabaseLock (postgres, LISTEN/NOTIFY)": ("lock", "postgres"),
+    "DatabaseLock async (postgres, alock, LISTEN/NOTIFY)": ("alock", "postgres"),
     "DatabaseLock (postgres, notify: False: polling)": ("lock", "postgres_poll"),
     "DatabaseLock (postgres, durable: False, LISTEN/NOTIFY)": ("lock", "postgres_fast"),
     "DatabaseLock (postgres, durable: False, notify: False)": ("lock", "postgres_fast_poll"),
@@ -364,6 +367,7 @@ GOALS_VS: dict[str, tuple[str, float | None]] = {
     "CacheLock (django_redis)": ("python-redis-lock", 0.3),
     "CacheLock (cluster)": ("python-redis-lock", 0.3),
     "CacheLock async (django_redis, alock)": ("CacheLock (django_redis)", None),
+    "DatabaseLock async (postgres, alock, LISTEN/NOTIFY)": ("DatabaseLock (postgres, LISTEN/NOTIFY)", None),
 }
 
 

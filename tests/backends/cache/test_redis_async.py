@@ -80,7 +80,7 @@ def test_async_calls_elsewhere_still_run_in_worker_threads(alias):
     backend = locks[alias]
     if getattr(backend, "native_async", False):
         assert backend.vendor == "postgresql"
-        assert backend._driver_errors.__module__.startswith("psycopg.")
+        assert backend._driver_errors.__module__ == "psycopg"  # psycopg 3, not psycopg2
         return
 
     async def scenario() -> dict[str, int]:
