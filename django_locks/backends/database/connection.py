@@ -16,7 +16,7 @@ import copy
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from django.db import connections
@@ -237,42 +237,68 @@ def lock_connection(using: str) -> LockConnection:
 
 #: Idle async private connections kept per event loop and alias, at most.
 ASYNC_IDLE = 8
-_async_idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[Any]]] = (
+_async_idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[AsyncLockConnection]]] = (
     weakref.WeakKeyDictionary()
 )
 _all_async: weakref.WeakSet[Any] = weakref.WeakSet()
 _async_wrappers: dict[str, Any] = {}  # alias -> a DatabaseWrapper with the private settings
 
 
-@contextlib.asynccontextmanager
-async def async_lock_connection(using: str) -> AsyncIterator[Any]:
-    """A raw async private connection to database ``using`` for the calling task: an idle
-    one of this event loop, or a new one. It goes back to the loop's idle ones if the
-    block ends normally and it is reusable (else it is closed): a connection whose
-    statement failed or was interrupted never serves another. Connections are never
+class AsyncLockConnection:
+    """A raw async private connection (psycopg 3's ``AsyncConnection``) and its reused
+    cursors: one task's at a time, idle in its event loop's list between calls."""
+
+    __slots__ = ("_cursor", "_script", "features", "raw")
+
+    def __init__(self, raw: Any, features: Any) -> None:
+        self.raw, self.features = raw, features
+        self._cursor: Any = None
+        self._script: Any = None
+
+    def cursor(self) -> Any:
+        if self._cursor is None:
+            self._cursor = self.raw.cursor()
+        return self._cursor
+
+    def script_cursor(self) -> Any:
+        """A cursor that runs several statements in one round trip."""
+        if self._script is None:
+            self._script = self.features.async_script_cursor(self.raw)
+        return self._script
+
+    def finish(self) -> None:
+        self.features.async_finish(self.raw)
+
+
+async def take_async_connection(using: str) -> AsyncLockConnection:
+    """An async private connection to database ``using`` for the calling task: an idle one
+    of this event loop, or a new one. Give it back with :func:`give_back_async_connection`
+    once its statements ran; one whose statement failed or was interrupted is finished
+    instead (``connection.finish()``), never serving another. Connections are never
     shared across event loops (a loop's are closed once it is)."""
-    idle = _loop_idle(asyncio.get_running_loop()).setdefault(using, [])
+    idle = _loop_idle(asyncio.get_running_loop()).get(using)
+    if idle:
+        return idle.pop()
     wrapper = _async_wrappers.get(using)
     if wrapper is None:
         wrapper = _async_wrappers[using] = LockConnection(using).wrapper
     features = features_of(wrapper.vendor)
-    raw = idle.pop() if idle else None
-    if raw is None:
-        _close_async_of_closed_loops()
-        raw = await features.aconnect(wrapper)
-        _all_async.add(raw)
-    try:
-        yield raw
-    except BaseException:
-        features.async_finish(raw)
-        raise
-    if len(idle) < ASYNC_IDLE and features.async_reusable(raw):
-        idle.append(raw)
+    _close_async_of_closed_loops()
+    connection = AsyncLockConnection(await features.aconnect(wrapper), features)
+    _all_async.add(connection.raw)
+    return connection
+
+
+def give_back_async_connection(using: str, connection: AsyncLockConnection) -> None:
+    """Back to the idle ones of this event loop if reusable (else finished)."""
+    idle = _loop_idle(asyncio.get_running_loop()).setdefault(using, [])
+    if len(idle) < ASYNC_IDLE and connection.features.async_reusable(connection.raw):
+        idle.append(connection)
     else:
-        features.async_finish(raw)
+        connection.finish()
 
 
-def _loop_idle(loop: asyncio.AbstractEventLoop) -> dict[str, list[Any]]:
+def _loop_idle(loop: asyncio.AbstractEventLoop) -> dict[str, list[AsyncLockConnection]]:
     """The idle async connections of ``loop``, per alias; closed once the loop is collected."""
     by_alias = _async_idle.get(loop)
     if by_alias is None:
@@ -281,11 +307,10 @@ def _loop_idle(loop: asyncio.AbstractEventLoop) -> dict[str, list[Any]]:
     return by_alias
 
 
-def _finish_idle(by_alias: dict[str, list[Any]]) -> None:
-    for using, idle in by_alias.items():
-        features = features_of(_async_wrappers[using].vendor)
+def _finish_idle(by_alias: dict[str, list[AsyncLockConnection]]) -> None:
+    for idle in by_alias.values():
         while idle:
-            features.async_finish(idle.pop())
+            idle.pop().finish()
 
 
 def _close_async_of_closed_loops() -> None:
@@ -306,11 +331,8 @@ def abandon_all_lock_connections() -> None:
     """Close every private lock connection of this process, from any thread."""
     for connection in list(_all_connections):
         connection.abandon()
-    for using, wrapper in list(_async_wrappers.items()):
-        features = features_of(wrapper.vendor)
-        for by_alias in list(_async_idle.values()):
-            for raw in by_alias.pop(using, []):
-                features.async_finish(raw)
+    for by_alias in list(_async_idle.values()):
+        _finish_idle(by_alias)
 
 
 def execute(connection: LockConnection, statements: list[tuple[str, tuple[Any, ...]]]) -> list[Result]:
@@ -333,9 +355,10 @@ def execute(connection: LockConnection, statements: list[tuple[str, tuple[Any, .
     return results
 
 
-async def aexecute(raw: Any, statements: list[tuple[str, tuple[Any, ...]]], features: Any) -> list[Result]:
-    """:func:`execute` on a raw async private connection, in one round trip."""
-    cursor = features.async_script_cursor(raw)
+async def aexecute(connection: AsyncLockConnection,
+                   statements: list[tuple[str, tuple[Any, ...]]]) -> list[Result]:
+    """:func:`execute` on an async private connection, in one round trip."""
+    cursor = connection.script_cursor()
     await cursor.execute(";\n".join(sql for sql, _ in statements),
                          tuple(p for _, params in statements for p in params))
     results: list[Result] = []

@@ -39,7 +39,7 @@ class DatabaseFeatures:
         """Run once on each new raw private connection."""
 
     # Async: where the driver has an async API, async callers' statements are awaited in
-    # the event loop on private async connections (``connection.async_lock_connection``)
+    # the event loop on private async connections (``connection.take_async_connection``)
     # instead of running the sync ones in a worker thread.
 
     def has_async_driver(self, database_module: Any) -> bool:

@@ -109,10 +109,11 @@ def test_tasks_of_one_loop_exclude_each_other_on_their_own_connections():
     assert backend.get_holders("tasks") == []
 
 
-def test_a_waiter_cancelled_mid_attempt_hears_its_answer_and_undoes_a_win(monkeypatch):
+def test_a_call_cancelled_mid_attempt_undoes_it_by_its_token(monkeypatch):
     """Cancelled while its attempt waits in the database (another session holds the key
-    row), the call still hears the attempt's answer once the row is free: it won, and
-    the win is released; nothing is left to the settler, and the connection is clean."""
+    row), the attempt is cancelled there and the call releases whatever it may have won,
+    by its token, before the cancellation goes on (once the row is free): nothing is left
+    held, nothing to the settler, and the idle connections are clean."""
     backend = locks[ALIAS]
     handed = settled_tokens(monkeypatch)
 
@@ -123,14 +124,14 @@ def test_a_waiter_cancelled_mid_attempt_hears_its_answer_and_undoes_a_win(monkey
             await _blocked(blocker)
             call.cancel()
             await asyncio.sleep(0.05)
-            assert not call.done(), "the cancelled call did not wait for its attempt's answer"
+            assert not call.done(), "the cancelled call did not settle its attempt"
             await blocker.execute("COMMIT")
             with pytest.raises(asyncio.CancelledError):
                 await call
         finally:
             await blocker.close()
         idle = lock_connections._loop_idle(asyncio.get_running_loop()).get("postgres", [])
-        assert idle and all(backend.features.async_reusable(raw) for raw in idle)
+        assert idle and all(backend.features.async_reusable(c.raw) for c in idle)
 
     asyncio.run(scenario())
     assert backend.get_holders("cancelled") == []
@@ -139,9 +140,8 @@ def test_a_waiter_cancelled_mid_attempt_hears_its_answer_and_undoes_a_win(monkey
 
 
 def test_a_waiter_cancelled_twice_mid_attempt_is_settled_and_drops_its_connection(monkeypatch):
-    """Cancelled again while it waits for the answer, the statement is cancelled in the
-    database: the outcome is unknown, so the token goes to the settler, and the
-    connection (its statement interrupted) never serves another call."""
+    """Cancelled again while its undo waits, the outcome is unknown: the token goes to the
+    settler, and the connections whose statements were interrupted never serve again."""
     backend = locks[ALIAS]
     handed = settled_tokens(monkeypatch)
 
@@ -159,7 +159,7 @@ def test_a_waiter_cancelled_twice_mid_attempt_is_settled_and_drops_its_connectio
             await blocker.execute("COMMIT")
             await blocker.close()
         idle = lock_connections._loop_idle(asyncio.get_running_loop()).get("postgres", [])
-        assert all(backend.features.async_reusable(raw) for raw in idle)
+        assert all(backend.features.async_reusable(c.raw) for c in idle)
 
     asyncio.run(scenario())
     assert len(handed) == 1
@@ -167,6 +167,33 @@ def test_a_waiter_cancelled_twice_mid_attempt_is_settled_and_drops_its_connectio
     while backend.get_holders("twice") and time.monotonic() < deadline:
         time.sleep(0.01)  # the settler releases the uncertain token (if it won)
     assert backend.get_holders("twice") == []
+
+
+def test_a_release_cancelled_mid_statement_still_releases():
+    """Cancelled while its statement waits for the key row, a release is cancelled in the
+    database and sent again by its token: the lock ends released all the same."""
+    backend = locks[ALIAS]
+
+    async def scenario() -> None:
+        lease = await backend.alock("release-cancelled", 60_000)
+        blocker = await _other_connection()
+        try:
+            await blocker.execute("BEGIN")
+            await blocker.execute('SELECT 1 FROM django_locks_lock WHERE "key" = %s FOR UPDATE',
+                                  ("release-cancelled",))
+            call = asyncio.ensure_future(lease.arelease())
+            await _blocked(blocker)
+            call.cancel()
+            await asyncio.sleep(0.05)
+            assert not call.done()
+            await blocker.execute("COMMIT")
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        finally:
+            await blocker.close()
+
+    asyncio.run(scenario())
+    assert backend.get_holders("release-cancelled") == []
 
 
 def test_async_calls_on_an_unreachable_server_are_backend_errors():
@@ -237,7 +264,7 @@ def test_a_closed_loops_connections_are_closed():
 
     first = asyncio.run(one_call())
     asyncio.run(one_call())
-    assert first and all(raw.closed for raw in first)
+    assert first and all(connection.raw.closed for connection in first)
 
 
 @pytest.mark.parametrize("call", ["atry_acquire_lock", "aextend_lock", "arelease_lock"])
@@ -266,8 +293,9 @@ def test_a_backend_error_mid_call_drops_only_that_connection():
         idle = lock_connections._loop_idle(asyncio.get_running_loop())["postgres"]
         killer = await _other_connection()
         try:
-            for raw in idle:
-                await killer.execute("SELECT pg_terminate_backend(%s)", (raw.info.backend_pid,))
+            for connection in idle:
+                await killer.execute("SELECT pg_terminate_backend(%s)",
+                                     (connection.raw.info.backend_pid,))
         finally:
             await killer.close()
         with pytest.raises(LockBackendError):
