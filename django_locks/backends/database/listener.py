@@ -78,14 +78,19 @@ class Listener:
     async def await_change(self, key: str, since: int, seconds: float) -> None:
         """:meth:`wait` for an async waiter, holding no thread: the listening thread
         resolves the waiter's future through its event loop."""
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         with self._condition:
             if self._generations.get(key, (since,))[0] != since:
                 return
             self._futures.setdefault(key, set()).add(future)
+        # The future itself, resolved by the wake-up or by a timer: the waiting task is
+        # woken by either one directly (asyncio.wait would add a waiter future, a hop).
+        timer = loop.call_later(min(seconds, self.MAX_WAIT), _set_done, future)
         try:
-            await asyncio.wait({future}, timeout=min(seconds, self.MAX_WAIT))
+            await future
         finally:
+            timer.cancel()
             with self._condition:
                 waiting = self._futures.get(key)
                 if waiting is not None:
