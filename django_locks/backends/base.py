@@ -9,7 +9,8 @@ plus :meth:`BaseLock.close` if it keeps per-thread resources. They must be threa
 act by token alone: a :class:`Lease` may be extended or released from another thread.
 Async callers use ``_atry_acquire``, ``_arelease``, ``_aextend`` and ``_aunmark``: by
 default the sync operation in a worker thread; a backend that awaits its I/O in the event
-loop overrides them and sets :attr:`BaseLock.native_async` (CacheLock on Redis).
+loop overrides them and sets :attr:`BaseLock.native_async` (CacheLock on Redis,
+DatabaseLock on PostgreSQL through psycopg 3).
 
 Argument validation lives in :mod:`django_locks.values`, the acquisition policy in
 :mod:`django_locks.backends._acquire`, the held tokens and the settler in
@@ -100,10 +101,11 @@ class BaseLock:
     #: Whether storage operations do I/O (then async callers run them in worker threads).
     does_io: bool = True
     #: Whether the async storage operations (_atry_acquire...) await their I/O in the event
-    #: loop instead of a worker thread (CacheLock on Redis). An async attempt is then
-    #: awaited directly (cancelled mid-attempt, it still reads its answer and raises
-    #: AnsweredAfterCancel); else it runs in a shielded task of its own, whose answer a
-    #: cancelled call waits for (docs/internals/acquisition.md, "Cancellation").
+    #: loop instead of a worker thread (CacheLock on Redis, DatabaseLock on PostgreSQL
+    #: through psycopg 3). An async attempt is then awaited directly (cancelled
+    #: mid-attempt, it still settles its answer and raises AnsweredAfterCancel); else it
+    #: runs in a shielded task of its own, whose answer a cancelled call waits for
+    #: (docs/internals/acquisition.md, "Cancellation").
     native_async: bool = False
     #: Whether expired holders stay in storage until :meth:`purge` (see :meth:`expired_locks`).
     keeps_expired_state: bool = False
@@ -373,7 +375,8 @@ class BaseLock:
     # ----------------------------------------------------------------------- async API
     # Same arguments and errors. Each attempt, release and extend is the backend's async
     # storage operation (_atry_acquire, _arelease, _aextend): awaited in the event loop
-    # where the backend can (CacheLock on Redis), else the sync one in a worker thread.
+    # where the backend can (CacheLock on Redis, DatabaseLock on PostgreSQL through
+    # psycopg 3), else the sync one in a worker thread.
     # Waiting between attempts holds no thread (a BLPOP, a NOTIFY, an asyncio sleep).
 
     async def atry_acquire_lock(self, correlation_id: str | None, key: str, ttl: Milliseconds) -> bool:
@@ -646,7 +649,7 @@ class BaseLock:
 
     # Their async versions, for async callers. Default: the sync operation in a worker
     # thread (directly if the backend does no I/O); a backend that can await its I/O in
-    # the event loop overrides them (CacheLock on Redis).
+    # the event loop overrides them (CacheLock on Redis, DatabaseLock on PostgreSQL).
 
     async def _atry_acquire(
         self, key: str, token: str, ttl: int, correlation_id: str | None, mode: Mode,
