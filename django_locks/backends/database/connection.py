@@ -333,6 +333,7 @@ def abandon_all_lock_connections() -> None:
         connection.abandon()
     for by_alias in list(_async_idle.values()):
         _finish_idle(by_alias)
+    _async_wrappers.clear()  # the next async connection reads the settings again
 
 
 def execute(connection: LockConnection, statements: list[tuple[str, tuple[Any, ...]]]) -> list[Result]:
