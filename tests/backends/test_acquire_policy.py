@@ -55,7 +55,10 @@ def _async_attempts_run_sync_ones(backend, monkeypatch) -> None:
     whose own async attempts run in the event loop (their faults:
     tests/backends/cache/test_redis_async.py)."""
     monkeypatch.setattr(backend, "_atry_acquire", functools.partial(BaseLock._atry_acquire, backend))
-    monkeypatch.setattr(backend, "native_async", False)
+    if isinstance(getattr(type(backend), "native_async", None), property):  # DatabaseLock
+        monkeypatch.setattr(type(backend), "native_async", False)
+    else:
+        monkeypatch.setattr(backend, "native_async", False)
 
 
 def _acquire(backend, driver: str, timeout: int) -> None:

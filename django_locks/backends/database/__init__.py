@@ -34,11 +34,10 @@ from django_locks.backends.database.connection import (
     Result,
     abandon_all_lock_connections,
     aexecute,
+    async_connections,
     close_thread_lock_connections,
     execute,
-    give_back_async_connection,
     lock_connection,
-    take_async_connection,
 )
 from django_locks.backends.database.fairness import FAIR_RESERVE_US, WaitingCalls
 from django_locks.backends.database.features import DatabaseFeatures
@@ -239,9 +238,8 @@ class DatabaseLock(BaseLock):
         self.using = using
         self.vendor = vendor
         self.features: DatabaseFeatures = VENDORS[vendor][0]
-        #: Async callers' statements are awaited in the event loop (psycopg 3), not run in
-        #: a worker thread (see _adrive).
-        self.native_async = self.features.has_async_driver(wrapper_class.Database)
+        #: The driver has an async API (psycopg 3): see native_async.
+        self._async_driver = self.features.has_async_driver(wrapper_class.Database)
         self._driver_errors: type[BaseException] = wrapper_class.Database.Error
         self._operations: DatabaseOperations | None = None
         self._waiting_calls = WaitingCalls()
@@ -278,6 +276,19 @@ class DatabaseLock(BaseLock):
         if store is None:
             store = self.__dict__["_memory_store"] = MemoryLock(f"{self.alias}\x00in-memory", {})
         return store
+
+    @property  # type: ignore[override]
+    def native_async(self) -> bool:
+        """Whether async callers' statements are awaited in the running event loop (psycopg
+        3, a loop it can run in; see _adrive), not run in a worker thread. Outside an event
+        loop: whether the driver can."""
+        if not self._async_driver:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return True
+        return self.features.can_await_in(loop)
 
     @property  # type: ignore[override]
     def process_local(self) -> bool:
@@ -400,10 +411,11 @@ class DatabaseLock(BaseLock):
 
     async def _ado(self, step: _Run | _Script) -> Any:
         """:meth:`_do` awaited in the event loop, on an async private connection of this
-        loop (see ``connection.take_async_connection``): a failure or an interruption
-        finishes the connection."""
+        loop (see ``connection.async_connections``): a failure or an interruption closes
+        the connection."""
+        pool = async_connections(self.using)
         try:
-            connection = await take_async_connection(self.using)
+            connection = await pool.take()
             try:
                 if isinstance(step, _Script):
                     result: Any = await aexecute(connection, step.statements)
@@ -413,11 +425,11 @@ class DatabaseLock(BaseLock):
                     rows = await cursor.fetchall() if step.rows and cursor.description else []
                     result = Result(rows, cursor.rowcount)
             except BaseException:
-                connection.finish()
+                pool.lose(connection)
                 raise
         except self._driver_errors as e:
             raise self._failed(e) from e
-        give_back_async_connection(self.using, connection)
+        pool.give_back(connection)
         return result
 
     def _drive(self, steps: _Steps[_T]) -> _T:

@@ -11,6 +11,7 @@ for statements in flight (:class:`SQLiteForkGate`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import copy
 import os
@@ -179,14 +180,16 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     """A forked child opens connections and listeners of its own on first use; it never
     touches (closes, cancels, reads) the parent's."""
-    global _thread_connections, _all_connections, sqlite_gate, _async_idle, _all_async
+    global _thread_connections, _all_connections, sqlite_gate, _async_pools, _all_async
+    global _async_pools_mutex
     sqlite_gate = SQLiteForkGate()
     detach(_forking)
     _inherited.extend(_forking)
     _forking.clear()
     _thread_connections = threading.local()
     _all_connections = weakref.WeakSet()
-    _async_idle = weakref.WeakKeyDictionary()
+    _async_pools = weakref.WeakKeyDictionary()
+    _async_pools_mutex = threading.Lock()
     _all_async = weakref.WeakSet()
 
 
@@ -235,18 +238,21 @@ def lock_connection(using: str) -> LockConnection:
     return connection
 
 
-#: Idle async private connections kept per event loop and alias, at most.
-ASYNC_IDLE = 8
-_async_idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[AsyncLockConnection]]] = (
+#: Async private connections open at most per event loop and database alias (in use or
+#: idle): a task beyond waits, first come first served, for one to be given back.
+ASYNC_CONNECTIONS = 8
+#: event loop -> alias -> its connections; closed once the loop is collected or closed.
+_async_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncConnections]] = (
     weakref.WeakKeyDictionary()
 )
+_async_pools_mutex = threading.Lock()  # the registry is shared by every thread's loop
 _all_async: weakref.WeakSet[Any] = weakref.WeakSet()
 _async_wrappers: dict[str, Any] = {}  # alias -> a DatabaseWrapper with the private settings
 
 
 class AsyncLockConnection:
     """A raw async private connection (psycopg 3's ``AsyncConnection``) and its reused
-    cursors: one task's at a time, idle in its event loop's list between calls."""
+    cursors: one task's at a time, idle in its event loop's pool between calls."""
 
     __slots__ = ("_cursor", "_script", "features", "raw")
 
@@ -270,55 +276,122 @@ class AsyncLockConnection:
         self.features.async_finish(self.raw)
 
 
-async def take_async_connection(using: str) -> AsyncLockConnection:
-    """An async private connection to database ``using`` for the calling task: an idle one
-    of this event loop, or a new one. Give it back with :func:`give_back_async_connection`
-    once its statements ran; one whose statement failed or was interrupted is finished
-    instead (``connection.finish()``), never serving another. Connections are never
-    shared across event loops (a loop's are closed once it is)."""
-    idle = _loop_idle(asyncio.get_running_loop()).get(using)
-    if idle:
-        return idle.pop()
-    wrapper = _async_wrappers.get(using)
-    if wrapper is None:
-        wrapper = _async_wrappers[using] = LockConnection(using).wrapper
-    features = features_of(wrapper.vendor)
-    _close_async_of_closed_loops()
-    connection = AsyncLockConnection(await features.aconnect(wrapper), features)
-    _all_async.add(connection.raw)
-    return connection
+class AsyncConnections:
+    """One event loop's async private connections to one database (used by that loop's
+    tasks only): the idle ones, how many are open (in use, idle or being opened), and the
+    tasks waiting for one while :data:`ASYNC_CONNECTIONS` are."""
 
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self.idle: list[AsyncLockConnection] = []
+        self.open = 0
+        self.waiters: collections.deque[asyncio.Future[AsyncLockConnection | None]] = (
+            collections.deque()
+        )
 
-def give_back_async_connection(using: str, connection: AsyncLockConnection) -> None:
-    """Back to the idle ones of this event loop if reusable (else finished)."""
-    idle = _loop_idle(asyncio.get_running_loop()).setdefault(using, [])
-    if len(idle) < ASYNC_IDLE and connection.features.async_reusable(connection.raw):
-        idle.append(connection)
-    else:
+    async def take(self) -> AsyncLockConnection:
+        if self.idle:
+            return self.idle.pop()
+        if self.open < ASYNC_CONNECTIONS:
+            self.open += 1
+        else:
+            future: asyncio.Future[AsyncLockConnection | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            self.waiters.append(future)
+            try:
+                handed = await future
+            except BaseException:
+                if not future.cancelled() and future.done():  # handed over as it was cancelled
+                    handed = future.result()
+                    if handed is None:
+                        self._freed()
+                    else:
+                        self.give_back(handed)
+                else:
+                    self.waiters.remove(future)
+                raise
+            if handed is not None:
+                return handed
+            # None: a connection was closed, and its place handed to this task.
+        try:
+            return await self._connect()
+        except BaseException:
+            self._freed()
+            raise
+
+    async def _connect(self) -> AsyncLockConnection:
+        wrapper = _async_wrappers.get(self.using)
+        if wrapper is None:
+            wrapper = _async_wrappers[self.using] = LockConnection(self.using).wrapper
+        features = features_of(wrapper.vendor)
+        _close_async_of_closed_loops()
+        connection = AsyncLockConnection(await features.aconnect(wrapper), features)
+        _all_async.add(connection.raw)
+        return connection
+
+    def give_back(self, connection: AsyncLockConnection) -> None:
+        """Its statements ran: to the first waiting task, or idle (closed if it cannot
+        serve again: a transaction left open, a broken connection)."""
+        if not connection.features.async_reusable(connection.raw):
+            self.lose(connection)
+            return
+        while self.waiters:
+            future = self.waiters.popleft()
+            if not future.done():
+                future.set_result(connection)
+                return
+        self.idle.append(connection)
+
+    def lose(self, connection: AsyncLockConnection) -> None:
+        """Its statement failed or was interrupted: closed, never serving again."""
         connection.finish()
+        self._freed()
+
+    def _freed(self) -> None:
+        """A place is free: to the first waiting task (it opens a connection), else one
+        fewer open."""
+        while self.waiters:
+            future = self.waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        self.open -= 1
+
+    def close_idle(self) -> None:
+        while self.idle:
+            self.idle.pop().finish()
+            self.open -= 1
 
 
-def _loop_idle(loop: asyncio.AbstractEventLoop) -> dict[str, list[AsyncLockConnection]]:
-    """The idle async connections of ``loop``, per alias; closed once the loop is collected."""
-    by_alias = _async_idle.get(loop)
-    if by_alias is None:
-        by_alias = _async_idle[loop] = {}
-        weakref.finalize(loop, _finish_idle, by_alias)
-    return by_alias
+def async_connections(using: str) -> AsyncConnections:
+    """The running event loop's async private connections to database ``using``. Take one
+    (``await take()``) for a step's statements; give it back (``give_back``) once they ran,
+    or ``lose`` it if they failed or were interrupted. Never shared across event loops."""
+    loop = asyncio.get_running_loop()
+    with _async_pools_mutex:
+        by_alias = _async_pools.get(loop)
+        if by_alias is None:
+            by_alias = _async_pools[loop] = {}
+            weakref.finalize(loop, _close_idle, by_alias)
+        pool = by_alias.get(using)
+        if pool is None:
+            pool = by_alias[using] = AsyncConnections(using)
+    return pool
 
 
-def _finish_idle(by_alias: dict[str, list[AsyncLockConnection]]) -> None:
-    for idle in by_alias.values():
-        while idle:
-            idle.pop().finish()
+def _close_idle(by_alias: dict[str, AsyncConnections]) -> None:
+    for pool in list(by_alias.values()):
+        pool.close_idle()
 
 
 def _close_async_of_closed_loops() -> None:
     """Close the idle async connections of event loops that have closed (``asyncio.run``
     ended): no task of theirs can use them again."""
-    for loop, by_alias in list(_async_idle.items()):
-        if loop.is_closed():
-            _finish_idle(by_alias)
+    with _async_pools_mutex:
+        closed = [by_alias for loop, by_alias in list(_async_pools.items()) if loop.is_closed()]
+    for by_alias in closed:
+        _close_idle(by_alias)
 
 
 def close_thread_lock_connections() -> None:
@@ -331,8 +404,10 @@ def abandon_all_lock_connections() -> None:
     """Close every private lock connection of this process, from any thread."""
     for connection in list(_all_connections):
         connection.abandon()
-    for by_alias in list(_async_idle.values()):
-        _finish_idle(by_alias)
+    with _async_pools_mutex:
+        pools = list(_async_pools.values())
+    for by_alias in pools:
+        _close_idle(by_alias)
     _async_wrappers.clear()  # the next async connection reads the settings again
 
 

@@ -39,8 +39,13 @@ class DatabaseFeatures:
         """Run once on each new raw private connection."""
 
     # Async: where the driver has an async API, async callers' statements are awaited in
-    # the event loop on private async connections (``connection.take_async_connection``)
+    # the event loop on private async connections (``connection.async_connections``)
     # instead of running the sync ones in a worker thread.
+
+    def can_await_in(self, loop: Any) -> bool:
+        """Whether the async driver works in event loop ``loop`` (else the operation runs
+        in a worker thread, as without an async driver)."""
+        return True
 
     def has_async_driver(self, database_module: Any) -> bool:
         """Whether ``database_module`` (the alias's driver) can be awaited in the event loop.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from django_locks.backends.database.features import DatabaseFeatures
@@ -10,6 +11,11 @@ from django_locks.backends.database.operations import (
     NOTIFY_CHANNEL,
     DatabaseOperations,
     Statement,
+)
+
+#: Event loops without ``add_reader``, where psycopg's async connections cannot run.
+LOOPS_WITHOUT_READERS: tuple[type, ...] = tuple(
+    loop for loop in (getattr(asyncio, "ProactorEventLoop", None),) if loop is not None
 )
 
 
@@ -48,9 +54,18 @@ class PostgreSQLFeatures(DatabaseFeatures):
         params.pop("cursor_factory", None)
         raw = await psycopg.AsyncConnection.connect(**params, autocommit=True)
         role = wrapper.settings_dict["OPTIONS"].get("assume_role")
-        if role:  # as Django's own connection does on connect (Django 5.2's assume_role)
-            await raw.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        try:
+            if role:  # as Django's own connection does on connect (Django 5.2's assume_role)
+                await raw.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        except BaseException:
+            self.async_finish(raw)
+            raise
         return raw
+
+    def can_await_in(self, loop: Any) -> bool:
+        # psycopg's async connections need a loop with add_reader (not Windows' default
+        # ProactorEventLoop, which psycopg refuses): there, a worker thread.
+        return not isinstance(loop, LOOPS_WITHOUT_READERS)
 
     def async_script_cursor(self, raw: Any) -> Any:
         import psycopg

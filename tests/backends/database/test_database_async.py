@@ -13,6 +13,7 @@ import pytest
 
 from django_locks import locks
 from django_locks.backends.database import connection as lock_connections
+from django_locks.backends.database.connection import AsyncConnections
 from django_locks.exceptions import LockBackendError
 from tests import settings as test_settings
 from tests.backends.cache.test_redis_async import _uncontended_calls, counting_threads
@@ -130,7 +131,7 @@ def test_a_call_cancelled_mid_attempt_undoes_it_by_its_token(monkeypatch):
                 await call
         finally:
             await blocker.close()
-        idle = lock_connections._loop_idle(asyncio.get_running_loop()).get("postgres", [])
+        idle = lock_connections.async_connections("postgres").idle
         assert idle and all(backend.features.async_reusable(c.raw) for c in idle)
 
     asyncio.run(scenario())
@@ -158,7 +159,7 @@ def test_a_waiter_cancelled_twice_mid_attempt_is_settled_and_drops_its_connectio
         finally:
             await blocker.execute("COMMIT")
             await blocker.close()
-        idle = lock_connections._loop_idle(asyncio.get_running_loop()).get("postgres", [])
+        idle = lock_connections.async_connections("postgres").idle
         assert all(backend.features.async_reusable(c.raw) for c in idle)
 
     asyncio.run(scenario())
@@ -260,7 +261,7 @@ def test_a_closed_loops_connections_are_closed():
     async def one_call() -> list:
         await backend.atry_acquire_lock(None, "loops", 1_000)
         await backend.arelease_lock(None, "loops")
-        return list(lock_connections._loop_idle(asyncio.get_running_loop())["postgres"])
+        return list(lock_connections.async_connections("postgres").idle)
 
     first = asyncio.run(one_call())
     asyncio.run(one_call())
@@ -290,7 +291,7 @@ def test_a_backend_error_mid_call_drops_only_that_connection():
 
     async def scenario() -> None:
         await backend.atry_acquire_lock(None, "killed", 60_000)
-        idle = lock_connections._loop_idle(asyncio.get_running_loop())["postgres"]
+        idle = lock_connections.async_connections("postgres").idle
         killer = await _other_connection()
         try:
             for connection in idle:
@@ -305,3 +306,133 @@ def test_a_backend_error_mid_call_drops_only_that_connection():
 
     asyncio.run(scenario())
     assert backend.get_holders("killed") == []
+
+
+def test_tasks_of_one_loop_share_at_most_a_few_connections():
+    """More tasks at once than ASYNC_CONNECTIONS: the rest wait for a connection given
+    back (first come, first served) instead of opening one each, and all are served."""
+    backend = locks[ALIAS]
+    most = [0]
+
+    async def one(n: int) -> None:
+        async with backend.alock(f"many:{n}", 10_000, timeout=10_000):
+            pool = lock_connections.async_connections("postgres")
+            most[0] = max(most[0], pool.open)
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> AsyncConnections:
+        await asyncio.gather(*(one(n) for n in range(40)))
+        return lock_connections.async_connections("postgres")
+
+    pool = asyncio.run(scenario())
+    assert 1 < most[0] <= lock_connections.ASYNC_CONNECTIONS
+    assert pool.open == len(pool.idle) <= lock_connections.ASYNC_CONNECTIONS
+    assert not pool.waiters
+    assert all(backend.get_holders(f"many:{n}") == [] for n in range(40))
+
+
+def test_threads_each_with_event_loops_of_their_own():
+    """Threads each running event loops one after another (asyncio.run): every call
+    answers, and the connections of the loops that ended are closed."""
+    import threading
+
+    backend = locks[ALIAS]
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(10):
+                async def calls(key: str) -> None:
+                    assert await backend.atry_acquire_lock(None, key, 10_000)
+                    await backend.arelease_lock(None, key)
+
+                asyncio.run(calls(f"threads:{n}:{i}"))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert not any(thread.is_alive() for thread in threads)
+
+    async def last() -> None:  # a new connection closes those of the loops that ended
+        await backend.atry_acquire_lock(None, "threads:last", 1_000)
+        await backend.arelease_lock(None, "threads:last")
+
+    asyncio.run(last())
+    with lock_connections._async_pools_mutex:
+        ended = [pool for loop, pools in lock_connections._async_pools.items()
+                 if loop.is_closed() for pool in pools.values()]
+    assert all(pool.idle == [] for pool in ended)
+
+
+def test_a_loop_psycopg_cannot_run_in_falls_back_to_a_worker_thread(monkeypatch):
+    """An event loop without add_reader (Windows' ProactorEventLoop, simulated here by a
+    selector loop that refuses add_reader: this machine has no Proactor loop) runs each
+    operation in a worker thread, as before, instead of failing."""
+    from django_locks.backends.database import postgresql
+
+    class NoReaderLoop(asyncio.SelectorEventLoop):
+        def add_reader(self, *args, **kwargs):
+            raise NotImplementedError
+
+        def add_writer(self, *args, **kwargs):
+            raise NotImplementedError
+
+    monkeypatch.setattr(postgresql, "LOOPS_WITHOUT_READERS", (NoReaderLoop,))
+    backend = locks[ALIAS]
+
+    async def scenario() -> tuple[bool, dict[str, int]]:
+        native = backend.native_async
+        with counting_threads(asyncio.get_running_loop()) as counts:
+            await _uncontended_calls(backend, pairs=3)
+        return native, counts
+
+    loop = NoReaderLoop()
+    try:
+        native, counts = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert native is False and backend.native_async is True  # in that loop / outside one
+    assert counts["executor"] > 0
+    assert backend.get_holders("job") == []
+
+
+def test_a_failing_setup_of_a_new_connection_leaves_no_session():
+    """A new async connection whose setup fails (a role that does not exist) is closed at
+    once: a LockBackendError each time, and no session left open."""
+    import django
+
+    if django.VERSION < (5, 2):
+        pytest.skip("assume_role is an OPTION of Django 5.2+")
+    result = run_python(
+        "import asyncio, django\n"
+        "from django.conf import settings\n"
+        "settings.DATABASES['bad'] = {**settings.DATABASES['postgres'],\n"
+        "                             'OPTIONS': {'assume_role': 'no_such_role_x'}}\n"
+        "settings.LOCKS['bad'] = {'BACKEND': 'django_locks.backends.database.DatabaseLock',\n"
+        "                         'OPTIONS': {'using': 'bad'}}\n"
+        "django.setup()\n"
+        "from django.db import connections\n"
+        "from django_locks import locks\n"
+        "from django_locks.exceptions import LockBackendError\n"
+        "def sessions():\n"
+        "    with connections['postgres'].cursor() as c:\n"
+        "        c.execute('SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()')\n"
+        "        return c.fetchone()[0]\n"
+        "before = sessions()\n"
+        "async def main():\n"
+        "    failed = 0\n"
+        "    for _ in range(3):\n"
+        "        try:\n"
+        "            await locks['bad'].atry_acquire_lock(None, 'k', 1000)\n"
+        "        except LockBackendError:\n"
+        "            failed += 1\n"
+        "    return failed\n"
+        "print(asyncio.run(main()), sessions() - before)\n",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["3", "0"], result.stdout
