@@ -93,6 +93,21 @@ class _Script(NamedTuple):
 #: A storage operation written as steps (see DatabaseLock._drive).
 _Steps = Generator[_Run | _Script, Any, _T]
 
+
+class _Done(NamedTuple):
+    """Steps that ended, with the operation's value."""
+
+    value: Any
+
+
+def _advance(steps: _Steps[Any], result: Any, error: LockBackendError | None) -> _Run | _Script | _Done:
+    """Send ``steps`` the last step's result (or raise its error into them): their next
+    step, or :class:`_Done`. What _drive and _adrive share."""
+    try:
+        return steps.send(result) if error is None else steps.throw(error)
+    except StopIteration as done:
+        return _Done(done.value)
+
 __all__ = [
     "FAIR_RESERVE_US",
     "NOTIFY_CHANNEL",
@@ -437,29 +452,23 @@ class DatabaseLock(BaseLock):
         raised into the steps (an operation may carry on without that step)."""
         result: Any = None
         error: LockBackendError | None = None
-        while True:
-            try:
-                step = steps.send(result) if error is None else steps.throw(error)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+        while not isinstance(step := _advance(steps, result, error), _Done):
             try:
                 result, error = self._do(step), None
             except LockBackendError as e:
                 result, error = None, e
+        return step.value  # type: ignore[no-any-return]
 
     async def _adrive(self, steps: _Steps[_T]) -> _T:
         """:meth:`_drive` in the event loop (:meth:`_ado`), holding no thread."""
         result: Any = None
         error: LockBackendError | None = None
-        while True:
-            try:
-                step = steps.send(result) if error is None else steps.throw(error)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+        while not isinstance(step := _advance(steps, result, error), _Done):
             try:
                 result, error = await self._ado(step), None
             except LockBackendError as e:
                 result, error = None, e
+        return step.value  # type: ignore[no-any-return]
 
     async def _anative(self, steps: _Steps[_T], *,
                        after_cancel: Callable[[], _Steps[Any]] | None = None) -> _T:

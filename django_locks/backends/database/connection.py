@@ -335,13 +335,8 @@ class AsyncConnections:
         serve again: a transaction left open, a broken connection)."""
         if not connection.features.async_reusable(connection.raw):
             self.lose(connection)
-            return
-        while self.waiters:
-            future = self.waiters.popleft()
-            if not future.done():
-                future.set_result(connection)
-                return
-        self.idle.append(connection)
+        elif not self._hand(connection):
+            self.idle.append(connection)
 
     def lose(self, connection: AsyncLockConnection) -> None:
         """Its statement failed or was interrupted: closed, never serving again."""
@@ -351,12 +346,18 @@ class AsyncConnections:
     def _freed(self) -> None:
         """A place is free: to the first waiting task (it opens a connection), else one
         fewer open."""
+        if not self._hand(None):
+            self.open -= 1
+
+    def _hand(self, handed: AsyncLockConnection | None) -> bool:
+        """To the first task still waiting (a connection, or None: a place to open one).
+        False if none waits."""
         while self.waiters:
             future = self.waiters.popleft()
             if not future.done():
-                future.set_result(None)
-                return
-        self.open -= 1
+                future.set_result(handed)
+                return True
+        return False
 
     def close_idle(self) -> None:
         while self.idle:
